@@ -1,0 +1,475 @@
+//! Broker settings (the `serve` flags) and the topic configs Shale knows.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{ArgAction, Args};
+
+/// Flags of `shale serve`; each has a `SHALE_*` environment variable.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Address to accept Kafka clients on. Port 0 picks a free port.
+    #[arg(long, env = "SHALE_LISTEN", default_value = "127.0.0.1:9092")]
+    pub listen: SocketAddr,
+
+    /// host:port given to clients in Metadata (default: the listen address).
+    #[arg(long, env = "SHALE_ADVERTISE")]
+    pub advertise: Option<String>,
+
+    /// Folder for data when no --store is given.
+    #[arg(long, env = "SHALE_DATA_DIR", default_value = "./shale-data")]
+    pub data_dir: PathBuf,
+
+    /// Object store URL instead of the data folder: memory://, file:///path,
+    /// s3://bucket/prefix (credentials, region and endpoint from AWS_* variables).
+    #[arg(long, env = "SHALE_STORE")]
+    pub store: Option<String>,
+
+    /// Create unknown topics when clients ask for them in Metadata.
+    #[arg(long, env = "SHALE_AUTO_CREATE_TOPICS", default_value_t = true, action = ArgAction::Set)]
+    pub auto_create_topics: bool,
+
+    /// Partitions of auto-created topics and of CreateTopics asking for the default (-1).
+    #[arg(long, env = "SHALE_DEFAULT_PARTITIONS", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub default_partitions: u32,
+
+    /// Largest request frame accepted; a longer one closes the connection.
+    #[arg(long, env = "SHALE_MAX_REQUEST_BYTES", default_value_t = 100 * 1024 * 1024,
+          value_parser = clap::value_parser!(u32).range(1024..=1 << 30))]
+    pub max_request_bytes: u32,
+
+    /// How often the write-ahead log is made durable, in milliseconds. Bounds the latency
+    /// of acks=all produce; smaller writes more, smaller objects.
+    #[arg(long, env = "SHALE_FLUSH_INTERVAL_MS", default_value_t = 2,
+          value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub flush_interval_ms: u64,
+
+    /// Log filter (tracing's EnvFilter syntax), e.g. `info` or `shale=debug,slatedb=warn`.
+    #[arg(long, env = "SHALE_LOG", default_value = "info,slatedb=warn")]
+    pub log: String,
+}
+
+/// What handlers need to know about the broker itself.
+#[derive(Debug, Clone)]
+pub struct BrokerConfig {
+    pub node_id: i32,
+    pub advertised_host: String,
+    pub advertised_port: i32,
+    pub auto_create_topics: bool,
+    pub default_partitions: u32,
+    pub max_request_bytes: u32,
+}
+
+/// Kafka's `ConfigType` codes, reported in DescribeConfigs v3+.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConfigType {
+    Boolean = 1,
+    String = 2,
+    Int = 3,
+    Long = 5,
+    Double = 6,
+    List = 7,
+}
+
+/// One topic config: its name, Kafka's default, and what values it takes.
+pub struct TopicConfigDef {
+    pub name: &'static str,
+    pub default: &'static str,
+    pub kind: ConfigType,
+    /// Lowest accepted value for numbers.
+    min: i64,
+    /// Accepted values for enums and lists (empty: any).
+    choices: &'static [&'static str],
+    pub doc: &'static str,
+}
+
+const fn def(
+    name: &'static str,
+    default: &'static str,
+    kind: ConfigType,
+    min: i64,
+    choices: &'static [&'static str],
+    doc: &'static str,
+) -> TopicConfigDef {
+    TopicConfigDef {
+        name,
+        default,
+        kind,
+        min,
+        choices,
+        doc,
+    }
+}
+
+use ConfigType as T;
+const MAX: &str = "9223372036854775807";
+
+/// Topic configs Shale accepts, with Kafka's defaults. Where Shale does not act on one yet,
+/// the README says so; it is still stored and described so tooling that sets it works.
+pub const TOPIC_CONFIGS: &[TopicConfigDef] = &[
+    def(
+        "cleanup.policy",
+        "delete",
+        T::List,
+        0,
+        &["delete", "compact"],
+        "Retention policy for old log segments.",
+    ),
+    def(
+        "compression.type",
+        "producer",
+        T::String,
+        0,
+        &["uncompressed", "zstd", "lz4", "snappy", "gzip", "producer"],
+        "Final compression type for the topic.",
+    ),
+    def(
+        "delete.retention.ms",
+        "86400000",
+        T::Long,
+        0,
+        &[],
+        "How long tombstones are kept for compacted topics.",
+    ),
+    def(
+        "file.delete.delay.ms",
+        "60000",
+        T::Long,
+        0,
+        &[],
+        "Delay before deleting a file from the filesystem.",
+    ),
+    def(
+        "flush.messages",
+        MAX,
+        T::Long,
+        1,
+        &[],
+        "Messages between forced fsyncs (Shale is always durable).",
+    ),
+    def(
+        "flush.ms",
+        MAX,
+        T::Long,
+        0,
+        &[],
+        "Time between forced fsyncs (Shale is always durable).",
+    ),
+    def(
+        "index.interval.bytes",
+        "4096",
+        T::Int,
+        0,
+        &[],
+        "Offset index granularity.",
+    ),
+    def(
+        "max.compaction.lag.ms",
+        MAX,
+        T::Long,
+        1,
+        &[],
+        "Maximum time a message remains ineligible for compaction.",
+    ),
+    def(
+        "max.message.bytes",
+        "1048588",
+        T::Int,
+        0,
+        &[],
+        "Largest record batch size allowed.",
+    ),
+    def(
+        "message.downconversion.enable",
+        "true",
+        T::Boolean,
+        0,
+        &[],
+        "Whether down-conversion is enabled.",
+    ),
+    def(
+        "message.timestamp.after.max.ms",
+        MAX,
+        T::Long,
+        0,
+        &[],
+        "Allowed future skew of message timestamps.",
+    ),
+    def(
+        "message.timestamp.before.max.ms",
+        MAX,
+        T::Long,
+        0,
+        &[],
+        "Allowed past skew of message timestamps.",
+    ),
+    def(
+        "message.timestamp.difference.max.ms",
+        MAX,
+        T::Long,
+        0,
+        &[],
+        "Allowed skew of message timestamps (deprecated).",
+    ),
+    def(
+        "message.timestamp.type",
+        "CreateTime",
+        T::String,
+        0,
+        &["CreateTime", "LogAppendTime"],
+        "Whether timestamps are the producer's or the broker's.",
+    ),
+    def(
+        "min.cleanable.dirty.ratio",
+        "0.5",
+        T::Double,
+        0,
+        &[],
+        "Dirty ratio that triggers compaction.",
+    ),
+    def(
+        "min.compaction.lag.ms",
+        "0",
+        T::Long,
+        0,
+        &[],
+        "Minimum time a message remains uncompacted.",
+    ),
+    def(
+        "min.insync.replicas",
+        "1",
+        T::Int,
+        1,
+        &[],
+        "Minimum in-sync replicas for acks=all.",
+    ),
+    def(
+        "preallocate",
+        "false",
+        T::Boolean,
+        0,
+        &[],
+        "Preallocate segment files.",
+    ),
+    def(
+        "retention.bytes",
+        "-1",
+        T::Long,
+        -1,
+        &[],
+        "Maximum size of a partition before old data is dropped.",
+    ),
+    def(
+        "retention.ms",
+        "604800000",
+        T::Long,
+        -1,
+        &[],
+        "Maximum age of data before it is dropped.",
+    ),
+    def(
+        "segment.bytes",
+        "1073741824",
+        T::Int,
+        14,
+        &[],
+        "Segment file size.",
+    ),
+    def(
+        "segment.index.bytes",
+        "10485760",
+        T::Int,
+        4,
+        &[],
+        "Offset index size.",
+    ),
+    def(
+        "segment.jitter.ms",
+        "0",
+        T::Long,
+        0,
+        &[],
+        "Random jitter on segment roll time.",
+    ),
+    def(
+        "segment.ms",
+        "604800000",
+        T::Long,
+        1,
+        &[],
+        "Time after which a segment rolls.",
+    ),
+    def(
+        "unclean.leader.election.enable",
+        "false",
+        T::Boolean,
+        0,
+        &[],
+        "Allow out-of-sync replicas to become leader.",
+    ),
+];
+
+pub fn topic_config_def(name: &str) -> Option<&'static TopicConfigDef> {
+    TOPIC_CONFIGS.iter().find(|d| d.name == name)
+}
+
+/// A config name or value Kafka would reject, with the message clients show.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidConfig(pub String);
+
+impl TopicConfigDef {
+    pub fn validate(&self, value: &str) -> Result<(), InvalidConfig> {
+        let bad = |why: &str| {
+            Err(InvalidConfig(format!(
+                "Invalid value {value} for configuration {}: {why}",
+                self.name
+            )))
+        };
+        match self.kind {
+            T::Boolean => match value.to_ascii_lowercase().as_str() {
+                "true" | "false" => Ok(()),
+                _ => bad("Expected value to be either true or false"),
+            },
+            T::Int | T::Long => {
+                let parsed = if self.kind == T::Int {
+                    value.trim().parse::<i32>().map(i64::from).ok()
+                } else {
+                    value.trim().parse::<i64>().ok()
+                };
+                match parsed {
+                    None => bad("Not a number of the expected type"),
+                    Some(n) if n < self.min => bad(&format!("Value must be at least {}", self.min)),
+                    Some(_) => Ok(()),
+                }
+            }
+            T::Double => match value.trim().parse::<f64>() {
+                Ok(n) if (0.0..=1.0).contains(&n) => Ok(()),
+                _ => bad("Value must be a number between 0 and 1"),
+            },
+            T::String if !self.choices.is_empty() && !self.choices.contains(&value) => bad(
+                &format!("String must be one of: {}", self.choices.join(", ")),
+            ),
+            T::String => Ok(()),
+            T::List => {
+                let items: Vec<&str> = value.split(',').map(str::trim).collect();
+                if items.iter().all(|item| self.choices.contains(item)) {
+                    Ok(())
+                } else {
+                    bad(&format!(
+                        "Each item must be one of: {}",
+                        self.choices.join(", ")
+                    ))
+                }
+            }
+        }
+    }
+}
+
+/// Kafka's `ConfigSource` for a topic config: set on the topic, or the default.
+pub const SOURCE_TOPIC: i8 = 1;
+pub const SOURCE_STATIC_BROKER: i8 = 4;
+pub const SOURCE_DEFAULT: i8 = 5;
+
+/// Every known topic config with the value in force and where it comes from.
+pub fn effective_topic_configs(
+    configs: &BTreeMap<String, String>,
+) -> impl Iterator<Item = (&'static TopicConfigDef, &str, i8)> {
+    TOPIC_CONFIGS.iter().map(|def| match configs.get(def.name) {
+        Some(value) => (def, value.as_str(), SOURCE_TOPIC),
+        None => (def, def.default, SOURCE_DEFAULT),
+    })
+}
+
+/// Checks one `name=value` topic config.
+pub fn validate_topic_config(name: &str, value: Option<&str>) -> Result<(), InvalidConfig> {
+    let def = topic_config_def(name)
+        .ok_or_else(|| InvalidConfig(format!("Unknown topic config name: {name}")))?;
+    let value = value.ok_or_else(|| InvalidConfig(format!("Null value for config {name}")))?;
+    def.validate(value)
+}
+
+/// The value in force for a topic config: the topic's own, or the default.
+pub fn topic_config_value<'a>(
+    configs: &'a BTreeMap<String, String>,
+    name: &str,
+) -> Option<&'a str> {
+    configs
+        .get(name)
+        .map(String::as_str)
+        .or_else(|| topic_config_def(name).map(|d| d.default))
+}
+
+/// Kafka's topic name rules: 1 to 249 of `[a-zA-Z0-9._-]`, and not `.` or `..`.
+pub fn validate_topic_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > 249 {
+        return Err(format!(
+            "Topic name {name:?} must be 1 to 249 characters long"
+        ));
+    }
+    if name == "." || name == ".." {
+        return Err(format!("Topic name cannot be {name:?}"));
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
+    {
+        return Err(format!(
+            "Topic name {name:?} is illegal, it contains a character other than ASCII alphanumerics, '.', '_' and '-'"
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topic_names_follow_kafka_rules() {
+        for good in ["orders", "a.b_c-D9", &"x".repeat(249)] {
+            assert!(validate_topic_name(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "",
+            ".",
+            "..",
+            "has space",
+            "slash/",
+            "ünï",
+            &"x".repeat(250),
+        ] {
+            assert!(validate_topic_name(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn topic_configs_are_checked_by_type() {
+        assert!(validate_topic_config("retention.ms", Some("1000")).is_ok());
+        assert!(validate_topic_config("retention.ms", Some("-1")).is_ok());
+        assert!(validate_topic_config("retention.ms", Some("-2")).is_err());
+        assert!(validate_topic_config("retention.ms", Some("soon")).is_err());
+        assert!(validate_topic_config("max.message.bytes", Some("99999999999")).is_err());
+        assert!(validate_topic_config("cleanup.policy", Some("compact,delete")).is_ok());
+        assert!(validate_topic_config("cleanup.policy", Some("shred")).is_err());
+        assert!(validate_topic_config("message.timestamp.type", Some("LogAppendTime")).is_ok());
+        assert!(validate_topic_config("message.timestamp.type", Some("Whenever")).is_err());
+        assert!(validate_topic_config("preallocate", Some("TRUE")).is_ok());
+        assert!(validate_topic_config("min.cleanable.dirty.ratio", Some("1.5")).is_err());
+        assert!(validate_topic_config("no.such.config", Some("1")).is_err());
+        assert!(validate_topic_config("retention.ms", None).is_err());
+    }
+
+    #[test]
+    fn every_default_is_a_valid_value() {
+        for def in TOPIC_CONFIGS {
+            def.validate(def.default).unwrap();
+        }
+        let set = BTreeMap::from([("retention.ms".to_string(), "5".to_string())]);
+        assert_eq!(topic_config_value(&set, "retention.ms"), Some("5"));
+        assert_eq!(topic_config_value(&set, "segment.ms"), Some("604800000"));
+        assert_eq!(topic_config_value(&set, "nope"), None);
+    }
+}

@@ -1,0 +1,19 @@
+//! DescribeCluster: the one-broker cluster, as admin clients see it.
+
+use kafka_protocol::messages::describe_cluster_response::DescribeClusterBroker;
+use kafka_protocol::messages::DescribeClusterResponse;
+
+use super::{str_bytes, Broker};
+
+pub fn handle(broker: &Broker) -> DescribeClusterResponse {
+    let config = &broker.config;
+    let mut node = DescribeClusterBroker::default();
+    node.broker_id = config.node_id.into();
+    node.host = str_bytes(config.advertised_host.clone());
+    node.port = config.advertised_port;
+    let mut response = DescribeClusterResponse::default();
+    response.cluster_id = str_bytes(broker.log.cluster_id());
+    response.controller_id = config.node_id.into();
+    response.brokers = vec![node];
+    response
+}

@@ -1,0 +1,194 @@
+//! DescribeConfigs: topic configs (set or default) and the broker's read-only settings.
+
+use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::describe_configs_response::{
+    DescribeConfigsResourceResult, DescribeConfigsResult, DescribeConfigsSynonym,
+};
+use kafka_protocol::messages::{DescribeConfigsRequest, DescribeConfigsResponse};
+use kafka_protocol::protocol::StrBytes;
+
+use super::config::{effective_topic_configs, ConfigType, SOURCE_DEFAULT, SOURCE_STATIC_BROKER};
+use super::{str_bytes, Broker, RESOURCE_BROKER, RESOURCE_TOPIC};
+
+struct Entry {
+    name: &'static str,
+    value: String,
+    source: i8,
+    kind: ConfigType,
+    doc: &'static str,
+    read_only: bool,
+    /// The default the value overrides, for synonyms.
+    default: Option<&'static str>,
+}
+
+pub fn handle(
+    broker: &Broker,
+    version: i16,
+    request: DescribeConfigsRequest,
+) -> DescribeConfigsResponse {
+    let mut response = DescribeConfigsResponse::default();
+    for resource in request.resources {
+        let mut result = DescribeConfigsResult::default();
+        result.resource_type = resource.resource_type;
+        result.resource_name = resource.resource_name.clone();
+        match entries(broker, resource.resource_type, &resource.resource_name) {
+            Ok(entries) => {
+                let keys = resource.configuration_keys.as_ref();
+                result.configs = entries
+                    .into_iter()
+                    .filter(|e| keys.is_none_or(|keys| keys.iter().any(|k| k.as_str() == e.name)))
+                    .map(|e| {
+                        describe(
+                            e,
+                            version,
+                            request.include_synonyms,
+                            request.include_documentation,
+                        )
+                    })
+                    .collect();
+            }
+            Err((code, message)) => {
+                result.error_code = code.code();
+                result.error_message = Some(str_bytes(message));
+            }
+        }
+        response.results.push(result);
+    }
+    response
+}
+
+fn entries(
+    broker: &Broker,
+    resource_type: i8,
+    name: &StrBytes,
+) -> Result<Vec<Entry>, (ResponseError, String)> {
+    match resource_type {
+        RESOURCE_TOPIC => {
+            let topic = broker.log.topic(name).ok_or_else(|| {
+                (
+                    ResponseError::UnknownTopicOrPartition,
+                    format!("Topic '{}' does not exist.", name.as_str()),
+                )
+            })?;
+            Ok(effective_topic_configs(&topic.configs)
+                .map(|(def, value, source)| Entry {
+                    name: def.name,
+                    value: value.to_string(),
+                    source,
+                    kind: def.kind,
+                    doc: def.doc,
+                    read_only: false,
+                    default: (source != SOURCE_DEFAULT).then_some(def.default),
+                })
+                .collect())
+        }
+        RESOURCE_BROKER
+            if name.is_empty() || name.as_str() == broker.config.node_id.to_string() =>
+        {
+            Ok(broker_entries(broker))
+        }
+        RESOURCE_BROKER => Err((
+            ResponseError::InvalidRequest,
+            format!("Unknown broker {}", name.as_str()),
+        )),
+        other => Err((
+            ResponseError::InvalidRequest,
+            format!("Shale describes topic and broker configs only, not resource type {other}"),
+        )),
+    }
+}
+
+/// The broker settings clients and tools commonly look at, set by `shale serve` flags.
+fn broker_entries(broker: &Broker) -> Vec<Entry> {
+    let config = &broker.config;
+    let setting = |name, value: String, kind, doc| Entry {
+        name,
+        value,
+        source: SOURCE_STATIC_BROKER,
+        kind,
+        doc,
+        read_only: true,
+        default: None,
+    };
+    vec![
+        setting(
+            "advertised.listeners",
+            format!(
+                "PLAINTEXT://{}:{}",
+                config.advertised_host, config.advertised_port
+            ),
+            ConfigType::String,
+            "Listener given to clients (--advertise).",
+        ),
+        setting(
+            "auto.create.topics.enable",
+            config.auto_create_topics.to_string(),
+            ConfigType::Boolean,
+            "Create topics on first use (--auto-create-topics).",
+        ),
+        setting(
+            "default.replication.factor",
+            "1".into(),
+            ConfigType::Int,
+            "Shale is a single node; data durability comes from the object store.",
+        ),
+        setting(
+            "message.max.bytes",
+            "1048588".into(),
+            ConfigType::Int,
+            "Default max.message.bytes of topics.",
+        ),
+        setting(
+            "node.id",
+            config.node_id.to_string(),
+            ConfigType::Int,
+            "This broker's id.",
+        ),
+        setting(
+            "num.partitions",
+            config.default_partitions.to_string(),
+            ConfigType::Int,
+            "Partitions of auto-created topics (--default-partitions).",
+        ),
+        setting(
+            "socket.request.max.bytes",
+            config.max_request_bytes.to_string(),
+            ConfigType::Int,
+            "Largest request accepted (--max-request-bytes).",
+        ),
+    ]
+}
+
+fn describe(
+    entry: Entry,
+    version: i16,
+    synonyms: bool,
+    documentation: bool,
+) -> DescribeConfigsResourceResult {
+    let mut result = DescribeConfigsResourceResult::default();
+    result.name = str_bytes(entry.name);
+    result.value = Some(str_bytes(entry.value.clone()));
+    result.read_only = entry.read_only;
+    result.config_source = entry.source;
+    if synonyms {
+        let mut own = DescribeConfigsSynonym::default();
+        own.name = str_bytes(entry.name);
+        own.value = Some(str_bytes(entry.value));
+        own.source = entry.source;
+        result.synonyms.push(own);
+        if let Some(default) = entry.default {
+            let mut fallback = DescribeConfigsSynonym::default();
+            fallback.name = str_bytes(entry.name);
+            fallback.value = Some(str_bytes(default));
+            fallback.source = SOURCE_DEFAULT;
+            result.synonyms.push(fallback);
+        }
+    }
+    if version >= 3 {
+        result.config_type = entry.kind as i8;
+        if documentation {
+            result.documentation = Some(str_bytes(entry.doc));
+        }
+    }
+    result
+}

@@ -1,0 +1,163 @@
+//! Fetch: read durable batches, or wait at the tail until some arrive.
+//!
+//! A fetch with too little data waits on the partitions' high-watermark watches, so it is
+//! woken the moment an append becomes durable, and answers at `max_wait_ms` at the latest.
+//! Fetch sessions (KIP-227) are not kept: every response is a full one (session id 0),
+//! which clients handle by sending full requests.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::future::select_all;
+use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
+use kafka_protocol::messages::{FetchRequest, FetchResponse};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use super::{storage_error, Broker};
+use crate::log::{LogError, PartitionLog};
+
+/// Kafka's isolation level for consumers that only read committed transactions.
+const READ_COMMITTED: i8 = 1;
+
+struct Wanted {
+    partition: Option<Arc<PartitionLog>>,
+    index: i32,
+    fetch_offset: i64,
+    max_bytes: usize,
+}
+
+pub async fn handle(broker: &Broker, version: i16, request: FetchRequest) -> FetchResponse {
+    let mut response = FetchResponse::default();
+    if request.session_id != 0 {
+        // Shale never hands out a session id, so a client cannot hold one.
+        response.error_code = ResponseError::FetchSessionIdNotFound.code();
+        return response;
+    }
+    let wanted: Vec<Vec<Wanted>> = request
+        .topics
+        .iter()
+        .map(|t| {
+            let topic = broker.log.topic(&t.topic);
+            t.partitions
+                .iter()
+                .map(|p| Wanted {
+                    partition: topic
+                        .as_ref()
+                        .and_then(|t| t.partition(p.partition).cloned()),
+                    index: p.partition,
+                    fetch_offset: p.fetch_offset,
+                    max_bytes: p.partition_max_bytes.max(0) as usize,
+                })
+                .collect()
+        })
+        .collect();
+
+    let mut watches = Vec::new();
+    for partition in wanted.iter().flatten().filter_map(|w| w.partition.as_ref()) {
+        if let Ok(watch) = broker.log.watch_high_watermark(partition).await {
+            watches.push(watch);
+        }
+    }
+    let deadline = Instant::now() + Duration::from_millis(request.max_wait_ms.max(0) as u64);
+    let min_bytes = request.min_bytes.max(0) as usize;
+    // v3+ caps the whole response; older versions only per partition.
+    let response_max = if version >= 3 {
+        request.max_bytes.max(0) as usize
+    } else {
+        usize::MAX
+    };
+    let read_committed = request.isolation_level == READ_COMMITTED;
+    loop {
+        for watch in &mut watches {
+            watch.borrow_and_update();
+        }
+        let (topics, bytes, failed) =
+            read_all(broker, &request, &wanted, response_max, read_committed).await;
+        if bytes >= min_bytes.max(1) || failed || Instant::now() >= deadline {
+            response.responses = topics;
+            return response;
+        }
+        if !wait_for_append(&mut watches, deadline).await {
+            response.responses = topics;
+            return response;
+        }
+    }
+}
+
+/// Waits until any high watermark moves (true) or the deadline passes (false).
+async fn wait_for_append(watches: &mut [watch::Receiver<i64>], deadline: Instant) -> bool {
+    if watches.is_empty() {
+        tokio::time::sleep_until(deadline).await;
+        return false;
+    }
+    let changes = select_all(watches.iter_mut().map(|w| Box::pin(w.changed())));
+    tokio::select! {
+        (changed, _, _) = changes => changed.is_ok(),
+        () = tokio::time::sleep_until(deadline) => false,
+    }
+}
+
+/// Reads every wanted partition once. Returns the response topics, the bytes read, and
+/// whether any partition failed (a failure is answered at once, like data).
+async fn read_all(
+    broker: &Broker,
+    request: &FetchRequest,
+    wanted: &[Vec<Wanted>],
+    response_max: usize,
+    read_committed: bool,
+) -> (Vec<FetchableTopicResponse>, usize, bool) {
+    let mut total = 0usize;
+    let mut failed = false;
+    let mut topics = Vec::with_capacity(wanted.len());
+    for (topic, partitions) in request.topics.iter().zip(wanted) {
+        let mut topic_response = FetchableTopicResponse::default();
+        topic_response.topic = topic.topic.clone();
+        topic_response.topic_id = topic.topic_id;
+        for want in partitions {
+            let mut data = PartitionData::default();
+            data.partition_index = want.index;
+            data.aborted_transactions = read_committed.then(Vec::new);
+            data.records = Some(Bytes::new());
+            match &want.partition {
+                None => {
+                    data.error_code = ResponseError::UnknownTopicOrPartition.code();
+                    failed = true;
+                }
+                Some(partition) => {
+                    // The first batch is always returned whole, even past the limits, so a
+                    // consumer can get past a batch larger than its fetch size.
+                    let budget = want.max_bytes.min(response_max.saturating_sub(total));
+                    match broker.log.read(partition, want.fetch_offset, budget).await {
+                        Ok(fetched) => {
+                            total += fetched.records.len();
+                            data.high_watermark = fetched.offsets.high_watermark;
+                            data.last_stable_offset = fetched.offsets.high_watermark;
+                            data.log_start_offset = fetched.offsets.log_start_offset;
+                            data.records = Some(fetched.records);
+                        }
+                        Err(e) => {
+                            if let LogError::OffsetOutOfRange {
+                                log_start_offset,
+                                high_watermark,
+                                ..
+                            } = e
+                            {
+                                data.high_watermark = high_watermark;
+                                data.last_stable_offset = high_watermark;
+                                data.log_start_offset = log_start_offset;
+                            }
+                            data.error_code = storage_error(&e).code();
+                            failed = true;
+                        }
+                    }
+                }
+            }
+            topic_response.partitions.push(data);
+        }
+        topics.push(topic_response);
+    }
+    (topics, total, failed)
+}

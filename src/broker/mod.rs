@@ -1,0 +1,237 @@
+//! The Kafka broker: one handler per API, each a function from a decoded request to a
+//! response, plus the server that feeds them from sockets.
+//!
+//! Handlers speak Kafka (error codes, versions, configs) and use `log` for every stored
+//! fact; they never touch SlateDB directly.
+
+mod alter_configs;
+mod api_versions;
+pub mod config;
+mod create_partitions;
+mod create_topics;
+mod delete_topics;
+mod describe_cluster;
+mod describe_configs;
+mod fetch;
+mod incremental_alter_configs;
+mod list_offsets;
+mod metadata;
+mod produce;
+pub mod server;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::{RequestHeader, RequestKind, ResponseKind};
+use kafka_protocol::protocol::StrBytes;
+
+use crate::log::{LogError, LogStore, Topic};
+use config::{validate_topic_name, BrokerConfig};
+
+/// Shared state of a running broker.
+pub struct Broker {
+    pub log: Arc<LogStore>,
+    pub config: BrokerConfig,
+}
+
+impl Broker {
+    pub fn new(log: Arc<LogStore>, config: BrokerConfig) -> Self {
+        Broker { log, config }
+    }
+
+    /// Serves one request. `None` means no response is sent (produce with acks=0).
+    pub async fn handle(
+        &self,
+        header: &RequestHeader,
+        request: RequestKind,
+    ) -> Option<ResponseKind> {
+        let version = header.request_api_version;
+        Some(match request {
+            RequestKind::ApiVersions(_) => ResponseKind::ApiVersions(api_versions::handle()),
+            RequestKind::Metadata(r) => {
+                ResponseKind::Metadata(metadata::handle(self, version, r).await)
+            }
+            RequestKind::Produce(r) => ResponseKind::Produce(produce::handle(self, r).await?),
+            RequestKind::Fetch(r) => ResponseKind::Fetch(fetch::handle(self, version, r).await),
+            RequestKind::ListOffsets(r) => {
+                ResponseKind::ListOffsets(list_offsets::handle(self, version, r).await)
+            }
+            RequestKind::CreateTopics(r) => {
+                ResponseKind::CreateTopics(create_topics::handle(self, version, r).await)
+            }
+            RequestKind::DeleteTopics(r) => {
+                ResponseKind::DeleteTopics(delete_topics::handle(self, version, r).await)
+            }
+            RequestKind::CreatePartitions(r) => {
+                ResponseKind::CreatePartitions(create_partitions::handle(self, r).await)
+            }
+            RequestKind::DescribeConfigs(r) => {
+                ResponseKind::DescribeConfigs(describe_configs::handle(self, version, r))
+            }
+            RequestKind::AlterConfigs(r) => {
+                ResponseKind::AlterConfigs(alter_configs::handle(self, r).await)
+            }
+            RequestKind::IncrementalAlterConfigs(r) => ResponseKind::IncrementalAlterConfigs(
+                incremental_alter_configs::handle(self, r).await,
+            ),
+            RequestKind::DescribeCluster(_) => {
+                ResponseKind::DescribeCluster(describe_cluster::handle(self))
+            }
+            other => {
+                // The codec only decodes APIs listed in protocol::versions, each of which
+                // has an arm above; reaching this is a bug in that table.
+                tracing::error!(api = ?std::mem::discriminant(&other), "no handler for a decoded API");
+                return None;
+            }
+        })
+    }
+
+    /// Looks up a topic, creating it if the broker auto-creates topics and the name is valid.
+    async fn topic_or_auto_create(
+        &self,
+        name: &str,
+        allow: bool,
+    ) -> Result<Arc<Topic>, ResponseError> {
+        if let Some(topic) = self.log.topic(name) {
+            return Ok(topic);
+        }
+        if validate_topic_name(name).is_err() {
+            return Err(ResponseError::InvalidTopicException);
+        }
+        if !(allow && self.config.auto_create_topics) {
+            return Err(ResponseError::UnknownTopicOrPartition);
+        }
+        match self
+            .log
+            .create_topic(name, self.config.default_partitions, BTreeMap::new())
+            .await
+        {
+            Ok(topic) => {
+                tracing::info!(
+                    topic = name,
+                    partitions = topic.partitions.len(),
+                    "auto-created topic"
+                );
+                Ok(topic)
+            }
+            Err(LogError::TopicExists(_)) => self
+                .log
+                .topic(name)
+                .ok_or(ResponseError::UnknownTopicOrPartition),
+            Err(e) => {
+                tracing::error!(topic = name, error = %e, "auto-creating topic failed");
+                Err(ResponseError::KafkaStorageError)
+            }
+        }
+    }
+}
+
+/// The Kafka error code for a storage-level failure.
+fn storage_error(e: &LogError) -> ResponseError {
+    match e {
+        LogError::TopicExists(_) => ResponseError::TopicAlreadyExists,
+        LogError::UnknownTopic(_) => ResponseError::UnknownTopicOrPartition,
+        LogError::OffsetOutOfRange { .. } => ResponseError::OffsetOutOfRange,
+        LogError::Corrupt(_) | LogError::NotDurable | LogError::Storage(_) => {
+            tracing::error!(error = %e, "storage failure");
+            ResponseError::KafkaStorageError
+        }
+    }
+}
+
+/// A Kafka error code with the message clients show for it.
+#[derive(Debug, Clone)]
+pub(crate) struct ApiError {
+    pub code: ResponseError,
+    pub message: Option<String>,
+}
+
+impl ApiError {
+    fn new(code: ResponseError, message: impl Into<String>) -> Self {
+        ApiError {
+            code,
+            message: Some(message.into()),
+        }
+    }
+
+    fn code(&self) -> i16 {
+        self.code.code()
+    }
+
+    fn message(&self) -> Option<StrBytes> {
+        self.message.clone().map(str_bytes)
+    }
+}
+
+impl From<LogError> for ApiError {
+    fn from(e: LogError) -> Self {
+        ApiError::new(storage_error(&e), e.to_string())
+    }
+}
+
+/// The error code and message of a result, for response fields.
+fn outcome<T>(result: &Result<T, ApiError>) -> (i16, Option<StrBytes>) {
+    match result {
+        Ok(_) => (0, None),
+        Err(e) => (e.code(), e.message()),
+    }
+}
+
+fn str_bytes(s: impl Into<String>) -> StrBytes {
+    StrBytes::from_string(s.into())
+}
+
+/// Kafka's resource types in the config APIs.
+const RESOURCE_TOPIC: i8 = 2;
+const RESOURCE_BROKER: i8 = 4;
+
+impl Broker {
+    /// Replaces a topic's configs with what `change` makes of the current ones, after
+    /// validating every value. Broker configs are set by flags, so only topics qualify.
+    async fn alter_topic_configs(
+        &self,
+        resource_type: i8,
+        name: &StrBytes,
+        validate_only: bool,
+        change: impl FnOnce(&BTreeMap<String, String>) -> Result<BTreeMap<String, String>, ApiError>,
+    ) -> Result<(), ApiError> {
+        match resource_type {
+            RESOURCE_TOPIC => {}
+            RESOURCE_BROKER => {
+                return Err(ApiError::new(
+                    ResponseError::InvalidRequest,
+                    "Shale's broker configs are set with `shale serve` flags, not AlterConfigs",
+                ))
+            }
+            other => {
+                return Err(ApiError::new(
+                    ResponseError::InvalidRequest,
+                    format!("Shale alters topic configs only, not resource type {other}"),
+                ))
+            }
+        }
+        let validated = |current: &BTreeMap<String, String>| {
+            let configs = change(current)?;
+            for (key, value) in &configs {
+                config::validate_topic_config(key, Some(value))
+                    .map_err(|e| ApiError::new(ResponseError::InvalidConfig, e.0))?;
+            }
+            Ok::<_, ApiError>(configs)
+        };
+        if validate_only {
+            let topic = self
+                .log
+                .topic(name)
+                .ok_or_else(|| ApiError::from(LogError::UnknownTopic(name.to_string())))?;
+            return validated(&topic.configs).map(|_| ());
+        }
+        self.log
+            .update_topic(name, |topic| {
+                validated(&topic.configs).map(|configs| (topic.partitions.len() as u32, configs))
+            })
+            .await?;
+        tracing::info!(topic = name.as_str(), "altered topic configs");
+        Ok(())
+    }
+}

@@ -1,0 +1,172 @@
+//! Produce: validate batches, append them in one write, answer per acks.
+//!
+//! acks=0 gets no response; acks=1 is answered once the write is in SlateDB's memory;
+//! acks=all (-1) once it is durable in the object store, which is also when consumers
+//! can first read it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
+use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
+
+use super::config::topic_config_value;
+use super::{storage_error, str_bytes, Broker};
+use crate::log::batch::{self, BatchError};
+use crate::log::{PartitionAppend, PartitionLog};
+
+/// Where a partition's answer comes from once the append is done.
+enum Outcome {
+    Failed(ResponseError, Option<String>),
+    /// `append` indexes the appends of this request.
+    Appended {
+        append: usize,
+        log_append_time: i64,
+        partition: Arc<PartitionLog>,
+    },
+}
+
+pub async fn handle(broker: &Broker, request: ProduceRequest) -> Option<ProduceResponse> {
+    let acks = request.acks;
+    let mut appends: Vec<PartitionAppend> = Vec::new();
+    let mut outcomes: Vec<Vec<(i32, Outcome)>> = Vec::new();
+    for topic_data in &request.topic_data {
+        let topic = broker.log.topic(&topic_data.name);
+        let mut topic_outcomes = Vec::new();
+        for partition_data in &topic_data.partition_data {
+            let index = partition_data.index;
+            let outcome = if !matches!(acks, -1..=1) {
+                Outcome::Failed(ResponseError::InvalidRequiredAcks, None)
+            } else if let Some((topic, partition)) = topic
+                .as_ref()
+                .and_then(|t| t.partition(index).map(|p| (t, p.clone())))
+            {
+                match prepare(&topic.configs, partition_data.records.as_ref()) {
+                    Ok((batches, log_append_time)) => {
+                        appends.push(PartitionAppend {
+                            partition: partition.clone(),
+                            batches,
+                        });
+                        Outcome::Appended {
+                            append: appends.len() - 1,
+                            log_append_time,
+                            partition,
+                        }
+                    }
+                    Err((error, message)) => {
+                        tracing::debug!(topic = %topic.name, partition = index, %message, "rejected produce");
+                        Outcome::Failed(error, Some(message))
+                    }
+                }
+            } else {
+                Outcome::Failed(ResponseError::UnknownTopicOrPartition, None)
+            };
+            topic_outcomes.push((index, outcome));
+        }
+        outcomes.push(topic_outcomes);
+    }
+
+    let appended = if appends.is_empty() {
+        Ok(Vec::new())
+    } else {
+        match broker.log.append(appends).await {
+            Ok(receipt) => {
+                let base_offsets = receipt.base_offsets.clone();
+                let durable = match acks {
+                    -1 => await_durable(receipt, request.timeout_ms).await,
+                    _ => Ok(()),
+                };
+                durable.map(|()| base_offsets)
+            }
+            Err(e) => Err(storage_error(&e)),
+        }
+    };
+    if acks == 0 {
+        return None;
+    }
+
+    let mut response = ProduceResponse::default();
+    for (topic_data, topic_outcomes) in request.topic_data.iter().zip(outcomes) {
+        let mut topic_response = TopicProduceResponse::default();
+        topic_response.name = topic_data.name.clone();
+        topic_response.topic_id = topic_data.topic_id;
+        for (index, outcome) in topic_outcomes {
+            let mut partition = PartitionProduceResponse::default();
+            partition.index = index;
+            partition.log_start_offset = -1;
+            match (outcome, &appended) {
+                (Outcome::Failed(error, message), _) => {
+                    partition.error_code = error.code();
+                    partition.error_message = message.map(str_bytes);
+                }
+                (Outcome::Appended { .. }, Err(error)) => partition.error_code = error.code(),
+                (
+                    Outcome::Appended {
+                        append,
+                        log_append_time,
+                        partition: log,
+                    },
+                    Ok(base_offsets),
+                ) => {
+                    partition.base_offset = base_offsets[append];
+                    partition.log_append_time_ms = log_append_time;
+                    if let Ok(offsets) = broker.log.offsets(&log).await {
+                        partition.log_start_offset = offsets.log_start_offset;
+                    }
+                }
+            }
+            topic_response.partition_responses.push(partition);
+        }
+        response.responses.push(topic_response);
+    }
+    Some(response)
+}
+
+/// Validates a partition's records against its topic's configs; stamps the append time on
+/// `LogAppendTime` topics. Returns the batches and the append time (-1 for CreateTime).
+fn prepare(
+    configs: &std::collections::BTreeMap<String, String>,
+    records: Option<&Bytes>,
+) -> Result<(Vec<Bytes>, i64), (ResponseError, String)> {
+    let records = records.ok_or((ResponseError::CorruptMessage, "no records".to_string()))?;
+    let max_bytes = topic_config_value(configs, "max.message.bytes")
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(1_048_588);
+    let batches = batch::split_and_validate(records, max_bytes).map_err(|e| {
+        let code = match e {
+            BatchError::Corrupt(_) => ResponseError::CorruptMessage,
+            BatchError::UnsupportedMagic(_) => ResponseError::UnsupportedForMessageFormat,
+            BatchError::TooLarge { .. } => ResponseError::MessageTooLarge,
+        };
+        (code, e.to_string())
+    })?;
+    if topic_config_value(configs, "message.timestamp.type") == Some("LogAppendTime") {
+        let now = now_ms();
+        let stamped = batches
+            .iter()
+            .map(|b| batch::stamp_log_append_time(b, now))
+            .collect();
+        return Ok((stamped, now));
+    }
+    Ok((batches, -1))
+}
+
+async fn await_durable(
+    receipt: crate::log::AppendReceipt,
+    timeout_ms: i32,
+) -> Result<(), ResponseError> {
+    let timeout = Duration::from_millis(timeout_ms.max(0) as u64);
+    match tokio::time::timeout(timeout, receipt.durable()).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(storage_error(&e)),
+        Err(_) => Err(ResponseError::RequestTimedOut),
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}

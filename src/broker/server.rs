@@ -1,0 +1,121 @@
+//! Accepting connections and serving their requests.
+//!
+//! Each connection reads frames as fast as the client sends them and runs up to
+//! [`MAX_IN_FLIGHT`] requests at once (each on its own task, so a produce waiting for
+//! durability does not hold up the next one), writing responses back in request order as
+//! Kafka requires. A frame that cannot be served closes only its own connection.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::stream::FuturesOrdered;
+use futures::{FutureExt, StreamExt};
+use tokio::io::{AsyncWriteExt, BufWriter};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+use tokio_util::codec::FramedRead;
+
+use super::Broker;
+use crate::protocol::{self, frame, Incoming};
+
+/// Requests one connection may have in progress; Kafka clients send at most 5 by default.
+const MAX_IN_FLIGHT: usize = 32;
+
+/// Accepts connections until `shutdown` resolves.
+pub async fn serve(
+    broker: Arc<Broker>,
+    listener: TcpListener,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => return,
+            accepted = listener.accept() => match accepted {
+                Ok((socket, peer)) => {
+                    let _ = socket.set_nodelay(true);
+                    let broker = broker.clone();
+                    tokio::spawn(async move {
+                        if let Err(reason) = run_connection(broker, socket).await {
+                            tracing::info!(%peer, %reason, "closed connection");
+                        }
+                    });
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            },
+        }
+    }
+}
+
+type Response = Result<Option<Bytes>, String>;
+
+async fn run_connection(broker: Arc<Broker>, socket: TcpStream) -> Result<(), String> {
+    let (reader, writer) = socket.into_split();
+    let codec = frame::request_codec(broker.config.max_request_bytes as usize);
+    let mut frames = FramedRead::new(reader, codec);
+    let mut writer = BufWriter::new(writer);
+    let mut in_flight: FuturesOrdered<JoinHandle<Response>> = FuturesOrdered::new();
+    let mut reading = true;
+    loop {
+        tokio::select! {
+            frame = frames.next(), if reading && in_flight.len() < MAX_IN_FLIGHT => match frame {
+                Some(Ok(frame)) => {
+                    let incoming = protocol::decode_request(frame.freeze()).map_err(|e| e.to_string())?;
+                    in_flight.push_back(tokio::spawn(respond(broker.clone(), incoming)));
+                }
+                Some(Err(e)) => return Err(format!("bad frame: {e}")),
+                // The client is done sending; answer what it already asked.
+                None => reading = false,
+            },
+            Some(done) = in_flight.next() => {
+                write_response(&mut writer, done).await?;
+                // Write every response that is already finished before one flush.
+                while let Some(Some(done)) = in_flight.next().now_or_never() {
+                    write_response(&mut writer, done).await?;
+                }
+                writer.flush().await.map_err(|e| e.to_string())?;
+            },
+            else => return Ok(()),
+        }
+    }
+}
+
+async fn write_response(
+    writer: &mut BufWriter<tokio::net::tcp::OwnedWriteHalf>,
+    done: Result<Response, tokio::task::JoinError>,
+) -> Result<(), String> {
+    let response = done.map_err(|e| format!("request handler failed: {e}"))??;
+    if let Some(bytes) = response {
+        writer.write_all(&bytes).await.map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+async fn respond(broker: Arc<Broker>, incoming: Incoming) -> Response {
+    match incoming {
+        Incoming::ApiVersionsTooNew { correlation_id } => {
+            protocol::encode_api_versions_too_new(correlation_id)
+                .map(Some)
+                .map_err(|e| e.to_string())
+        }
+        Incoming::Request { header, body } => {
+            let api = kafka_protocol::messages::ApiKey::try_from(header.request_api_key)
+                .map_err(|_| "unknown API key".to_string())?;
+            let Some(response) = broker.handle(&header, body).await else {
+                return Ok(None);
+            };
+            protocol::encode_response(
+                header.correlation_id,
+                api,
+                header.request_api_version,
+                &response,
+            )
+            .map(Some)
+            .map_err(|e| format!("encoding {api:?} response: {e}"))
+        }
+    }
+}

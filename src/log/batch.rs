@@ -1,0 +1,263 @@
+//! Kafka record batches (magic v2) as stored: validated on produce, served back unchanged.
+//!
+//! Layout of the 61-byte header (big-endian):
+//! `baseOffset i64 | batchLength i32 | partitionLeaderEpoch i32 | magic i8 | crc u32 |
+//! attributes i16 | lastOffsetDelta i32 | baseTimestamp i64 | maxTimestamp i64 |
+//! producerId i64 | producerEpoch i16 | baseSequence i32 | recordCount i32`.
+//! The CRC-32C covers everything from `attributes` to the end, so the broker can rewrite
+//! `baseOffset` without touching the CRC. Records are never decompressed here.
+
+use bytes::{Bytes, BytesMut};
+
+pub const HEADER_LEN: usize = 61;
+const LENGTH_END: usize = 12;
+const MAGIC: usize = 16;
+const CRC: usize = 17;
+const ATTRIBUTES: usize = 21;
+const LAST_OFFSET_DELTA: usize = 23;
+const BASE_TIMESTAMP: usize = 27;
+const MAX_TIMESTAMP: usize = 35;
+const PRODUCER_ID: usize = 43;
+const RECORD_COUNT: usize = 57;
+
+/// Attribute bit set when the batch's timestamps are the broker's append time.
+const LOG_APPEND_TIME_BIT: i16 = 1 << 3;
+/// Attribute bit set on transaction markers, which only brokers write.
+const CONTROL_BIT: i16 = 1 << 5;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BatchError {
+    #[error("corrupt record batch: {0}")]
+    Corrupt(&'static str),
+    #[error("record batch magic {0} is not supported; only v2 (Kafka 0.11+) batches are")]
+    UnsupportedMagic(i8),
+    #[error("record batch of {size} bytes exceeds max.message.bytes {max}")]
+    TooLarge { size: usize, max: usize },
+}
+
+fn i16_at(b: &[u8], at: usize) -> i16 {
+    i16::from_be_bytes([b[at], b[at + 1]])
+}
+fn i32_at(b: &[u8], at: usize) -> i32 {
+    i32::from_be_bytes(b[at..at + 4].try_into().expect("4 bytes"))
+}
+fn i64_at(b: &[u8], at: usize) -> i64 {
+    i64::from_be_bytes(b[at..at + 8].try_into().expect("8 bytes"))
+}
+
+/// A view of one batch whose header has been checked to be complete.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchView<'a>(&'a [u8]);
+
+impl<'a> BatchView<'a> {
+    /// Reads a stored (already validated) batch; `None` if it is shorter than a header.
+    pub fn new(batch: &'a [u8]) -> Option<Self> {
+        (batch.len() >= HEADER_LEN).then_some(BatchView(batch))
+    }
+    pub fn base_offset(&self) -> i64 {
+        i64_at(self.0, 0)
+    }
+    pub fn last_offset_delta(&self) -> i32 {
+        i32_at(self.0, LAST_OFFSET_DELTA)
+    }
+    pub fn last_offset(&self) -> i64 {
+        self.base_offset() + i64::from(self.last_offset_delta())
+    }
+    pub fn record_count(&self) -> i32 {
+        i32_at(self.0, RECORD_COUNT)
+    }
+    pub fn attributes(&self) -> i16 {
+        i16_at(self.0, ATTRIBUTES)
+    }
+    pub fn base_timestamp(&self) -> i64 {
+        i64_at(self.0, BASE_TIMESTAMP)
+    }
+    pub fn max_timestamp(&self) -> i64 {
+        i64_at(self.0, MAX_TIMESTAMP)
+    }
+    pub fn producer_id(&self) -> i64 {
+        i64_at(self.0, PRODUCER_ID)
+    }
+    pub fn is_log_append_time(&self) -> bool {
+        self.attributes() & LOG_APPEND_TIME_BIT != 0
+    }
+}
+
+/// Splits a produce request's `records` into batches, checking each one: complete, magic v2,
+/// CRC-32C intact, a consistent record count, not a control batch, at most `max_batch_bytes`.
+pub fn split_and_validate(
+    records: &Bytes,
+    max_batch_bytes: usize,
+) -> Result<Vec<Bytes>, BatchError> {
+    let mut batches = Vec::new();
+    let mut at = 0;
+    while at < records.len() {
+        let rest = &records[at..];
+        if rest.len() < LENGTH_END {
+            return Err(BatchError::Corrupt("truncated batch header"));
+        }
+        let batch_length = i32_at(rest, 8);
+        if batch_length < 0 {
+            return Err(BatchError::Corrupt("negative batch length"));
+        }
+        let size = LENGTH_END + batch_length as usize;
+        if rest.len() > MAGIC && rest[MAGIC] != 2 {
+            return Err(BatchError::UnsupportedMagic(rest[MAGIC] as i8));
+        }
+        if size < HEADER_LEN || size > rest.len() {
+            return Err(BatchError::Corrupt("batch length does not match the data"));
+        }
+        if size > max_batch_bytes {
+            return Err(BatchError::TooLarge {
+                size,
+                max: max_batch_bytes,
+            });
+        }
+        let batch = &rest[..size];
+        let stored_crc = u32::from_be_bytes(batch[CRC..ATTRIBUTES].try_into().expect("4 bytes"));
+        if crc32c::crc32c(&batch[ATTRIBUTES..]) != stored_crc {
+            return Err(BatchError::Corrupt("CRC-32C mismatch"));
+        }
+        let view = BatchView(batch);
+        if view.record_count() <= 0 || view.last_offset_delta() != view.record_count() - 1 {
+            return Err(BatchError::Corrupt(
+                "record count does not match lastOffsetDelta",
+            ));
+        }
+        if view.attributes() & CONTROL_BIT != 0 {
+            return Err(BatchError::Corrupt(
+                "clients may not produce control batches",
+            ));
+        }
+        batches.push(records.slice(at..at + size));
+        at += size;
+    }
+    if batches.is_empty() {
+        return Err(BatchError::Corrupt("no record batch in produce data"));
+    }
+    Ok(batches)
+}
+
+/// A batch copied out of the request so the broker can assign its offset.
+pub fn with_base_offset(batch: &[u8], base_offset: i64) -> Bytes {
+    let mut owned = BytesMut::from(batch);
+    owned[..8].copy_from_slice(&base_offset.to_be_bytes());
+    owned.freeze()
+}
+
+/// Marks a batch as stamped with the broker's append time (topics with
+/// `message.timestamp.type=LogAppendTime`): sets the attribute bit and `maxTimestamp`, which
+/// consumers then use for every record, and recomputes the CRC those fields are under.
+pub fn stamp_log_append_time(batch: &Bytes, now_ms: i64) -> Bytes {
+    let mut owned = BytesMut::from(batch.as_ref());
+    let attributes = i16_at(&owned, ATTRIBUTES) | LOG_APPEND_TIME_BIT;
+    owned[ATTRIBUTES..ATTRIBUTES + 2].copy_from_slice(&attributes.to_be_bytes());
+    owned[MAX_TIMESTAMP..MAX_TIMESTAMP + 8].copy_from_slice(&now_ms.to_be_bytes());
+    let crc = crc32c::crc32c(&owned[ATTRIBUTES..]);
+    owned[CRC..ATTRIBUTES].copy_from_slice(&crc.to_be_bytes());
+    owned.freeze()
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use kafka_protocol::records::{
+        Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions,
+        TimestampType,
+    };
+
+    pub(crate) fn encode_batch(values: &[&str], compression: Compression) -> Bytes {
+        let records: Vec<Record> = values
+            .iter()
+            .enumerate()
+            .map(|(i, v)| Record {
+                transactional: false,
+                control: false,
+                partition_leader_epoch: 0,
+                producer_id: -1,
+                producer_epoch: -1,
+                timestamp_type: TimestampType::Creation,
+                offset: i as i64,
+                sequence: -1,
+                timestamp: 1_000 + i as i64,
+                key: Some(Bytes::from(format!("k{i}"))),
+                value: Some(Bytes::from(v.to_string())),
+                headers: Default::default(),
+            })
+            .collect();
+        let mut buf = BytesMut::new();
+        let options = RecordEncodeOptions {
+            version: 2,
+            compression,
+        };
+        RecordBatchEncoder::encode(&mut buf, records.iter(), &options).unwrap();
+        buf.freeze()
+    }
+
+    #[test]
+    fn valid_batches_split_and_keep_their_bytes() {
+        let a = encode_batch(&["a", "b", "c"], Compression::None);
+        let b = encode_batch(&["d"], Compression::Gzip);
+        let both = Bytes::from([a.as_ref(), b.as_ref()].concat());
+        let batches = split_and_validate(&both, 1 << 20).unwrap();
+        assert_eq!(batches, vec![a.clone(), b]);
+        let view = BatchView::new(&batches[0]).unwrap();
+        assert_eq!(view.record_count(), 3);
+        assert_eq!(view.max_timestamp(), 1_002);
+    }
+
+    #[test]
+    fn rewriting_the_base_offset_keeps_the_batch_decodable() {
+        let batch = encode_batch(&["x", "y"], Compression::Lz4);
+        let moved = with_base_offset(&batch, 40);
+        assert_eq!(BatchView::new(&moved).unwrap().last_offset(), 41);
+        let mut buf = moved.clone();
+        let set = RecordBatchDecoder::decode(&mut buf).unwrap();
+        let offsets: Vec<i64> = set.records.iter().map(|r| r.offset).collect();
+        assert_eq!(offsets, vec![40, 41]);
+    }
+
+    #[test]
+    fn log_append_time_stamp_keeps_the_crc_valid() {
+        let batch = encode_batch(&["x"], Compression::None);
+        let stamped = stamp_log_append_time(&batch, 99_000);
+        let checked = split_and_validate(&stamped, 1 << 20).unwrap();
+        let view = BatchView::new(&checked[0]).unwrap();
+        assert!(view.is_log_append_time());
+        assert_eq!(view.max_timestamp(), 99_000);
+    }
+
+    #[test]
+    fn bad_batches_are_rejected_with_a_reason() {
+        let batch = encode_batch(&["a", "b"], Compression::None);
+        let mut flipped = BytesMut::from(batch.as_ref());
+        let last = flipped.len() - 1;
+        flipped[last] ^= 0xff;
+        assert_eq!(
+            split_and_validate(&flipped.freeze(), 1 << 20),
+            Err(BatchError::Corrupt("CRC-32C mismatch"))
+        );
+        assert!(matches!(
+            split_and_validate(&batch.slice(..batch.len() - 3), 1 << 20),
+            Err(BatchError::Corrupt(_))
+        ));
+        assert!(matches!(
+            split_and_validate(&batch.slice(..10), 1 << 20),
+            Err(BatchError::Corrupt(_))
+        ));
+        let mut old_magic = BytesMut::from(batch.as_ref());
+        old_magic[MAGIC] = 1;
+        assert_eq!(
+            split_and_validate(&old_magic.freeze(), 1 << 20),
+            Err(BatchError::UnsupportedMagic(1))
+        );
+        assert_eq!(
+            split_and_validate(&batch, 20),
+            Err(BatchError::TooLarge {
+                size: batch.len(),
+                max: 20
+            })
+        );
+        assert!(split_and_validate(&Bytes::new(), 1 << 20).is_err());
+    }
+}

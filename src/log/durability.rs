@@ -1,0 +1,93 @@
+//! Group commit: completes appends when SlateDB reports their WAL write durable.
+//!
+//! Appends never wait on a flush of their own. Each write is queued with its SlateDB
+//! sequence number; one task follows SlateDB's `durable_seq` watch and, as it advances,
+//! moves the affected partitions' high watermarks and then completes the waiting acks, in
+//! write order. So a producer with acks=all is answered only once a consumer can read its
+//! records, and a fetch never sees data a crash could take back.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+
+use slatedb::{CloseReason, DbStatus};
+use tokio::sync::{oneshot, watch};
+
+use super::partition::PartitionLog;
+
+struct PendingWrite {
+    seq: u64,
+    /// Each partition the write touched, with its end offset after the write.
+    advances: Vec<(Arc<PartitionLog>, i64)>,
+    done: oneshot::Sender<()>,
+}
+
+/// Writes waiting for durability, in SlateDB sequence order.
+#[derive(Default)]
+pub(super) struct DurabilityQueue {
+    pending: Mutex<VecDeque<PendingWrite>>,
+}
+
+impl DurabilityQueue {
+    /// Queues a write; must be called in the order the writes were made.
+    pub fn push(&self, seq: u64, advances: Vec<(Arc<PartitionLog>, i64)>) -> oneshot::Receiver<()> {
+        let (done, receiver) = oneshot::channel();
+        self.lock().push_back(PendingWrite {
+            seq,
+            advances,
+            done,
+        });
+        receiver
+    }
+
+    /// Completes every queued write with a sequence number at or below `durable_seq`.
+    pub fn release(&self, durable_seq: u64) {
+        let mut released = Vec::new();
+        {
+            let mut pending = self.lock();
+            while pending.front().is_some_and(|w| w.seq <= durable_seq) {
+                released.extend(pending.pop_front());
+            }
+        }
+        for write in released {
+            for (partition, end) in &write.advances {
+                if let Some(state) = partition.state.get() {
+                    state.advance_high_watermark(*end);
+                }
+            }
+            // The producer may have gone away (acks=0/1, or a closed connection).
+            let _ = write.done.send(());
+        }
+    }
+
+    /// Fails every waiting write: dropping the senders wakes their receivers with an error.
+    fn abandon(&self) {
+        self.lock().clear();
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<PendingWrite>> {
+        // The queue holds plain data; a panic elsewhere cannot leave it half-updated.
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Follows SlateDB's status until the database closes; returns why it closed.
+pub(super) async fn follow(
+    mut status: watch::Receiver<DbStatus>,
+    queue: Arc<DurabilityQueue>,
+) -> Option<CloseReason> {
+    loop {
+        let (durable_seq, close_reason) = {
+            let current = status.borrow_and_update();
+            (current.durable_seq, current.close_reason)
+        };
+        queue.release(durable_seq);
+        if close_reason.is_some() {
+            queue.abandon();
+            return close_reason;
+        }
+        if status.changed().await.is_err() {
+            queue.abandon();
+            return None;
+        }
+    }
+}

@@ -1,0 +1,392 @@
+//! Key logs: topics, partitions, offsets, the global sequence, and tail notification.
+//!
+//! Every topic-partition is a key log in SlateDB: record batches stored as received with
+//! their `baseOffset` set, dense offsets per partition, and a global sequence number giving
+//! every appended record a place in one order across all partitions. This module owns the
+//! stored data's meaning; it knows nothing of the Kafka wire protocol or of topic configs.
+
+pub mod batch;
+mod durability;
+mod partition;
+mod read;
+mod topic;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, RwLock};
+
+use bytes::Bytes;
+use slatedb::config::ScanOptions;
+use slatedb::{CloseReason, Db, IterationOrder, WriteBatch};
+use tokio::sync::{oneshot, Mutex};
+use uuid::Uuid;
+
+pub use partition::{PartitionLog, PartitionOffsets};
+pub use read::FetchedRecords;
+pub use topic::Topic;
+
+use crate::storage::keys::{self, BatchKey, SequenceEntry};
+use batch::BatchView;
+use durability::DurabilityQueue;
+use partition::PartitionState;
+use topic::TopicRecord;
+
+/// The first segment that holds record data (segment 0 holds metadata).
+const FIRST_DATA_SEGMENT: u32 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    #[error("topic {0:?} already exists")]
+    TopicExists(String),
+    #[error("unknown topic {0:?}")]
+    UnknownTopic(String),
+    #[error("offset {offset} is outside the log [{log_start_offset}, {high_watermark}]")]
+    OffsetOutOfRange {
+        offset: i64,
+        log_start_offset: i64,
+        high_watermark: i64,
+    },
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+    #[error("the store closed before the write was durable")]
+    NotDurable,
+    #[error("storage: {0}")]
+    Storage(#[from] slatedb::Error),
+}
+
+#[derive(Default)]
+struct Catalog {
+    by_name: HashMap<String, Arc<Topic>>,
+    by_id: HashMap<Uuid, Arc<Topic>>,
+}
+
+impl Catalog {
+    fn insert(&mut self, topic: Arc<Topic>) {
+        self.by_id.insert(topic.id, topic.clone());
+        self.by_name.insert(topic.name.clone(), topic);
+    }
+}
+
+/// What the append lock protects: the order in which offsets and sequences are handed out
+/// must be the order in which SlateDB receives the writes.
+struct AppendState {
+    next_sequence: u64,
+}
+
+/// Batches to append to one partition.
+pub struct PartitionAppend {
+    pub partition: Arc<PartitionLog>,
+    /// Validated magic-v2 batches (see [`batch::split_and_validate`]).
+    pub batches: Vec<Bytes>,
+}
+
+/// The outcome of [`LogStore::append`]: the offsets assigned, and a way to wait until the
+/// records are durable (and therefore visible to consumers).
+pub struct AppendReceipt {
+    /// The base offset given to each [`PartitionAppend`], in order.
+    pub base_offsets: Vec<i64>,
+    durable: oneshot::Receiver<()>,
+}
+
+impl AppendReceipt {
+    pub async fn durable(self) -> Result<(), LogError> {
+        self.durable.await.map_err(|_| LogError::NotDurable)
+    }
+}
+
+/// All key logs of one broker, backed by one SlateDB database.
+pub struct LogStore {
+    db: Db,
+    cluster_id: String,
+    /// Segments holding data, oldest first; appends go to the last.
+    segments: Vec<u32>,
+    catalog: RwLock<Catalog>,
+    /// Serialises topic creation, deletion and changes.
+    catalog_changes: Mutex<()>,
+    append: Mutex<AppendState>,
+    durability: Arc<DurabilityQueue>,
+    follower: std::sync::Mutex<Option<tokio::task::JoinHandle<Option<CloseReason>>>>,
+}
+
+impl LogStore {
+    /// Loads topics and the global sequence from an opened database.
+    pub async fn open(db: Db) -> Result<Arc<Self>, LogError> {
+        let cluster_id = match db.get(keys::cluster_id_key()).await? {
+            Some(id) => String::from_utf8_lossy(&id).into_owned(),
+            None => {
+                let id = Uuid::new_v4().simple().to_string();
+                db.put(keys::cluster_id_key(), id.as_bytes())
+                    .await?
+                    .await_durable()
+                    .await?;
+                id
+            }
+        };
+        let mut segments = Vec::new();
+        let mut scan = db
+            .scan(read::prefix_range(&keys::segment_record_prefix()))
+            .await?;
+        while let Some(entry) = scan.next().await? {
+            segments.extend(keys::decode_segment_key(&entry.key));
+        }
+        if segments.is_empty() {
+            db.put(keys::segment_key(FIRST_DATA_SEGMENT), b"{}")
+                .await?
+                .await_durable()
+                .await?;
+            segments.push(FIRST_DATA_SEGMENT);
+        }
+        let mut catalog = Catalog::default();
+        let mut scan = db.scan(read::prefix_range(&keys::topic_prefix())).await?;
+        while let Some(entry) = scan.next().await? {
+            let record: TopicRecord = serde_json::from_slice(&entry.value)
+                .map_err(|e| LogError::Corrupt(format!("topic record: {e}")))?;
+            catalog.insert(Arc::new(Topic::from_record(record)));
+        }
+        let next_sequence = next_global_sequence(&db, &segments).await?;
+        let durability = Arc::new(DurabilityQueue::default());
+        let follower = tokio::spawn(durability::follow(db.subscribe(), durability.clone()));
+        Ok(Arc::new(LogStore {
+            db,
+            cluster_id,
+            segments,
+            catalog: RwLock::new(catalog),
+            catalog_changes: Mutex::new(()),
+            append: Mutex::new(AppendState { next_sequence }),
+            durability,
+            follower: std::sync::Mutex::new(Some(follower)),
+        }))
+    }
+
+    /// Resolves when the database closes under the broker (fenced by another broker, or a
+    /// failed background task), with the reason. Only one caller may wait for this.
+    pub async fn closed(&self) -> Option<CloseReason> {
+        let follower = self.follower.lock().ok().and_then(|mut f| f.take());
+        match follower {
+            Some(task) => task.await.ok().flatten(),
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Makes everything written durable and closes the database.
+    pub async fn close(&self) -> Result<(), LogError> {
+        self.db.flush().await?;
+        self.db.close().await?;
+        Ok(())
+    }
+
+    pub fn cluster_id(&self) -> &str {
+        &self.cluster_id
+    }
+
+    fn read_catalog(&self) -> std::sync::RwLockReadGuard<'_, Catalog> {
+        self.catalog.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write_catalog(&self) -> std::sync::RwLockWriteGuard<'_, Catalog> {
+        self.catalog.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn topic(&self, name: &str) -> Option<Arc<Topic>> {
+        self.read_catalog().by_name.get(name).cloned()
+    }
+
+    pub fn topic_by_id(&self, id: Uuid) -> Option<Arc<Topic>> {
+        self.read_catalog().by_id.get(&id).cloned()
+    }
+
+    /// All topics, sorted by name.
+    pub fn topics(&self) -> Vec<Arc<Topic>> {
+        let mut topics: Vec<_> = self.read_catalog().by_name.values().cloned().collect();
+        topics.sort_by(|a, b| a.name.cmp(&b.name));
+        topics
+    }
+
+    async fn store_topic(&self, topic: &Topic) -> Result<(), LogError> {
+        let record = serde_json::to_vec(&topic.to_record())
+            .map_err(|e| LogError::Corrupt(format!("topic record: {e}")))?;
+        self.db
+            .put(keys::topic_key(&topic.name), record)
+            .await?
+            .await_durable()
+            .await?;
+        Ok(())
+    }
+
+    /// Creates a topic durably. Names and configs must already be validated.
+    pub async fn create_topic(
+        &self,
+        name: &str,
+        partitions: u32,
+        configs: BTreeMap<String, String>,
+    ) -> Result<Arc<Topic>, LogError> {
+        let _change = self.catalog_changes.lock().await;
+        if self.topic(name).is_some() {
+            return Err(LogError::TopicExists(name.to_string()));
+        }
+        let topic = Arc::new(Topic::from_record(TopicRecord {
+            name: name.to_string(),
+            id: Uuid::new_v4(),
+            partitions,
+            configs,
+        }));
+        self.store_topic(&topic).await?;
+        self.write_catalog().insert(topic.clone());
+        Ok(topic)
+    }
+
+    /// Deletes a topic durably. Its records stay in storage until retention drops their
+    /// segments; they can never be read again because keys carry the topic id.
+    pub async fn delete_topic(&self, name: &str) -> Result<Arc<Topic>, LogError> {
+        let _change = self.catalog_changes.lock().await;
+        let topic = self
+            .topic(name)
+            .ok_or_else(|| LogError::UnknownTopic(name.to_string()))?;
+        self.db
+            .delete(keys::topic_key(name))
+            .await?
+            .await_durable()
+            .await?;
+        let mut catalog = self.write_catalog();
+        catalog.by_name.remove(name);
+        catalog.by_id.remove(&topic.id);
+        Ok(topic)
+    }
+
+    /// Changes a topic's partition count and configs durably. `change` sees the current
+    /// topic under the catalog lock (so concurrent changes cannot overwrite each other) and
+    /// returns the new partition count, which may only grow, and the new configs.
+    pub async fn update_topic<E: From<LogError>>(
+        &self,
+        name: &str,
+        change: impl FnOnce(&Topic) -> Result<(u32, BTreeMap<String, String>), E>,
+    ) -> Result<Arc<Topic>, E> {
+        let _change = self.catalog_changes.lock().await;
+        let current = self
+            .topic(name)
+            .ok_or_else(|| LogError::UnknownTopic(name.to_string()))?;
+        let (partitions, configs) = change(&current)?;
+        let mut logs = current.partitions.clone();
+        for index in logs.len() as i32..partitions as i32 {
+            logs.push(Arc::new(PartitionLog::new(current.id, index)));
+        }
+        let topic = Arc::new(Topic {
+            name: current.name.clone(),
+            id: current.id,
+            partitions: logs,
+            configs,
+        });
+        self.store_topic(&topic).await?;
+        self.write_catalog().insert(topic.clone());
+        Ok(topic)
+    }
+
+    /// Loads a partition's offsets on first use.
+    async fn state<'a>(&self, partition: &'a PartitionLog) -> Result<&'a PartitionState, LogError> {
+        partition
+            .state
+            .get_or_try_init(|| self.recover_partition(partition))
+            .await
+    }
+
+    pub async fn offsets(&self, partition: &PartitionLog) -> Result<PartitionOffsets, LogError> {
+        let state = self.state(partition).await?;
+        Ok(PartitionOffsets {
+            log_start_offset: state.log_start_offset(),
+            high_watermark: state.high_watermark(),
+        })
+    }
+
+    /// A receiver that changes whenever the partition's high watermark moves: how a
+    /// waiting fetch follows the tail.
+    pub async fn watch_high_watermark(
+        &self,
+        partition: &PartitionLog,
+    ) -> Result<tokio::sync::watch::Receiver<i64>, LogError> {
+        Ok(self.state(partition).await?.high_watermark.subscribe())
+    }
+
+    /// Appends batches to partitions in one SlateDB write: offsets are assigned densely, each
+    /// record gets a global sequence number, and nothing is visible to fetches until the
+    /// write is durable (see [`AppendReceipt::durable`]).
+    pub async fn append(&self, appends: Vec<PartitionAppend>) -> Result<AppendReceipt, LogError> {
+        let mut states = Vec::with_capacity(appends.len());
+        for append in &appends {
+            states.push(self.state(&append.partition).await?);
+        }
+        let segment = *self.segments.last().expect("a data segment always exists");
+        let mut guard = self.append.lock().await;
+        let mut write = WriteBatch::new();
+        let mut sequence = guard.next_sequence;
+        let mut base_offsets = Vec::with_capacity(appends.len());
+        let mut advances = Vec::with_capacity(appends.len());
+        for (append, state) in appends.iter().zip(&states) {
+            let base_offset = state.next_offset.load(Ordering::Acquire);
+            let mut next_offset = base_offset;
+            for batch in &append.batches {
+                let count = BatchView::new(batch)
+                    .map(|view| view.record_count())
+                    .filter(|&count| count > 0)
+                    .ok_or_else(|| LogError::Corrupt("append of an unvalidated batch".into()))?;
+                let key = BatchKey {
+                    segment,
+                    topic_id: append.partition.topic_id,
+                    partition: append.partition.index,
+                    last_offset: next_offset + i64::from(count) - 1,
+                };
+                write.put(key.encode(), batch::with_base_offset(batch, next_offset));
+                let entry = SequenceEntry {
+                    topic_id: append.partition.topic_id,
+                    partition: append.partition.index,
+                    base_offset: next_offset,
+                    record_count: count as u32,
+                };
+                write.put(keys::sequence_key(segment, sequence), entry.encode());
+                sequence += count as u64;
+                next_offset += i64::from(count);
+            }
+            base_offsets.push(base_offset);
+            advances.push((append.partition.clone(), next_offset));
+        }
+        let handle = self.db.write(write).await?;
+        guard.next_sequence = sequence;
+        for ((_, next_offset), state) in advances.iter().zip(&states) {
+            state.next_offset.store(*next_offset, Ordering::Release);
+        }
+        let durable = self.durability.push(handle.seqnum(), advances);
+        drop(guard);
+        // The write may have become durable before it was queued.
+        self.durability.release(self.db.status().durable_seq);
+        Ok(AppendReceipt {
+            base_offsets,
+            durable,
+        })
+    }
+
+    fn scan_options(read_ahead_bytes: usize, order: IterationOrder) -> ScanOptions {
+        ScanOptions {
+            read_ahead_bytes,
+            max_fetch_tasks: 4,
+            cache_blocks: true,
+            order,
+            ..ScanOptions::default()
+        }
+    }
+}
+
+/// The global sequence after the newest stored entry (0 for an empty store).
+async fn next_global_sequence(db: &Db, segments: &[u32]) -> Result<u64, LogError> {
+    for &segment in segments.iter().rev() {
+        let options = LogStore::scan_options(1, IterationOrder::Descending);
+        let range = read::prefix_range(&keys::sequence_prefix(segment));
+        let mut scan = db.scan_with_options(range, &options).await?;
+        if let Some(entry) = scan.next().await? {
+            let first = keys::decode_sequence_key(&entry.key)
+                .ok_or_else(|| LogError::Corrupt("global sequence key".into()))?;
+            let stored = SequenceEntry::decode(&entry.value)
+                .ok_or_else(|| LogError::Corrupt("global sequence entry".into()))?;
+            return Ok(first + u64::from(stored.record_count));
+        }
+    }
+    Ok(0)
+}

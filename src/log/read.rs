@@ -1,0 +1,255 @@
+//! Reading key logs: fetches, partition recovery, and offset look-ups by timestamp.
+
+use std::ops::Range;
+
+use bytes::{Bytes, BytesMut};
+use kafka_protocol::records::RecordBatchDecoder;
+use slatedb::{DbIterator, IterationOrder};
+
+use super::batch::BatchView;
+use super::partition::{PartitionLog, PartitionOffsets, PartitionState};
+use super::{LogError, LogStore};
+use crate::storage::keys::{self, BatchKey};
+
+/// Scans read ahead at most this much per object-store request.
+const MAX_READ_AHEAD: usize = 4 << 20;
+
+/// Records returned by a fetch, with the offsets they were read against.
+#[derive(Debug, Clone)]
+pub struct FetchedRecords {
+    /// Whole record batches, concatenated as stored.
+    pub records: Bytes,
+    pub offsets: PartitionOffsets,
+}
+
+pub(super) fn prefix_range(prefix: &[u8]) -> Range<Bytes> {
+    let end = keys::prefix_end(prefix).expect("Shale key prefixes never end in 0xff bytes");
+    Bytes::copy_from_slice(prefix)..end
+}
+
+/// Walks one partition's batches in offset order, across segments, below an end offset.
+struct BatchCursor<'a> {
+    store: &'a LogStore,
+    partition: &'a PartitionLog,
+    /// Segments not yet opened, oldest first.
+    segments: std::slice::Iter<'a, u32>,
+    scan: Option<DbIterator>,
+    from_offset: i64,
+    end_offset: i64,
+    read_ahead: usize,
+}
+
+impl<'a> BatchCursor<'a> {
+    fn new(
+        store: &'a LogStore,
+        partition: &'a PartitionLog,
+        from_offset: i64,
+        end_offset: i64,
+        read_ahead: usize,
+    ) -> Self {
+        BatchCursor {
+            store,
+            partition,
+            segments: store.segments.iter(),
+            scan: None,
+            from_offset,
+            end_offset,
+            read_ahead,
+        }
+    }
+
+    /// The next batch holding offsets at or after `from_offset` and starting below
+    /// `end_offset`, or `None` at the end.
+    async fn next(&mut self) -> Result<Option<Bytes>, LogError> {
+        loop {
+            if let Some(scan) = &mut self.scan {
+                match scan.next().await? {
+                    Some(entry) => {
+                        let view = BatchView::new(&entry.value)
+                            .ok_or_else(|| LogError::Corrupt("short record batch".into()))?;
+                        if view.base_offset() >= self.end_offset {
+                            return Ok(None);
+                        }
+                        return Ok(Some(entry.value));
+                    }
+                    None => self.scan = None,
+                }
+            }
+            let Some(&segment) = self.segments.next() else {
+                return Ok(None);
+            };
+            let prefix =
+                keys::partition_prefix(segment, self.partition.topic_id, self.partition.index);
+            let range = prefix_range(&prefix);
+            let start = BatchKey {
+                segment,
+                topic_id: self.partition.topic_id,
+                partition: self.partition.index,
+                last_offset: self.from_offset.max(0),
+            }
+            .encode();
+            let options = LogStore::scan_options(self.read_ahead, IterationOrder::Ascending);
+            self.scan = Some(
+                self.store
+                    .db
+                    .scan_with_options(start..range.end, &options)
+                    .await?,
+            );
+        }
+    }
+}
+
+impl LogStore {
+    /// Reads whole batches from `offset` on, up to `max_bytes` (but always at least one
+    /// batch, so a consumer can make progress past a batch larger than its limit). Only
+    /// durable records are returned.
+    pub async fn read(
+        &self,
+        partition: &PartitionLog,
+        offset: i64,
+        max_bytes: usize,
+    ) -> Result<FetchedRecords, LogError> {
+        let state = self.state(partition).await?;
+        let offsets = PartitionOffsets {
+            log_start_offset: state.log_start_offset(),
+            high_watermark: state.high_watermark(),
+        };
+        // Offsets up to the assigned end are valid: one an acks=1 producer was given may
+        // not be durable yet, and a fetch there waits rather than resets.
+        let log_end = state.next_offset.load(std::sync::atomic::Ordering::Acquire);
+        if offset < offsets.log_start_offset || offset > log_end {
+            return Err(LogError::OffsetOutOfRange {
+                offset,
+                log_start_offset: offsets.log_start_offset,
+                high_watermark: offsets.high_watermark,
+            });
+        }
+        let mut records = BytesMut::new();
+        if offset < offsets.high_watermark && max_bytes > 0 {
+            let read_ahead = max_bytes.clamp(64 << 10, MAX_READ_AHEAD);
+            let mut cursor =
+                BatchCursor::new(self, partition, offset, offsets.high_watermark, read_ahead);
+            while let Some(batch) = cursor.next().await? {
+                if !records.is_empty() && records.len() + batch.len() > max_bytes {
+                    break;
+                }
+                records.extend_from_slice(&batch);
+                if records.len() >= max_bytes {
+                    break;
+                }
+            }
+        }
+        Ok(FetchedRecords {
+            records: records.freeze(),
+            offsets,
+        })
+    }
+
+    /// Rebuilds a partition's offsets from its stored batches.
+    pub(super) async fn recover_partition(
+        &self,
+        partition: &PartitionLog,
+    ) -> Result<PartitionState, LogError> {
+        let mut end_offset = 0;
+        for &segment in self.segments.iter().rev() {
+            let prefix = keys::partition_prefix(segment, partition.topic_id, partition.index);
+            let options = LogStore::scan_options(1, IterationOrder::Descending);
+            let mut scan = self
+                .db
+                .scan_with_options(prefix_range(&prefix), &options)
+                .await?;
+            if let Some(entry) = scan.next().await? {
+                let key = BatchKey::decode(&entry.key)
+                    .ok_or_else(|| LogError::Corrupt("record batch key".into()))?;
+                end_offset = key.last_offset + 1;
+                break;
+            }
+        }
+        let mut first = BatchCursor::new(self, partition, 0, end_offset, 1);
+        let log_start_offset = match first.next().await? {
+            Some(batch) => BatchView::new(&batch).map_or(end_offset, |view| view.base_offset()),
+            None => end_offset,
+        };
+        Ok(PartitionState::new(log_start_offset, end_offset))
+    }
+
+    /// The first durable record with a timestamp at or after `timestamp`, as
+    /// `(offset, timestamp)`; `None` when every record is older.
+    pub async fn offset_for_timestamp(
+        &self,
+        partition: &PartitionLog,
+        timestamp: i64,
+    ) -> Result<Option<(i64, i64)>, LogError> {
+        let offsets = self.offsets(partition).await?;
+        let mut cursor = BatchCursor::new(
+            self,
+            partition,
+            offsets.log_start_offset,
+            offsets.high_watermark,
+            MAX_READ_AHEAD,
+        );
+        while let Some(batch) = cursor.next().await? {
+            let Some(view) = BatchView::new(&batch) else {
+                continue;
+            };
+            if view.max_timestamp() >= timestamp {
+                return first_record_at_or_after(&batch, |ts| ts >= timestamp);
+            }
+        }
+        Ok(None)
+    }
+
+    /// The record with the largest timestamp (the first of equals), as `(offset, timestamp)`.
+    pub async fn offset_of_max_timestamp(
+        &self,
+        partition: &PartitionLog,
+    ) -> Result<Option<(i64, i64)>, LogError> {
+        let offsets = self.offsets(partition).await?;
+        let mut cursor = BatchCursor::new(
+            self,
+            partition,
+            offsets.log_start_offset,
+            offsets.high_watermark,
+            MAX_READ_AHEAD,
+        );
+        let mut newest: Option<(i64, Bytes)> = None;
+        while let Some(batch) = cursor.next().await? {
+            let Some(view) = BatchView::new(&batch) else {
+                continue;
+            };
+            if newest
+                .as_ref()
+                .is_none_or(|(max, _)| view.max_timestamp() > *max)
+            {
+                newest = Some((view.max_timestamp(), batch));
+            }
+        }
+        match newest {
+            Some((max, batch)) => first_record_at_or_after(&batch, |ts| ts == max),
+            None => Ok(None),
+        }
+    }
+}
+
+/// Decodes one batch (decompressing if needed) and finds the first record whose timestamp
+/// matches. Batches stamped with log-append time give every record the batch's max timestamp.
+fn first_record_at_or_after(
+    batch: &Bytes,
+    matches: impl Fn(i64) -> bool,
+) -> Result<Option<(i64, i64)>, LogError> {
+    let view =
+        BatchView::new(batch).ok_or_else(|| LogError::Corrupt("short record batch".into()))?;
+    if view.is_log_append_time() {
+        return Ok(
+            matches(view.max_timestamp()).then(|| (view.base_offset(), view.max_timestamp()))
+        );
+    }
+    let mut buf = batch.clone();
+    let set = RecordBatchDecoder::decode(&mut buf)
+        .map_err(|e| LogError::Corrupt(format!("stored record batch: {e}")))?;
+    Ok(set
+        .records
+        .iter()
+        .find(|record| matches(record.timestamp))
+        .map(|record| (record.offset, record.timestamp)))
+}

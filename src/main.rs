@@ -1,0 +1,161 @@
+//! The `shale` binary: `shale serve` runs a Kafka-compatible broker.
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand};
+use shale::broker::config::{BrokerConfig, ServeArgs};
+use shale::broker::{server, Broker};
+use shale::log::LogStore;
+use shale::storage::{self, StorageSettings, StoreLocation};
+use tokio::net::TcpListener;
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(
+    name = "shale",
+    version,
+    about = "A Kafka-compatible broker on SlateDB"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the broker.
+    Serve(ServeArgs),
+}
+
+fn main() -> ExitCode {
+    let Command::Serve(args) = Cli::parse().command;
+    let filter = match EnvFilter::try_new(&args.log) {
+        Ok(filter) => filter,
+        Err(e) => {
+            eprintln!("error: invalid --log filter {:?}: {e}", args.log);
+            return ExitCode::from(2);
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(serve(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let location = StoreLocation::parse(args.store.as_deref(), &args.data_dir)?;
+    let settings = StorageSettings {
+        flush_interval: Duration::from_millis(args.flush_interval_ms),
+    };
+    let db = storage::open(&location, &settings).await?;
+    let log = LogStore::open(db).await?;
+    let listener = TcpListener::bind(args.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.listen))?;
+    let bound = listener.local_addr()?;
+    let (advertised_host, advertised_port) = advertised(args.advertise.as_deref(), bound)?;
+    let config = BrokerConfig {
+        node_id: 0,
+        advertised_host,
+        advertised_port,
+        auto_create_topics: args.auto_create_topics,
+        default_partitions: args.default_partitions,
+        max_request_bytes: args.max_request_bytes,
+    };
+    tracing::info!(
+        "Shale listening on {bound} (advertised as {}:{}), data in {location}, ready in {} ms",
+        config.advertised_host,
+        config.advertised_port,
+        started.elapsed().as_millis()
+    );
+    let broker = Arc::new(Broker::new(log.clone(), config));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let accepting = tokio::spawn(server::serve(broker, listener, async {
+        let _ = stopped.await;
+    }));
+    tokio::select! {
+        signal = shutdown_signal() => {
+            tracing::info!("{signal}: shutting down");
+            let _ = stop.send(());
+            let _ = accepting.await;
+            log.close().await?;
+            tracing::info!("all acknowledged data is durable; bye");
+            Ok(())
+        }
+        reason = log.closed() => {
+            anyhow::bail!(
+                "the store closed under this broker ({reason:?}); if Fenced, another broker \
+                 opened the same data location and took over. Stopping."
+            )
+        }
+    }
+}
+
+/// The host and port clients are told to connect to.
+fn advertised(
+    advertise: Option<&str>,
+    bound: std::net::SocketAddr,
+) -> anyhow::Result<(String, i32)> {
+    match advertise {
+        Some(address) => {
+            let (host, port) = address
+                .rsplit_once(':')
+                .ok_or_else(|| anyhow::anyhow!("--advertise must be host:port, not {address:?}"))?;
+            let port: u16 = port
+                .parse()
+                .map_err(|_| anyhow::anyhow!("--advertise port must be a number, not {port:?}"))?;
+            Ok((
+                host.trim_matches(|c| c == '[' || c == ']').to_string(),
+                i32::from(port),
+            ))
+        }
+        None if bound.ip().is_unspecified() => {
+            tracing::warn!("listening on all interfaces; advertising 127.0.0.1 (set --advertise for remote clients)");
+            Ok(("127.0.0.1".to_string(), i32::from(bound.port())))
+        }
+        None => Ok((bound.ip().to_string(), i32::from(bound.port()))),
+    }
+}
+
+async fn shutdown_signal() -> &'static str {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(terminate) => terminate,
+                Err(_) => {
+                    let _ = interrupt.await;
+                    return "interrupt";
+                }
+            };
+        tokio::select! {
+            _ = interrupt => "interrupt",
+            _ = terminate.recv() => "terminate",
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = interrupt.await;
+        "interrupt"
+    }
+}

@@ -1,0 +1,273 @@
+//! The one place that owns Shale's SlateDB keyspace.
+//!
+//! Every key starts with a 4-byte big-endian **segment** number, then a 1-byte [`KeyType`].
+//! SlateDB is opened with a segment extractor over those 4 bytes (see `storage::open`), so
+//! each segment has its own LSM tree and retention can drop a whole segment without
+//! rewriting live data. Segment 0 holds metadata and is never dropped; record data lives in
+//! segments 1 and up. All integers are big-endian so byte order is numeric order.
+//!
+//! | type | key | value |
+//! |---|---|---|
+//! | `ClusterId` | `0 \| 01` | cluster id, UTF-8 |
+//! | `Topic` | `0 \| 02 \| topic name` | `TopicRecord` (JSON) |
+//! | `Segment` | `0 \| 03 \| segment u32` | `SegmentRecord` (JSON) |
+//! | `RecordBatch` | `seg \| 10 \| topic id (16) \| partition u32 \| last offset u64` | the record batch as received, `baseOffset` set |
+//! | `GlobalSequence` | `seg \| 20 \| first sequence u64` | [`SequenceEntry`] |
+//!
+//! Record batches are keyed by their *last* offset so that a forward seek from any fetch
+//! offset lands on the batch containing it. `GlobalSequence` entries give every appended
+//! record a position in one order across all partitions: a batch of `n` records owns the
+//! sequences `first .. first + n`. Type `30` is reserved for the per-message-key index.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use uuid::Uuid;
+
+/// The segment that holds metadata; retention never drops it.
+pub const META_SEGMENT: u32 = 0;
+
+/// Persisted, must be kept stable: these bytes are in every stored key.
+#[repr(u8)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyType {
+    ClusterId = 0x01,
+    Topic = 0x02,
+    Segment = 0x03,
+    RecordBatch = 0x10,
+    GlobalSequence = 0x20,
+}
+
+const SEGMENT_LEN: usize = 4;
+const HEADER_LEN: usize = SEGMENT_LEN + 1;
+const PARTITION_PREFIX_LEN: usize = HEADER_LEN + 16 + 4;
+
+fn header(segment: u32, key_type: KeyType, capacity: usize) -> BytesMut {
+    let mut key = BytesMut::with_capacity(HEADER_LEN + capacity);
+    key.put_u32(segment);
+    key.put_u8(key_type as u8);
+    key
+}
+
+/// The part of `key` after the segment and type bytes, when the key has that type.
+fn body(key: &[u8], key_type: KeyType) -> Option<&[u8]> {
+    (key.len() >= HEADER_LEN && key[SEGMENT_LEN] == key_type as u8).then(|| &key[HEADER_LEN..])
+}
+
+/// The segment a key belongs to.
+pub fn segment_of(key: &[u8]) -> Option<u32> {
+    Some(u32::from_be_bytes(key.get(..SEGMENT_LEN)?.try_into().ok()?))
+}
+
+/// The length of the segment prefix of every Shale key (what the segment extractor uses).
+pub const fn segment_prefix_len() -> usize {
+    SEGMENT_LEN
+}
+
+pub fn cluster_id_key() -> Bytes {
+    header(META_SEGMENT, KeyType::ClusterId, 0).freeze()
+}
+
+pub fn topic_key(name: &str) -> Bytes {
+    let mut key = header(META_SEGMENT, KeyType::Topic, name.len());
+    key.put_slice(name.as_bytes());
+    key.freeze()
+}
+
+/// The prefix shared by all topic keys.
+pub fn topic_prefix() -> Bytes {
+    header(META_SEGMENT, KeyType::Topic, 0).freeze()
+}
+
+pub fn segment_key(segment: u32) -> Bytes {
+    let mut key = header(META_SEGMENT, KeyType::Segment, 4);
+    key.put_u32(segment);
+    key.freeze()
+}
+
+/// The prefix shared by all segment keys.
+pub fn segment_record_prefix() -> Bytes {
+    header(META_SEGMENT, KeyType::Segment, 0).freeze()
+}
+
+pub fn decode_segment_key(key: &[u8]) -> Option<u32> {
+    Some(u32::from_be_bytes(
+        body(key, KeyType::Segment)?.try_into().ok()?,
+    ))
+}
+
+/// Key of one stored record batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchKey {
+    pub segment: u32,
+    pub topic_id: Uuid,
+    pub partition: i32,
+    pub last_offset: i64,
+}
+
+impl BatchKey {
+    pub fn encode(&self) -> Bytes {
+        let mut key = partition_prefix(self.segment, self.topic_id, self.partition);
+        key.put_u64(self.last_offset as u64);
+        key.freeze()
+    }
+
+    pub fn decode(key: &[u8]) -> Option<BatchKey> {
+        let rest = body(key, KeyType::RecordBatch)?;
+        if rest.len() != 16 + 4 + 8 {
+            return None;
+        }
+        Some(BatchKey {
+            segment: segment_of(key)?,
+            topic_id: Uuid::from_slice(&rest[..16]).ok()?,
+            partition: i32::from_be_bytes(rest[16..20].try_into().ok()?),
+            last_offset: i64::from_be_bytes(rest[20..28].try_into().ok()?),
+        })
+    }
+}
+
+/// The prefix shared by all batches of one partition in one segment.
+pub fn partition_prefix(segment: u32, topic_id: Uuid, partition: i32) -> BytesMut {
+    let mut key = header(segment, KeyType::RecordBatch, 16 + 4 + 8);
+    key.put_slice(topic_id.as_bytes());
+    key.put_u32(partition as u32);
+    debug_assert_eq!(key.len(), PARTITION_PREFIX_LEN);
+    key
+}
+
+/// Key of one global-sequence entry: the first sequence number of a batch.
+pub fn sequence_key(segment: u32, first_sequence: u64) -> Bytes {
+    let mut key = header(segment, KeyType::GlobalSequence, 8);
+    key.put_u64(first_sequence);
+    key.freeze()
+}
+
+/// The prefix shared by all global-sequence entries of one segment.
+pub fn sequence_prefix(segment: u32) -> Bytes {
+    header(segment, KeyType::GlobalSequence, 0).freeze()
+}
+
+pub fn decode_sequence_key(key: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(
+        body(key, KeyType::GlobalSequence)?.try_into().ok()?,
+    ))
+}
+
+/// Where the records of one global-sequence range live.
+///
+/// Layout: `topic id (16) | partition u32 | base offset u64 | record count u32`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SequenceEntry {
+    pub topic_id: Uuid,
+    pub partition: i32,
+    pub base_offset: i64,
+    pub record_count: u32,
+}
+
+impl SequenceEntry {
+    const LEN: usize = 16 + 4 + 8 + 4;
+
+    pub fn encode(&self) -> Bytes {
+        let mut value = BytesMut::with_capacity(Self::LEN);
+        value.put_slice(self.topic_id.as_bytes());
+        value.put_u32(self.partition as u32);
+        value.put_u64(self.base_offset as u64);
+        value.put_u32(self.record_count);
+        value.freeze()
+    }
+
+    pub fn decode(value: &[u8]) -> Option<SequenceEntry> {
+        if value.len() != Self::LEN {
+            return None;
+        }
+        Some(SequenceEntry {
+            topic_id: Uuid::from_slice(&value[..16]).ok()?,
+            partition: i32::from_be_bytes(value[16..20].try_into().ok()?),
+            base_offset: i64::from_be_bytes(value[20..28].try_into().ok()?),
+            record_count: u32::from_be_bytes(value[28..32].try_into().ok()?),
+        })
+    }
+}
+
+/// The smallest key strictly greater than every key starting with `prefix`.
+pub fn prefix_end(prefix: &[u8]) -> Option<Bytes> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < u8::MAX {
+            end.push(last + 1);
+            return Some(Bytes::from(end));
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batch_key_round_trips_and_orders_by_offset() {
+        let topic_id = Uuid::new_v4();
+        for (partition, last_offset) in [(0, 0), (7, 41), (i32::MAX, i64::MAX)] {
+            let key = BatchKey {
+                segment: 3,
+                topic_id,
+                partition,
+                last_offset,
+            };
+            assert_eq!(BatchKey::decode(&key.encode()), Some(key));
+            assert_eq!(segment_of(&key.encode()), Some(3));
+        }
+        let at = |last_offset| {
+            BatchKey {
+                segment: 1,
+                topic_id,
+                partition: 2,
+                last_offset,
+            }
+            .encode()
+        };
+        assert!(at(9) < at(10));
+        assert!(at(255) < at(256));
+        assert!(at(10).starts_with(&partition_prefix(1, topic_id, 2)));
+    }
+
+    #[test]
+    fn sequence_entry_round_trips() {
+        let entry = SequenceEntry {
+            topic_id: Uuid::new_v4(),
+            partition: 12,
+            base_offset: 1 << 40,
+            record_count: 500,
+        };
+        assert_eq!(SequenceEntry::decode(&entry.encode()), Some(entry));
+        assert_eq!(SequenceEntry::decode(&entry.encode()[1..]), None);
+        let key = sequence_key(5, 99);
+        assert_eq!(decode_sequence_key(&key), Some(99));
+        assert!(key.starts_with(&sequence_prefix(5)));
+        assert!(sequence_key(5, 255) < sequence_key(5, 256));
+    }
+
+    #[test]
+    fn meta_keys_live_in_segment_zero_and_do_not_collide() {
+        let keys = [cluster_id_key(), topic_key("orders"), segment_key(1)];
+        for key in &keys {
+            assert_eq!(segment_of(key), Some(META_SEGMENT));
+        }
+        assert!(topic_key("orders").starts_with(&topic_prefix()));
+        assert!(!segment_key(1).starts_with(&topic_prefix()));
+        assert_eq!(decode_segment_key(&segment_key(77)), Some(77));
+        assert_eq!(decode_segment_key(&topic_key("x")), None);
+        assert_eq!(BatchKey::decode(&topic_key("orders")), None);
+    }
+
+    #[test]
+    fn prefix_end_bounds_every_extension() {
+        assert_eq!(prefix_end(&[1, 2]), Some(Bytes::from_static(&[1, 3])));
+        assert_eq!(prefix_end(&[1, 0xff]), Some(Bytes::from_static(&[2])));
+        assert_eq!(prefix_end(&[0xff, 0xff]), None);
+        let prefix = partition_prefix(1, Uuid::nil(), 0);
+        let end = prefix_end(&prefix).unwrap();
+        let mut last = prefix.clone();
+        last.put_u64(u64::MAX);
+        assert!(last.as_ref() < end.as_ref());
+    }
+}

@@ -1,0 +1,178 @@
+//! SlateDB and object-store setup.
+//!
+//! Owns how a store location (a local folder, `memory://`, `file://`, `s3://`) becomes an
+//! opened [`Db`], and which SlateDB settings Shale runs with. It knows nothing about Kafka.
+
+pub mod keys;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use object_store::aws::AmazonS3Builder;
+use object_store::local::LocalFileSystem;
+use object_store::memory::InMemory;
+use object_store::ObjectStore;
+use slatedb::config::Settings;
+use slatedb::prefix_extractor::{PrefixExtractor, PrefixTarget};
+use slatedb::Db;
+
+/// Where SlateDB's objects go, parsed from `--store` or `--data-dir`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreLocation {
+    /// A folder on the local disk, written with fsync so an acked write survives a host crash.
+    Folder(PathBuf),
+    /// Process memory: gone when the broker stops. For tests and demos.
+    Memory,
+    /// An S3 or S3-compatible bucket; credentials and endpoint come from `AWS_*` variables.
+    S3 { bucket: String, prefix: String },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("unsupported store URL {0:?}: use memory://, file:///path or s3://bucket/prefix")]
+    UnsupportedUrl(String),
+    #[error("cannot use data folder {path}: {source}")]
+    Folder {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("object store: {0}")]
+    ObjectStore(#[from] object_store::Error),
+    #[error("SlateDB: {0}")]
+    Slate(#[from] slatedb::Error),
+}
+
+impl StoreLocation {
+    /// `store` (a URL) wins over `data_dir` when both are given.
+    pub fn parse(store: Option<&str>, data_dir: &std::path::Path) -> Result<Self, StorageError> {
+        let Some(store) = store else {
+            return Ok(StoreLocation::Folder(data_dir.to_path_buf()));
+        };
+        let unsupported = || StorageError::UnsupportedUrl(store.to_string());
+        let url = url::Url::parse(store).map_err(|_| unsupported())?;
+        match url.scheme() {
+            "memory" => Ok(StoreLocation::Memory),
+            "file" => Ok(StoreLocation::Folder(
+                url.to_file_path().map_err(|_| unsupported())?,
+            )),
+            "s3" => {
+                let bucket = url
+                    .host_str()
+                    .filter(|b| !b.is_empty())
+                    .ok_or_else(unsupported)?;
+                Ok(StoreLocation::S3 {
+                    bucket: bucket.to_string(),
+                    prefix: url.path().trim_matches('/').to_string(),
+                })
+            }
+            _ => Err(unsupported()),
+        }
+    }
+}
+
+impl std::fmt::Display for StoreLocation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreLocation::Folder(path) => write!(f, "local folder {}", path.display()),
+            StoreLocation::Memory => write!(f, "memory (not persisted)"),
+            StoreLocation::S3 { bucket, prefix } => write!(f, "s3://{bucket}/{prefix}"),
+        }
+    }
+}
+
+/// SlateDB tunables Shale exposes.
+#[derive(Debug, Clone)]
+pub struct StorageSettings {
+    /// How often SlateDB writes its WAL to the object store. Acks with acks=all wait for
+    /// the next WAL write, so this bounds produce latency; shorter means more, smaller objects.
+    pub flush_interval: Duration,
+}
+
+/// Routes every key to its segment (the first 4 bytes), so retention can drop whole segments.
+struct SegmentExtractor;
+
+impl PrefixExtractor for SegmentExtractor {
+    /// Stable: SlateDB requires the same extractor for the life of the database.
+    fn name(&self) -> &str {
+        "shale-segment-u32be-v1"
+    }
+
+    fn prefix_len(&self, target: &PrefixTarget) -> Option<usize> {
+        let (PrefixTarget::Point(bytes) | PrefixTarget::Prefix(bytes)) = target;
+        (bytes.len() >= keys::segment_prefix_len()).then_some(keys::segment_prefix_len())
+    }
+}
+
+/// Opens (creating if needed) the database at `location`. Opening fences any other broker
+/// writing to the same location: its next write fails and it shuts down.
+pub async fn open(
+    location: &StoreLocation,
+    settings: &StorageSettings,
+) -> Result<Db, StorageError> {
+    let (store, path): (Arc<dyn ObjectStore>, String) = match location {
+        StoreLocation::Folder(dir) => {
+            std::fs::create_dir_all(dir).map_err(|source| StorageError::Folder {
+                path: dir.clone(),
+                source,
+            })?;
+            let store = LocalFileSystem::new_with_prefix(dir)?.with_fsync(true);
+            (Arc::new(store), "shale".to_string())
+        }
+        StoreLocation::Memory => (Arc::new(InMemory::new()), "shale".to_string()),
+        StoreLocation::S3 { bucket, prefix } => {
+            let store = AmazonS3Builder::from_env()
+                .with_bucket_name(bucket)
+                .build()?;
+            let path = if prefix.is_empty() {
+                "shale".to_string()
+            } else {
+                prefix.clone()
+            };
+            (Arc::new(store), path)
+        }
+    };
+    let slate_settings = Settings {
+        flush_interval: Some(settings.flush_interval),
+        ..Settings::default()
+    };
+    let db = Db::builder(path, store)
+        .with_settings(slate_settings)
+        .with_segment_extractor(Arc::new(SegmentExtractor))
+        .build()
+        .await?;
+    Ok(db)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    #[test]
+    fn store_urls_parse_to_locations() {
+        let dir = Path::new("./shale-data");
+        assert_eq!(
+            StoreLocation::parse(None, dir).unwrap(),
+            StoreLocation::Folder(dir.to_path_buf())
+        );
+        assert_eq!(
+            StoreLocation::parse(Some("memory://"), dir).unwrap(),
+            StoreLocation::Memory
+        );
+        assert_eq!(
+            StoreLocation::parse(Some("file:///var/lib/shale"), dir).unwrap(),
+            StoreLocation::Folder(PathBuf::from("/var/lib/shale"))
+        );
+        assert_eq!(
+            StoreLocation::parse(Some("s3://bucket/a/b/"), dir).unwrap(),
+            StoreLocation::S3 {
+                bucket: "bucket".into(),
+                prefix: "a/b".into()
+            }
+        );
+        for bad in ["gs://bucket", "not a url", "s3:///nobucket"] {
+            assert!(StoreLocation::parse(Some(bad), dir).is_err(), "{bad}");
+        }
+    }
+}
