@@ -105,7 +105,7 @@ async fn respond(broker: Arc<Broker>, incoming: Incoming) -> Response {
         Incoming::Request { header, body } => {
             let api = kafka_protocol::messages::ApiKey::try_from(header.request_api_key)
                 .map_err(|_| "unknown API key".to_string())?;
-            let Some(response) = broker.handle(&header, body).await else {
+            let Some(response) = broker.handle(&header, *body).await else {
                 return Ok(None);
             };
             protocol::encode_response(

@@ -178,11 +178,12 @@ pub(crate) mod tests {
                 producer_epoch: -1,
                 timestamp_type: TimestampType::Creation,
                 offset: i as i64,
-                sequence: -1,
+                sequence: i as i32,
                 timestamp: 1_000 + i as i64,
                 key: Some(Bytes::from(format!("k{i}"))),
                 value: Some(Bytes::from(v.to_string())),
                 headers: Default::default(),
+                delete_horizon: false,
             })
             .collect();
         let mut buf = BytesMut::new();

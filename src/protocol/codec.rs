@@ -16,7 +16,7 @@ use super::versions;
 pub enum Incoming {
     Request {
         header: RequestHeader,
-        body: RequestKind,
+        body: Box<RequestKind>,
     },
     /// ApiVersions at a version newer than Shale's: answered in v0 with UNSUPPORTED_VERSION
     /// and the supported ranges, so the client can retry with one it shares (KIP-511).
@@ -65,7 +65,10 @@ pub fn decode_request(mut frame: Bytes) -> Result<Incoming, DecodeError> {
     let header = RequestHeader::decode(&mut frame, api.request_header_version(version))
         .map_err(malformed)?;
     let body = RequestKind::decode(api, &mut frame, version).map_err(malformed)?;
-    Ok(Incoming::Request { header, body })
+    Ok(Incoming::Request {
+        header,
+        body: Box::new(body),
+    })
 }
 
 /// Encodes a response frame, length prefix included.
@@ -140,7 +143,7 @@ mod tests {
         match decode_request(frame).unwrap() {
             Incoming::Request { header, body } => {
                 assert_eq!(header.correlation_id, 7);
-                assert!(matches!(body, RequestKind::Metadata(_)));
+                assert!(matches!(*body, RequestKind::Metadata(_)));
             }
             other => panic!("{other:?}"),
         }
