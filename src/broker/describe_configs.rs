@@ -33,7 +33,11 @@ pub fn handle(
         result.resource_name = resource.resource_name.clone();
         match entries(broker, resource.resource_type, &resource.resource_name) {
             Ok(entries) => {
-                let keys = resource.configuration_keys.as_ref();
+                // Null or empty both mean every config, as in Kafka.
+                let keys = resource
+                    .configuration_keys
+                    .as_ref()
+                    .filter(|k| !k.is_empty());
                 result.configs = entries
                     .into_iter()
                     .filter(|e| keys.is_none_or(|keys| keys.iter().any(|k| k.as_str() == e.name)))

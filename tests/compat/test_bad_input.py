@@ -1,0 +1,98 @@
+"""Hostile and broken input: the broker answers with Kafka errors or closes that one
+connection, and keeps serving everyone else."""
+
+import struct
+import subprocess
+
+import pytest
+
+from clients import create_topic
+import wire
+
+
+def assert_still_serving(broker):
+    assert broker.running()
+    out = subprocess.run(["kcat", "-b", broker.bootstrap, "-L"], capture_output=True, text=True, timeout=30)
+    assert f"broker 0 at {broker.bootstrap}" in out.stdout, out.stderr
+
+
+def test_api_versions_newer_than_supported_gets_the_v0_fallback(broker):
+    sock = wire.connect(broker)
+    wire.send(sock, wire.header(18, 99, correlation_id=77) + b"\x00" * 8)
+    response = wire.receive(sock)
+    correlation_id, error, count = struct.unpack_from(">ihi", response)
+    assert correlation_id == 77
+    assert error == 35  # UNSUPPORTED_VERSION
+    keys = {struct.unpack_from(">hhh", response, 10 + 6 * i) for i in range(count)}
+    assert (18, 0, 4) in keys  # ApiVersions 0..4
+    assert any(k[0] == 0 for k in keys)  # Produce
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        pytest.param(struct.pack(">i", 2_000_000_000), id="oversized-length"),
+        pytest.param(struct.pack(">i", -5), id="negative-length"),
+        pytest.param(struct.pack(">i", 8) + struct.pack(">hhi", 9999, 0, 1), id="unknown-api-key"),
+        pytest.param(struct.pack(">i", 8) + struct.pack(">hhi", 22, 0, 1), id="unimplemented-api"),
+        pytest.param(struct.pack(">i", 3) + b"\x00\x03\x00", id="truncated-header"),
+        pytest.param(
+            struct.pack(">i", 14) + wire.header(3, 1, client_id=b"") + b"\x7f\xff\xff\xff", id="huge-array-count"
+        ),
+        pytest.param(
+            struct.pack(">i", 18) + wire.header(0, 3, client_id=b"") + b"\x7f\xff" + b"\x00" * 6,
+            id="huge-string-length",
+        ),
+        pytest.param(
+            struct.pack(">i", 40) + wire.header(3, 12, client_id=b"") + b"\xff" * 30, id="garbage-flexible-body"
+        ),
+    ],
+)
+def test_bad_frames_close_only_their_connection(broker, frame):
+    bystander = wire.connect(broker)
+    sock = wire.connect(broker)
+    sock.sendall(frame)
+    assert wire.receive(sock) is None, "the broker should close a connection that sent this"
+    wire.send(bystander, wire.header(18, 0, correlation_id=5))
+    assert struct.unpack_from(">ih", wire.receive(bystander)) == (5, 0)
+    assert_still_serving(broker)
+
+
+def test_produce_validates_record_batches(broker, topic_name):
+    create_topic(broker.bootstrap, topic_name)
+    sock = wire.connect(broker)
+
+    def produce(records):
+        wire.send(sock, wire.header(0, 3) + wire.produce_v3(topic_name, 0, records))
+        return wire.produce_v3_error(wire.receive(sock))
+
+    good = wire.record_batch([b"a", b"b"])
+    assert produce(good) == (0, 0)
+
+    corrupt = bytearray(good)
+    corrupt[-1] ^= 0xFF
+    assert produce(bytes(corrupt))[0] == 2  # CORRUPT_MESSAGE
+
+    assert produce(good[:-4])[0] == 2  # truncated: CORRUPT_MESSAGE
+
+    old_magic = bytearray(good)
+    old_magic[16] = 1
+    assert produce(bytes(old_magic))[0] == 43  # UNSUPPORTED_FOR_MESSAGE_FORMAT
+
+    wire.send(sock, wire.header(0, 3) + wire.produce_v3("no-such-topic", 0, good))
+    assert wire.produce_v3_error(wire.receive(sock))[0] == 3  # UNKNOWN_TOPIC_OR_PARTITION
+
+    wire.send(sock, wire.header(0, 3) + wire.produce_v3(topic_name, 0, good, acks=2))
+    assert wire.produce_v3_error(wire.receive(sock))[0] == 21  # INVALID_REQUIRED_ACKS
+
+    # Nothing rejected was stored: the next good batch lands right after the first.
+    assert produce(good) == (0, 2)
+
+
+def test_acks_zero_gets_no_response(broker, topic_name):
+    create_topic(broker.bootstrap, topic_name)
+    sock = wire.connect(broker)
+    wire.send(sock, wire.header(0, 3, correlation_id=1) + wire.produce_v3(topic_name, 0, wire.record_batch([b"x"]), acks=0))
+    wire.send(sock, wire.header(18, 0, correlation_id=2))
+    correlation_id, error = struct.unpack_from(">ih", wire.receive(sock))
+    assert (correlation_id, error) == (2, 0), "the first response must be ApiVersions'"

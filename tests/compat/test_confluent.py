@@ -1,0 +1,210 @@
+"""confluent-kafka (librdkafka 2.16): records, codecs, limits, offsets, admin."""
+
+import threading
+import time
+
+import pytest
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka.admin import (
+    AlterConfigOpType,
+    ConfigEntry,
+    ConfigResource,
+    NewPartitions,
+    NewTopic,
+    ResourceType,
+)
+
+from clients import admin, consume, create_topic, produce
+
+
+@pytest.mark.parametrize("codec", ["none", "gzip", "snappy", "lz4", "zstd"])
+def test_records_round_trip_exactly(broker, topic_name, codec):
+    create_topic(broker.bootstrap, topic_name, partitions=3)
+    sent = [
+        (
+            i % 3,
+            f"key-{i}".encode(),
+            (f"value-{i}-" + "v" * (i * 7 % 300)).encode(),
+            [("trace", f"t{i}".encode()), ("dup", b"1"), ("dup", b"2")],
+            1_700_000_000_000 + i,
+        )
+        for i in range(300)
+    ]
+    reports = produce(broker.bootstrap, topic_name, sent, **{"compression.type": codec})
+    assert all(err is None for *_, err in reports)
+    for partition in range(3):
+        expected = [m for m in sent if m[0] == partition]
+        got = consume(broker.bootstrap, topic_name, partition, len(expected))
+        assert [m.offset() for m in got] == list(range(len(expected)))
+        assert [(m.key(), m.value(), m.headers(), m.timestamp()[1]) for m in got] == [
+            (key, value, headers, ts) for _, key, value, headers, ts in expected
+        ]
+
+
+def test_null_keys_and_values_round_trip(broker, topic_name):
+    create_topic(broker.bootstrap, topic_name)
+    produce(broker.bootstrap, topic_name, [(0, None, b"v", None, None), (0, b"k", None, None, None)])
+    got = consume(broker.bootstrap, topic_name, 0, 2)
+    assert [(m.key(), m.value()) for m in got] == [(None, b"v"), (b"k", None)]
+
+
+def test_messages_over_max_message_bytes_are_rejected(broker, topic_name):
+    create_topic(broker.bootstrap, topic_name)
+    big = b"x" * 900_000
+    reports = produce(broker.bootstrap, topic_name, [(0, None, big, None, None)])
+    assert reports[0][3] is None
+    too_big = produce(
+        broker.bootstrap,
+        topic_name,
+        [(0, None, b"y" * 1_500_000, None, None)],
+        **{"message.max.bytes": 3_000_000, "compression.type": "none"},
+    )
+    assert too_big[0][3].code() == KafkaError.MSG_SIZE_TOO_LARGE
+    got = consume(broker.bootstrap, topic_name, 0, 1)
+    assert got[0].value() == big
+
+
+def test_topic_max_message_bytes_is_enforced(broker, topic_name):
+    create_topic(broker.bootstrap, topic_name, config={"max.message.bytes": "2000"})
+    plain = {"compression.type": "none"}
+    too_big = produce(broker.bootstrap, topic_name, [(0, None, b"z" * 5000, None, None)], **plain)
+    assert too_big[0][3].code() == KafkaError.MSG_SIZE_TOO_LARGE
+    small = produce(broker.bootstrap, topic_name, [(0, None, b"small", None, None)], **plain)
+    assert small[0][3] is None and small[0][1] == 0
+
+
+def test_consumer_waiting_at_the_end_is_woken_by_a_produce(broker, topic_name):
+    create_topic(broker.bootstrap, topic_name)
+    consumer = Consumer(
+        {
+            "bootstrap.servers": broker.bootstrap,
+            "group.id": "unused",
+            "enable.auto.commit": False,
+            # If the broker only answered at the max wait, the message would take 20 s.
+            "fetch.wait.max.ms": 20_000,
+        }
+    )
+    consumer.assign([TopicPartition(topic_name, 0, 0)])
+    assert consumer.poll(1.0) is None
+    received = {}
+
+    def wait_for_message():
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            msg = consumer.poll(0.1)
+            if msg is not None and msg.error() is None:
+                received["at"] = time.monotonic()
+                received["value"] = msg.value()
+                return
+
+    waiter = threading.Thread(target=wait_for_message)
+    waiter.start()
+    time.sleep(0.5)
+    sent_at = time.monotonic()
+    produce(broker.bootstrap, topic_name, [(0, None, b"wake up", None, None)])
+    waiter.join()
+    consumer.close()
+    assert received["value"] == b"wake up"
+    assert received["at"] - sent_at < 10, "fetch was answered by its timeout, not the append"
+
+
+def test_list_offsets_earliest_latest_and_by_timestamp(broker, topic_name):
+    create_topic(broker.bootstrap, topic_name)
+    produce(
+        broker.bootstrap,
+        topic_name,
+        [(0, None, f"m{i}".encode(), None, 1_000 * (i + 1)) for i in range(10)],
+        **{"linger.ms": 0, "max.in.flight": 1},
+    )
+    consumer = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": "unused"})
+    try:
+        assert consumer.get_watermark_offsets(TopicPartition(topic_name, 0), timeout=10) == (0, 10)
+        queries = [TopicPartition(topic_name, 0, ts) for ts in (1_000, 5_500, 10_000, 50_000)]
+        found = [
+            consumer.offsets_for_times([q], timeout=10)[0].offset for q in queries
+        ]
+        assert found == [0, 5, 9, -1]
+    finally:
+        consumer.close()
+
+
+def test_admin_creates_describes_alters_and_deletes_topics(broker, topic_name):
+    client = admin(broker.bootstrap)
+    futures = client.create_topics(
+        [NewTopic(topic_name, 2, 1, config={"retention.ms": "1000", "cleanup.policy": "compact"})]
+    )
+    futures[topic_name].result(15)
+
+    resource = ConfigResource(ResourceType.TOPIC, topic_name)
+    configs = client.describe_configs([resource])[resource].result(15)
+    assert configs["retention.ms"].value == "1000"
+    assert not configs["retention.ms"].is_default
+    assert configs["cleanup.policy"].value == "compact"
+    assert configs["segment.ms"].value == "604800000"
+    assert configs["segment.ms"].is_default
+
+    alter = ConfigResource(
+        ResourceType.TOPIC,
+        topic_name,
+        incremental_configs=[
+            ConfigEntry("retention.ms", "2000", incremental_operation=AlterConfigOpType.SET),
+            ConfigEntry("cleanup.policy", None, incremental_operation=AlterConfigOpType.DELETE),
+        ],
+    )
+    client.incremental_alter_configs([alter])[alter].result(15)
+    configs = client.describe_configs([resource])[resource].result(15)
+    assert configs["retention.ms"].value == "2000"
+    assert configs["cleanup.policy"].value == "delete"
+    assert configs["cleanup.policy"].is_default
+
+    client.create_partitions([NewPartitions(topic_name, 4)])[topic_name].result(15)
+    assert len(client.list_topics(timeout=10).topics[topic_name].partitions) == 4
+
+    client.delete_topics([topic_name])[topic_name].result(15)
+    assert topic_name not in client.list_topics(timeout=10).topics
+
+
+def _error_of(future):
+    with pytest.raises(KafkaException) as raised:
+        future.result(15)
+    return raised.value.args[0].code()
+
+
+def test_admin_errors_carry_kafka_error_codes(broker, topic_name):
+    client = admin(broker.bootstrap)
+    create_topic(broker.bootstrap, topic_name)
+    cases = {
+        topic_name: (NewTopic(topic_name, 1, 1), KafkaError.TOPIC_ALREADY_EXISTS),
+        "bad name!": (NewTopic("bad name!", 1, 1), KafkaError.TOPIC_EXCEPTION),
+        "unknown-config": (
+            NewTopic("unknown-config", 1, 1, config={"no.such.thing": "1"}),
+            KafkaError.INVALID_CONFIG,
+        ),
+        "bad-value": (NewTopic("bad-value", 1, 1, config={"retention.ms": "soon"}), KafkaError.INVALID_CONFIG),
+        "three-replicas": (NewTopic("three-replicas", 1, 3), KafkaError.INVALID_REPLICATION_FACTOR),
+    }
+    for name, (new_topic, code) in cases.items():
+        assert _error_of(client.create_topics([new_topic])[name]) == code, name
+    assert "bad-value" not in client.list_topics(timeout=10).topics
+
+    shrink = client.create_partitions([NewPartitions(topic_name, 1)])[topic_name]
+    assert _error_of(shrink) == KafkaError.INVALID_PARTITIONS
+    missing = client.delete_topics(["no-such-topic"])["no-such-topic"]
+    assert _error_of(missing) == KafkaError.UNKNOWN_TOPIC_OR_PART
+    bad = ConfigResource(
+        ResourceType.TOPIC,
+        topic_name,
+        incremental_configs=[ConfigEntry("retention.ms", "-7", incremental_operation=AlterConfigOpType.SET)],
+    )
+    assert _error_of(client.incremental_alter_configs([bad])[bad]) == KafkaError.INVALID_CONFIG
+
+
+def test_describe_cluster_and_broker_configs(broker):
+    client = admin(broker.bootstrap)
+    cluster = client.describe_cluster().result(15)
+    assert cluster.cluster_id
+    assert [(n.id, n.host, n.port) for n in cluster.nodes] == [(0, "127.0.0.1", broker.port)]
+    resource = ConfigResource(ResourceType.BROKER, "0")
+    configs = client.describe_configs([resource])[resource].result(15)
+    assert configs["auto.create.topics.enable"].value == "true"
+    assert configs["num.partitions"].value == "1"

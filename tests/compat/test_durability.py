@@ -1,0 +1,111 @@
+"""Crash safety: every acknowledged record survives SIGKILL; topics and configs survive
+restarts; a second broker on the same data fences the first."""
+
+import threading
+import time
+
+from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka.admin import ConfigResource, ResourceType
+
+from clients import admin, consume, create_topic, produce
+
+
+def test_acknowledged_records_survive_sigkill(make_broker, topic_name):
+    broker = make_broker()
+    create_topic(broker.bootstrap, topic_name, partitions=2)
+    acked = {}
+    producer = Producer(
+        {
+            "bootstrap.servers": broker.bootstrap,
+            "acks": "all",
+            "linger.ms": 1,
+            "message.timeout.ms": 3000,
+            "compression.type": "lz4",
+        }
+    )
+
+    def delivered(err, msg):
+        if err is None:
+            acked[(msg.partition(), msg.offset())] = msg.value()
+
+    stop = threading.Event()
+
+    def keep_producing():
+        i = 0
+        while not stop.is_set():
+            try:
+                producer.produce(topic_name, value=f"m{i}".encode(), partition=i % 2, on_delivery=delivered)
+                i += 1
+            except BufferError:
+                pass
+            producer.poll(0.0005)
+
+    writer = threading.Thread(target=keep_producing)
+    writer.start()
+    deadline = time.monotonic() + 20
+    while len(acked) < 2000 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    broker.kill()
+    stop.set()
+    writer.join()
+    producer.flush(5)
+    assert len(acked) >= 2000, "the producer should have had acks before the kill"
+
+    broker.start()
+    consumer = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": "unused"})
+    ends = [consumer.get_watermark_offsets(TopicPartition(topic_name, p), timeout=10) for p in range(2)]
+    consumer.close()
+    for partition, (low, high) in enumerate(ends):
+        assert low == 0
+        stored = consume(broker.bootstrap, topic_name, partition, high)
+        assert [m.offset() for m in stored] == list(range(high)), "offsets must stay dense"
+        by_offset = {m.offset(): m.value() for m in stored}
+        for (p, offset), value in acked.items():
+            if p == partition:
+                assert by_offset.get(offset) == value, f"acked record {p}/{offset} lost"
+
+    after = produce(broker.bootstrap, topic_name, [(0, None, b"after restart", None, None)])
+    assert after[0][1] == ends[0][1], "offsets continue where the durable log ended"
+
+
+def test_topics_and_configs_survive_sigkill(make_broker, topic_name):
+    broker = make_broker()
+    create_topic(broker.bootstrap, topic_name, partitions=3, config={"retention.ms": "12345"})
+    broker.kill()
+    broker.start()
+    client = admin(broker.bootstrap)
+    assert len(client.list_topics(timeout=10).topics[topic_name].partitions) == 3
+    resource = ConfigResource(ResourceType.TOPIC, topic_name)
+    assert client.describe_configs([resource])[resource].result(15)["retention.ms"].value == "12345"
+
+
+def test_clean_shutdown_keeps_acks_one_writes(make_broker, topic_name):
+    broker = make_broker()
+    create_topic(broker.bootstrap, topic_name)
+    reports = produce(broker.bootstrap, topic_name, [(0, None, f"a{i}".encode(), None, None) for i in range(100)], acks=1)
+    assert all(err is None for *_, err in reports)
+    assert broker.stop() == 0
+    assert "all acknowledged data is durable" in broker.log()
+    broker.start()
+    got = consume(broker.bootstrap, topic_name, 0, 100)
+    assert [m.value() for m in got] == [f"a{i}".encode() for i in range(100)]
+
+
+def test_a_second_broker_on_the_same_data_fences_the_first(make_broker, tmp_path, topic_name):
+    shared = tmp_path / "shared"
+    first = make_broker(data_dir=shared)
+    create_topic(first.bootstrap, topic_name)
+    produce(first.bootstrap, topic_name, [(0, None, b"from the first", None, None)])
+    second = make_broker(data_dir=shared)
+
+    late = produce(
+        first.bootstrap, topic_name, [(0, None, b"too late", None, None)], **{"message.timeout.ms": 5000}
+    )
+    assert late[0][3] is not None, "a fenced broker must not acknowledge writes"
+    assert first.proc.wait(30) != 0
+    assert "Fenced" in first.log()
+
+    got = consume(second.bootstrap, topic_name, 0, 1)
+    assert got[0].value() == b"from the first"
+    reports = produce(second.bootstrap, topic_name, [(0, None, b"second owns it", None, None)])
+    assert reports[0][3] is None and reports[0][1] == 1

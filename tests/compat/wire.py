@@ -1,0 +1,82 @@
+"""Hand-built Kafka frames, for sending what no well-behaved client would."""
+
+import socket
+import struct
+
+from kafka.record.default_records import DefaultRecordBatchBuilder
+
+
+def connect(broker):
+    sock = socket.create_connection(("127.0.0.1", broker.port), timeout=10)
+    return sock
+
+
+def header(api_key, version, correlation_id=1, client_id=b"wire-test"):
+    """Request header v1 (non-flexible APIs)."""
+    return struct.pack(">hhih", api_key, version, correlation_id, len(client_id)) + client_id
+
+
+def send(sock, payload):
+    sock.sendall(struct.pack(">i", len(payload)) + payload)
+
+
+def receive(sock):
+    """One response frame, or None if the broker closed the connection."""
+    size = _read_exactly(sock, 4)
+    if size is None:
+        return None
+    return _read_exactly(sock, struct.unpack(">i", size)[0])
+
+
+def _read_exactly(sock, n):
+    data = b""
+    while len(data) < n:
+        try:
+            chunk = sock.recv(n - len(data))
+        except ConnectionResetError:
+            return None
+        if not chunk:
+            return None
+        data += chunk
+    return data
+
+
+def string(s):
+    raw = s.encode()
+    return struct.pack(">h", len(raw)) + raw
+
+
+def record_batch(values):
+    builder = DefaultRecordBatchBuilder(
+        magic=2,
+        compression_type=0,
+        is_transactional=False,
+        producer_id=-1,
+        producer_epoch=-1,
+        base_sequence=-1,
+        batch_size=1 << 20,
+    )
+    for i, value in enumerate(values):
+        builder.append(i, timestamp=None, key=None, value=value, headers=[])
+    return bytes(builder.build())
+
+
+def produce_v3(topic, partition, records, acks=-1):
+    """A Produce v3 request body for one partition."""
+    return (
+        struct.pack(">hhi", -1, acks, 10_000)
+        + struct.pack(">i", 1)
+        + string(topic)
+        + struct.pack(">i", 1)
+        + struct.pack(">ii", partition, len(records))
+        + records
+    )
+
+
+def produce_v3_error(response):
+    """(error code, base offset) of the single partition in a Produce v3 response."""
+    body = response[4:]  # correlation id
+    (name_len,) = struct.unpack_from(">h", body, 4)
+    at = 4 + 2 + name_len + 4
+    _partition, error, base_offset = struct.unpack_from(">ihq", body, at)
+    return error, base_offset
