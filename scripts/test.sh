@@ -17,7 +17,7 @@ fi
 "$venv/bin/pip" install -q --disable-pip-version-check -r tests/compat/requirements.txt
 
 cargo fmt --all -- --check
-cargo clippy --release --locked --all-targets -- -D warnings
+cargo clippy --release --locked --workspace --all-targets -- -D warnings
 cargo build --release --locked
 cargo test --release --locked
 SHALE_BIN="$CARGO_TARGET_DIR/release/shale" "$venv/bin/pytest" -q

@@ -1,0 +1,694 @@
+//! Shale's benchmark: starts the broker with a fresh data folder, drives it with librdkafka,
+//! and writes what it measured to `docs/benchmarks.md`.
+//!
+//! Figures: produce and consume throughput (1 KiB records, acks=all, linger 5 ms, 1 and 8
+//! partitions), produce-ack and end-to-end latency from an open-loop fixed-rate producer with
+//! a tailing consumer (counted from each record's *scheduled* send time, so a stalled broker
+//! cannot hide), startup time, idle and peak memory, metadata latency with many partitions,
+//! and the machine's own limits (loopback TCP, disk write+fdatasync) to compare against.
+//! Every figure is the median of `--runs` runs.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use hdrhistogram::Histogram;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+
+#[derive(Parser, Debug)]
+#[command(about = "Benchmark a Shale broker on 127.0.0.1 with librdkafka")]
+struct Args {
+    /// The shale binary (default: `shale` beside this benchmark's binary).
+    #[arg(long)]
+    shale: Option<PathBuf>,
+    /// Records per throughput run.
+    #[arg(long, default_value_t = 1_000_000)]
+    records: usize,
+    /// Size of each record value.
+    #[arg(long, default_value_t = 1024)]
+    record_bytes: usize,
+    /// Runs per figure; the median is reported.
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Seconds per fixed-rate latency run.
+    #[arg(long, default_value_t = 10)]
+    latency_secs: u64,
+    /// Largest partition count for the metadata test.
+    #[arg(long, default_value_t = 100_000)]
+    max_partitions: i32,
+    /// Do not pin the broker and the client to different cores.
+    #[arg(long)]
+    no_pin: bool,
+    /// Where to write the report.
+    #[arg(long, default_value = "docs/benchmarks.md")]
+    out: PathBuf,
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let shale = match &args.shale {
+        Some(path) => path.clone(),
+        None => std::env::current_exe()?.with_file_name("shale"),
+    };
+    if !shale.exists() {
+        bail!(
+            "{} not found: run `cargo build --release` first",
+            shale.display()
+        );
+    }
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let pin = !args.no_pin && cores >= 2;
+    if pin {
+        // The client gets core 1; brokers are started on core 0.
+        Command::new("taskset")
+            .args(["-p", "-c", "1", &std::process::id().to_string()])
+            .stdout(Stdio::null())
+            .status()
+            .context("taskset")?;
+    }
+    let bench = Bench { shale, pin, args };
+    let mut report = Report::default();
+    report.line(&machine_description(cores, pin));
+
+    report.section("Machine limits");
+    let loopback = median(bench.args.runs, || loopback_gbps(2 << 30));
+    let disk = median(bench.args.runs, || disk_gbps(512 << 20));
+    report.line(&format!(
+        "- loopback TCP, one connection: **{loopback:.2} GB/s**"
+    ));
+    report.line(&format!(
+        "- disk, 1 MiB write + fdatasync: **{disk:.2} GB/s**"
+    ));
+
+    report.section("Startup and memory");
+    let mut startups = Vec::new();
+    let mut idle_rss = Vec::new();
+    for _ in 0..bench.args.runs.max(5) {
+        let broker = bench.start_broker(&[])?;
+        startups.push(broker.startup.as_secs_f64() * 1e3);
+        std::thread::sleep(Duration::from_millis(500));
+        idle_rss.push(broker.rss_mb().0);
+    }
+    let startup = median_of(startups);
+    let idle = median_of(idle_rss);
+    report.line(&format!(
+        "- startup (process start to accepting connections): **{startup:.1} ms**"
+    ));
+    report.line(&format!("- idle RSS: **{idle:.1} MB**"));
+
+    report.section(&format!(
+        "Throughput ({} records of {} B, acks=all, linger.ms=5, no compression)",
+        bench.args.records, bench.args.record_bytes
+    ));
+    report
+        .line("| partitions | produce MB/s | produce msgs/s | consume MB/s | peak broker RSS MB |");
+    report.line("|---|---|---|---|---|");
+    let mut best_produce_mbps: f64 = 0.0;
+    for partitions in [1, 8] {
+        let mut runs = Vec::new();
+        for _ in 0..bench.args.runs {
+            runs.push(bench.throughput(partitions)?);
+        }
+        let pick = |f: fn(&Throughput) -> f64| median_of(runs.iter().map(f).collect());
+        best_produce_mbps = best_produce_mbps.max(pick(|t| t.produce_mbps));
+        report.line(&format!(
+            "| {partitions} | {:.0} | {:.0} | {:.0} | {:.0} |",
+            pick(|t| t.produce_mbps),
+            pick(|t| t.produce_msgs),
+            pick(|t| t.consume_mbps),
+            pick(|t| t.peak_rss_mb),
+        ));
+    }
+    report.line(&format!(
+        "\nThe best produce figure is {:.0}% of loopback TCP and {:.0}% of the disk's write+fdatasync rate.",
+        100.0 * best_produce_mbps / (loopback * 1000.0),
+        100.0 * best_produce_mbps / (disk * 1000.0)
+    ));
+
+    report.section(&format!(
+        "Latency (open loop, 1 partition, {} s per rate, from the scheduled send time)",
+        bench.args.latency_secs
+    ));
+    report.line("| rate msgs/s | ack p50 ms | ack p99 | ack p99.9 | ack max | e2e p50 ms | e2e p99 | e2e p99.9 | e2e max |");
+    report.line("|---|---|---|---|---|---|---|---|---|");
+    for rate in [1_000u64, 10_000] {
+        let mut runs = Vec::new();
+        for _ in 0..bench.args.runs {
+            runs.push(bench.latency(rate)?);
+        }
+        let pick = |f: fn(&Latency) -> f64| median_of(runs.iter().map(f).collect());
+        report.line(&format!(
+            "| {rate} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} |",
+            pick(|l| l.ack[0]),
+            pick(|l| l.ack[1]),
+            pick(|l| l.ack[2]),
+            pick(|l| l.ack[3]),
+            pick(|l| l.e2e[0]),
+            pick(|l| l.e2e[1]),
+            pick(|l| l.e2e[2]),
+            pick(|l| l.e2e[3]),
+        ));
+    }
+
+    report.section("Metadata with many partitions");
+    report.line("| partitions | Metadata (all topics) ms | broker RSS MB |");
+    report.line("|---|---|---|");
+    for (total, ms, rss) in bench.metadata()? {
+        report.line(&format!("| {total} | {ms:.1} | {rss:.0} |"));
+    }
+
+    print!("{}", report.text);
+    if let Some(dir) = bench.args.out.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(&bench.args.out, report.render())?;
+    eprintln!("wrote {}", bench.args.out.display());
+    Ok(())
+}
+
+struct Bench {
+    shale: PathBuf,
+    pin: bool,
+    args: Args,
+}
+
+struct Broker {
+    child: Child,
+    bootstrap: String,
+    startup: Duration,
+    _data: tempfile::TempDir,
+}
+
+impl Broker {
+    /// (current RSS, peak RSS) in MB, from /proc.
+    fn rss_mb(&self) -> (f64, f64) {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find(|l| l.starts_with(name))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+                .map_or(0.0, |kb| kb / 1024.0)
+        };
+        (field("VmRSS:"), field("VmHWM:"))
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct Throughput {
+    produce_mbps: f64,
+    produce_msgs: f64,
+    consume_mbps: f64,
+    peak_rss_mb: f64,
+}
+
+/// p50, p99, p99.9, max in ms.
+struct Latency {
+    ack: [f64; 4],
+    e2e: [f64; 4],
+}
+
+impl Bench {
+    fn start_broker(&self, extra: &[&str]) -> Result<Broker> {
+        let data = tempfile::tempdir()?;
+        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let listen = format!("127.0.0.1:{port}");
+        let mut command = if self.pin {
+            let mut c = Command::new("taskset");
+            c.args(["-c", "0"]).arg(&self.shale);
+            c
+        } else {
+            Command::new(&self.shale)
+        };
+        command
+            .args(["serve", "--listen", &listen, "--log", "warn", "--data-dir"])
+            .arg(data.path())
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        let started = Instant::now();
+        let child = command.spawn().context("starting shale")?;
+        loop {
+            if TcpStream::connect(&listen).is_ok() {
+                break;
+            }
+            if started.elapsed() > Duration::from_secs(20) {
+                bail!("broker did not start");
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        Ok(Broker {
+            child,
+            bootstrap: listen,
+            startup: started.elapsed(),
+            _data: data,
+        })
+    }
+
+    fn throughput(&self, partitions: i32) -> Result<Throughput> {
+        let broker = self.start_broker(&[])?;
+        let topic = "throughput";
+        create_topics(&broker.bootstrap, &[(topic.to_string(), partitions)])?;
+        let acked = Arc::new(AckCounter::default());
+        let producer: ThreadedProducer<Acks> = producer_config(&broker.bootstrap)
+            .create_with_context(Acks {
+                acked: acked.clone(),
+                latency: None,
+            })?;
+        let payload = vec![b'x'; self.args.record_bytes];
+        let started = Instant::now();
+        for i in 0..self.args.records {
+            let record = BaseRecord::<(), [u8], usize>::with_opaque_to(topic, 0)
+                .payload(&payload[..])
+                .partition((i % partitions as usize) as i32);
+            send(&producer, record);
+        }
+        producer.flush(Duration::from_secs(120))?;
+        let produce_secs = started.elapsed().as_secs_f64();
+        let (ok, failed) = acked.counts();
+        if failed > 0 || ok != self.args.records {
+            bail!(
+                "{failed} records failed, {ok} acknowledged of {}",
+                self.args.records
+            );
+        }
+        let peak_rss_mb = broker.rss_mb().1;
+        drop(producer);
+
+        let consumer: BaseConsumer = consumer_config(&broker.bootstrap).create()?;
+        let mut assignment = TopicPartitionList::new();
+        for p in 0..partitions {
+            assignment.add_partition_offset(topic, p, Offset::Beginning)?;
+        }
+        consumer.assign(&assignment)?;
+        let started = Instant::now();
+        let mut read = 0;
+        while read < self.args.records {
+            match consumer.poll(Duration::from_secs(10)) {
+                Some(Ok(_)) => read += 1,
+                Some(Err(e)) => bail!("consume: {e}"),
+                None => bail!("consume stalled after {read} records"),
+            }
+        }
+        let consume_secs = started.elapsed().as_secs_f64();
+        let mb = (self.args.records * self.args.record_bytes) as f64 / 1e6;
+        Ok(Throughput {
+            produce_mbps: mb / produce_secs,
+            produce_msgs: self.args.records as f64 / produce_secs,
+            consume_mbps: mb / consume_secs,
+            peak_rss_mb,
+        })
+    }
+
+    fn latency(&self, rate: u64) -> Result<Latency> {
+        let broker = self.start_broker(&[])?;
+        let topic = "latency";
+        create_topics(&broker.bootstrap, &[(topic.to_string(), 1)])?;
+        let interval = Duration::from_nanos(1_000_000_000 / rate);
+        let total = (rate * self.args.latency_secs) as usize;
+        let scheduled = move |i: usize| interval * i as u32;
+
+        let consumer: BaseConsumer = consumer_config(&broker.bootstrap).create()?;
+        let mut assignment = TopicPartitionList::new();
+        assignment.add_partition_offset(topic, 0, Offset::Beginning)?;
+        consumer.assign(&assignment)?;
+        let acks = Arc::new(AckCounter::default());
+        let latency = Arc::new(AckLatency {
+            histogram: Mutex::new(Histogram::<u64>::new(3)?),
+            start: Mutex::new(Instant::now() + Duration::from_secs(3600)),
+            interval,
+        });
+        let producer: ThreadedProducer<Acks> = producer_config(&broker.bootstrap)
+            .create_with_context(Acks {
+                acked: acks.clone(),
+                latency: Some(latency.clone()),
+            })?;
+
+        // librdkafka needs a moment after assign() before it fetches; the clock starts only
+        // once the tailing consumer has received a warm-up record.
+        let mut payload = vec![b'x'; self.args.record_bytes];
+        payload[..8].copy_from_slice(&WARM_UP.to_be_bytes());
+        send(
+            &producer,
+            BaseRecord::<(), [u8], usize>::with_opaque_to(topic, usize::MAX).payload(&payload[..]),
+        );
+        let warm_until = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(message) = consumer.poll(Duration::from_millis(100)) {
+                if index_of(&message?) == WARM_UP {
+                    break;
+                }
+            }
+            if Instant::now() > warm_until {
+                bail!("the consumer never received the warm-up record");
+            }
+        }
+        let start = Instant::now();
+        *latency
+            .start
+            .lock()
+            .map_err(|_| anyhow::anyhow!("poisoned"))? = start;
+
+        let done = Arc::new(AtomicBool::new(false));
+        let tail = {
+            let done = done.clone();
+            std::thread::spawn(move || -> Result<Histogram<u64>> {
+                let mut e2e = Histogram::<u64>::new(3)?;
+                while (e2e.len() as usize) < total && !done.load(Ordering::Relaxed) {
+                    if let Some(message) = consumer.poll(Duration::from_millis(100)) {
+                        let late = start
+                            .elapsed()
+                            .saturating_sub(scheduled(index_of(&message?) as usize));
+                        e2e.record(late.as_micros() as u64)?;
+                    }
+                }
+                Ok(e2e)
+            })
+        };
+        for i in 0..total {
+            let at = scheduled(i);
+            let now = start.elapsed();
+            if at > now {
+                std::thread::sleep(at - now);
+            }
+            payload[..8].copy_from_slice(&(i as u64).to_be_bytes());
+            send(
+                &producer,
+                BaseRecord::<(), [u8], usize>::with_opaque_to(topic, i).payload(&payload[..]),
+            );
+        }
+        producer.flush(Duration::from_secs(60))?;
+        let wait_until = Instant::now() + Duration::from_secs(30);
+        while !tail.is_finished() && Instant::now() < wait_until {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        done.store(true, Ordering::Relaxed);
+        let e2e = tail
+            .join()
+            .map_err(|_| anyhow::anyhow!("tail thread panicked"))??;
+        if e2e.len() < total as u64 {
+            bail!("the tailing consumer saw {} of {total} records", e2e.len());
+        }
+        let ack = latency
+            .histogram
+            .lock()
+            .map_err(|_| anyhow::anyhow!("poisoned"))?
+            .clone();
+        Ok(Latency {
+            ack: percentiles(&ack),
+            e2e: percentiles(&e2e),
+        })
+    }
+
+    /// (partitions, Metadata ms, RSS MB) at 10k and `max_partitions`.
+    fn metadata(&self) -> Result<Vec<(i32, f64, f64)>> {
+        let broker = self.start_broker(&[])?;
+        let per_topic = 1000;
+        let mut created = 0;
+        let mut results = Vec::new();
+        let consumer: BaseConsumer = consumer_config(&broker.bootstrap).create()?;
+        for target in [10_000, self.args.max_partitions] {
+            let topics: Vec<(String, i32)> = (created / per_topic..target / per_topic)
+                .map(|t| (format!("many-{t:04}"), per_topic))
+                .collect();
+            create_topics(&broker.bootstrap, &topics)?;
+            created = target;
+            let ms = median(self.args.runs.max(3), || {
+                let started = Instant::now();
+                let metadata = consumer.fetch_metadata(None, Duration::from_secs(60));
+                let elapsed = started.elapsed().as_secs_f64() * 1e3;
+                let count: usize =
+                    metadata.map_or(0, |m| m.topics().iter().map(|t| t.partitions().len()).sum());
+                assert_eq!(count as i32, target, "metadata should list every partition");
+                elapsed
+            });
+            results.push((target, ms, broker.rss_mb().0));
+        }
+        Ok(results)
+    }
+}
+
+/// The index the warm-up record of a latency run carries.
+const WARM_UP: u64 = u64::MAX;
+
+/// The index a latency-run record carries in its first 8 bytes.
+fn index_of(message: &rdkafka::message::BorrowedMessage<'_>) -> u64 {
+    message
+        .payload()
+        .and_then(|p| p.get(..8))
+        .and_then(|b| b.try_into().ok())
+        .map_or(0, u64::from_be_bytes)
+}
+
+/// Sends a record, waiting while librdkafka's queue is full.
+fn send(producer: &ThreadedProducer<Acks>, mut record: BaseRecord<'_, (), [u8], usize>) {
+    loop {
+        match producer.send(record) {
+            Ok(()) => return,
+            Err((_, back)) => {
+                record = back;
+                std::thread::sleep(Duration::from_micros(100));
+            }
+        }
+    }
+}
+
+#[derive(Default)]
+struct AckCounter {
+    counts: Mutex<(usize, usize)>,
+}
+
+impl AckCounter {
+    fn counts(&self) -> (usize, usize) {
+        self.counts.lock().map(|c| *c).unwrap_or_default()
+    }
+}
+
+struct Acks {
+    acked: Arc<AckCounter>,
+    latency: Option<Arc<AckLatency>>,
+}
+
+/// Where a latency run records ack latency.
+struct AckLatency {
+    histogram: Mutex<Histogram<u64>>,
+    /// The run's start, set once the consumer is warm.
+    start: Mutex<Instant>,
+    interval: Duration,
+}
+
+impl ClientContext for Acks {}
+
+impl ProducerContext for Acks {
+    type DeliveryOpaque = usize;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, index: usize) {
+        if let Ok(mut counts) = self.acked.counts.lock() {
+            if result.is_ok() {
+                counts.0 += 1;
+            } else {
+                counts.1 += 1;
+            }
+        }
+        if let Some(latency) = &self.latency {
+            let Ok(start) = latency.start.lock().map(|o| *o) else {
+                return;
+            };
+            if index == usize::MAX {
+                return;
+            }
+            let late = start
+                .elapsed()
+                .saturating_sub(latency.interval * index as u32);
+            if let Ok(mut h) = latency.histogram.lock() {
+                let _ = h.record(late.as_micros() as u64);
+            }
+        }
+    }
+}
+
+fn producer_config(bootstrap: &str) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", bootstrap)
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .set("compression.type", "none")
+        .set("queue.buffering.max.kbytes", "1048576")
+        .set("queue.buffering.max.messages", "1000000");
+    config
+}
+
+fn consumer_config(bootstrap: &str) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", "shale-bench")
+        .set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", "500")
+        .set("check.crcs", "false");
+    config
+}
+
+fn create_topics(bootstrap: &str, topics: &[(String, i32)]) -> Result<()> {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()?;
+    for chunk in topics.chunks(50) {
+        let new: Vec<NewTopic> = chunk
+            .iter()
+            .map(|(name, partitions)| NewTopic::new(name, *partitions, TopicReplication::Fixed(1)))
+            .collect();
+        let results = futures_executor(admin.create_topics(&new, &AdminOptions::new()))?;
+        for result in results {
+            result.map_err(|(name, e)| anyhow::anyhow!("creating {name}: {e}"))?;
+        }
+    }
+    Ok(())
+}
+
+/// Drives one admin future to completion on this thread.
+fn futures_executor<F: std::future::Future>(future: F) -> F::Output {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(future)
+}
+
+fn percentiles(h: &Histogram<u64>) -> [f64; 4] {
+    let ms = |us: u64| us as f64 / 1000.0;
+    [
+        ms(h.value_at_quantile(0.50)),
+        ms(h.value_at_quantile(0.99)),
+        ms(h.value_at_quantile(0.999)),
+        ms(h.max()),
+    ]
+}
+
+/// GB/s through one loopback TCP connection.
+fn loopback_gbps(bytes: usize) -> f64 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let address = listener.local_addr().expect("address");
+    let reader = std::thread::spawn(move || {
+        let (mut socket, _) = listener.accept().expect("accept");
+        let mut buf = vec![0u8; 1 << 20];
+        let mut total = 0;
+        while total < bytes {
+            match socket.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => total += n,
+            }
+        }
+    });
+    let mut socket = TcpStream::connect(address).expect("connect");
+    let chunk = vec![7u8; 1 << 20];
+    let started = Instant::now();
+    let mut sent = 0;
+    while sent < bytes {
+        socket.write_all(&chunk).expect("write");
+        sent += chunk.len();
+    }
+    drop(socket);
+    let _ = reader.join();
+    bytes as f64 / started.elapsed().as_secs_f64() / 1e9
+}
+
+/// GB/s writing 1 MiB chunks with an fdatasync after each, in the temp folder.
+fn disk_gbps(bytes: usize) -> f64 {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = File::create(dir.path().join("probe")).expect("create");
+    let chunk = vec![3u8; 1 << 20];
+    let started = Instant::now();
+    let mut at = 0;
+    while at < bytes {
+        file.write_all_at(&chunk, at as u64).expect("write");
+        file.sync_data().expect("fdatasync");
+        at += chunk.len();
+    }
+    bytes as f64 / started.elapsed().as_secs_f64() / 1e9
+}
+
+fn median(runs: usize, mut f: impl FnMut() -> f64) -> f64 {
+    median_of((0..runs.max(1)).map(|_| f()).collect())
+}
+
+fn median_of(mut values: Vec<f64>) -> f64 {
+    values.sort_by(|a, b| a.total_cmp(b));
+    values.get(values.len() / 2).copied().unwrap_or(0.0)
+}
+
+fn machine_description(cores: usize, pinned: bool) -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let memory = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .next()
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0 / 1024.0);
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    format!(
+        "Machine: {cpu}, {cores} cores, {memory:.0} GiB RAM, Linux {}. Broker on the local-folder store \
+         (fsync on), client librdkafka {}.{}",
+        kernel.trim(),
+        rdkafka::util::get_rdkafka_version().1,
+        if pinned { " Broker pinned to core 0, client to core 1." } else { "" }
+    )
+}
+
+#[derive(Default)]
+struct Report {
+    text: String,
+}
+
+impl Report {
+    fn line(&mut self, line: &str) {
+        self.text.push_str(line);
+        self.text.push('\n');
+        eprintln!("{line}");
+    }
+
+    fn section(&mut self, title: &str) {
+        self.line(&format!("\n## {title}\n"));
+    }
+
+    fn render(&self) -> String {
+        format!(
+            "# Benchmarks\n\nGenerated by `cargo build --release && cargo run --release -p shale-bench` \
+             (see README). Each figure is the median of several runs against a fresh broker.\n\n{}",
+            self.text
+        )
+    }
+}
