@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
 use shale::broker::config::{BrokerConfig, ServeArgs};
+use shale::broker::group_coordinator::{GroupConfig, GroupCoordinator};
 use shale::broker::{server, Broker};
 use shale::log::LogStore;
 use shale::storage::{self, StorageSettings, StoreLocation};
@@ -87,7 +88,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         config.advertised_port,
         started.elapsed().as_millis()
     );
-    let broker = Arc::new(Broker::new(log.clone(), config));
+    let groups = GroupCoordinator::start(log.clone(), group_config(&args)?).await?;
+    let broker = Arc::new(Broker::new(log.clone(), groups, config));
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let accepting = tokio::spawn(server::serve(broker, listener, async {
         let _ = stopped.await;
@@ -108,6 +110,21 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             )
         }
     }
+}
+
+fn group_config(args: &ServeArgs) -> anyhow::Result<GroupConfig> {
+    if args.group_min_session_timeout_ms > args.group_max_session_timeout_ms {
+        anyhow::bail!(
+            "--group-min-session-timeout-ms ({}) must not exceed --group-max-session-timeout-ms ({})",
+            args.group_min_session_timeout_ms,
+            args.group_max_session_timeout_ms
+        );
+    }
+    Ok(GroupConfig {
+        min_session_timeout: Duration::from_millis(args.group_min_session_timeout_ms),
+        max_session_timeout: Duration::from_millis(args.group_max_session_timeout_ms),
+        initial_rebalance_delay: Duration::from_millis(args.group_initial_rebalance_delay_ms),
+    })
 }
 
 /// The host and port clients are told to connect to.

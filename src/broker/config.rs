@@ -46,6 +46,32 @@ pub struct ServeArgs {
           value_parser = clap::value_parser!(u64).range(1..=10_000))]
     pub flush_interval_ms: u64,
 
+    /// Shortest consumer session timeout accepted, in milliseconds (Kafka's
+    /// `group.min.session.timeout.ms`; lower than Kafka's 6000 so tests can fail over fast).
+    #[arg(
+        long,
+        env = "SHALE_GROUP_MIN_SESSION_TIMEOUT_MS",
+        default_value_t = 1000
+    )]
+    pub group_min_session_timeout_ms: u64,
+
+    /// Longest consumer session timeout accepted, in milliseconds.
+    #[arg(
+        long,
+        env = "SHALE_GROUP_MAX_SESSION_TIMEOUT_MS",
+        default_value_t = 1_800_000
+    )]
+    pub group_max_session_timeout_ms: u64,
+
+    /// How long the first rebalance of an empty group waits for more members, in
+    /// milliseconds (Kafka's `group.initial.rebalance.delay.ms`, 3000 there).
+    #[arg(
+        long,
+        env = "SHALE_GROUP_INITIAL_REBALANCE_DELAY_MS",
+        default_value_t = 0
+    )]
+    pub group_initial_rebalance_delay_ms: u64,
+
     /// Log filter (tracing's EnvFilter syntax), e.g. `info` or `shale=debug,slatedb=warn`.
     #[arg(long, env = "SHALE_LOG", default_value = "info,slatedb=warn")]
     pub log: String,

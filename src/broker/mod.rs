@@ -9,15 +9,27 @@ mod api_versions;
 pub mod config;
 mod create_partitions;
 mod create_topics;
+mod delete_groups;
 mod delete_topics;
 mod describe_cluster;
 mod describe_configs;
+mod describe_groups;
 mod fetch;
+mod find_coordinator;
+pub mod group_coordinator;
+mod heartbeat;
 mod incremental_alter_configs;
+mod join_group;
+mod leave_group;
+mod list_groups;
 mod list_offsets;
 mod metadata;
+mod offset_commit;
+mod offset_delete;
+mod offset_fetch;
 mod produce;
 pub mod server;
+mod sync_group;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -28,21 +40,41 @@ use kafka_protocol::protocol::StrBytes;
 
 use crate::log::{LogError, LogStore, Topic};
 use config::{validate_topic_name, BrokerConfig};
+use group_coordinator::GroupCoordinator;
 
 /// Shared state of a running broker.
 pub struct Broker {
     pub log: Arc<LogStore>,
+    pub groups: Arc<GroupCoordinator>,
     pub config: BrokerConfig,
 }
 
+/// Who sent a request.
+pub struct RequestContext {
+    pub client_id: String,
+    pub peer: std::net::SocketAddr,
+}
+
+impl RequestContext {
+    /// The client host as Kafka reports it in group descriptions.
+    fn client_host(&self) -> String {
+        format!("/{}", self.peer.ip())
+    }
+}
+
 impl Broker {
-    pub fn new(log: Arc<LogStore>, config: BrokerConfig) -> Self {
-        Broker { log, config }
+    pub fn new(log: Arc<LogStore>, groups: Arc<GroupCoordinator>, config: BrokerConfig) -> Self {
+        Broker {
+            log,
+            groups,
+            config,
+        }
     }
 
     /// Serves one request. `None` means no response is sent (produce with acks=0).
     pub async fn handle(
         &self,
+        context: &RequestContext,
         header: &RequestHeader,
         request: RequestKind,
     ) -> Option<ResponseKind> {
@@ -77,6 +109,35 @@ impl Broker {
             ),
             RequestKind::DescribeCluster(_) => {
                 ResponseKind::DescribeCluster(describe_cluster::handle(self))
+            }
+            RequestKind::FindCoordinator(r) => {
+                ResponseKind::FindCoordinator(find_coordinator::handle(self, version, r))
+            }
+            RequestKind::JoinGroup(r) => {
+                ResponseKind::JoinGroup(join_group::handle(self, context, version, r).await)
+            }
+            RequestKind::SyncGroup(r) => ResponseKind::SyncGroup(sync_group::handle(self, r).await),
+            RequestKind::Heartbeat(r) => ResponseKind::Heartbeat(heartbeat::handle(self, r).await),
+            RequestKind::LeaveGroup(r) => {
+                ResponseKind::LeaveGroup(leave_group::handle(self, version, r).await)
+            }
+            RequestKind::OffsetCommit(r) => {
+                ResponseKind::OffsetCommit(offset_commit::handle(self, r).await)
+            }
+            RequestKind::OffsetFetch(r) => {
+                ResponseKind::OffsetFetch(offset_fetch::handle(self, version, r).await)
+            }
+            RequestKind::OffsetDelete(r) => {
+                ResponseKind::OffsetDelete(offset_delete::handle(self, r).await)
+            }
+            RequestKind::ListGroups(r) => {
+                ResponseKind::ListGroups(list_groups::handle(self, r).await)
+            }
+            RequestKind::DescribeGroups(r) => {
+                ResponseKind::DescribeGroups(describe_groups::handle(self, r).await)
+            }
+            RequestKind::DeleteGroups(r) => {
+                ResponseKind::DeleteGroups(delete_groups::handle(self, r).await)
             }
             other => {
                 // The codec only decodes APIs listed in protocol::versions, each of which

@@ -5,6 +5,7 @@
 //! durability does not hold up the next one), writing responses back in request order as
 //! Kafka requires. A frame that cannot be served closes only its own connection.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -15,7 +16,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tokio_util::codec::FramedRead;
 
-use super::Broker;
+use super::{Broker, RequestContext};
 use crate::protocol::{self, frame, Incoming};
 
 /// Requests one connection may have in progress; Kafka clients send at most 5 by default.
@@ -36,7 +37,7 @@ pub async fn serve(
                     let _ = socket.set_nodelay(true);
                     let broker = broker.clone();
                     tokio::spawn(async move {
-                        if let Err(reason) = run_connection(broker, socket).await {
+                        if let Err(reason) = run_connection(broker, socket, peer).await {
                             tracing::info!(%peer, %reason, "closed connection");
                         }
                     });
@@ -53,7 +54,11 @@ pub async fn serve(
 
 type Response = Result<Option<Bytes>, String>;
 
-async fn run_connection(broker: Arc<Broker>, socket: TcpStream) -> Result<(), String> {
+async fn run_connection(
+    broker: Arc<Broker>,
+    socket: TcpStream,
+    peer: SocketAddr,
+) -> Result<(), String> {
     let (reader, writer) = socket.into_split();
     let codec = frame::request_codec(broker.config.max_request_bytes as usize);
     let mut frames = FramedRead::new(reader, codec);
@@ -65,7 +70,7 @@ async fn run_connection(broker: Arc<Broker>, socket: TcpStream) -> Result<(), St
             frame = frames.next(), if reading && in_flight.len() < MAX_IN_FLIGHT => match frame {
                 Some(Ok(frame)) => {
                     let incoming = protocol::decode_request(frame.freeze()).map_err(|e| e.to_string())?;
-                    in_flight.push_back(tokio::spawn(respond(broker.clone(), incoming)));
+                    in_flight.push_back(tokio::spawn(respond(broker.clone(), incoming, peer)));
                 }
                 Some(Err(e)) => return Err(format!("bad frame: {e}")),
                 // The client is done sending; answer what it already asked.
@@ -95,7 +100,7 @@ async fn write_response(
     Ok(())
 }
 
-async fn respond(broker: Arc<Broker>, incoming: Incoming) -> Response {
+async fn respond(broker: Arc<Broker>, incoming: Incoming, peer: SocketAddr) -> Response {
     match incoming {
         Incoming::ApiVersionsTooNew { correlation_id } => {
             protocol::encode_api_versions_too_new(correlation_id)
@@ -105,7 +110,15 @@ async fn respond(broker: Arc<Broker>, incoming: Incoming) -> Response {
         Incoming::Request { header, body } => {
             let api = kafka_protocol::messages::ApiKey::try_from(header.request_api_key)
                 .map_err(|_| "unknown API key".to_string())?;
-            let Some(response) = broker.handle(&header, *body).await else {
+            let context = RequestContext {
+                client_id: header
+                    .client_id
+                    .as_ref()
+                    .map(|c| c.to_string())
+                    .unwrap_or_default(),
+                peer,
+            };
+            let Some(response) = broker.handle(&context, &header, *body).await else {
                 return Ok(None);
             };
             protocol::encode_response(

@@ -7,6 +7,7 @@
 
 pub mod batch;
 mod durability;
+pub mod groups;
 mod partition;
 mod read;
 mod topic;

@@ -10,7 +10,9 @@
 //! |---|---|---|
 //! | `ClusterId` | `0 \| 01` | cluster id, UTF-8 |
 //! | `Topic` | `0 \| 02 \| topic name` | `TopicRecord` (JSON) |
-//! | `Segment` | `0 \| 03 \| segment u32` | `SegmentRecord` (JSON) |
+//! | `Segment` | `0 \| 03 \| segment u32` | segment metadata (JSON) |
+//! | `CommittedOffset` | `0 \| 04 \| group len u16 \| group \| topic len u16 \| topic \| partition u32` | [`OffsetValue`] |
+//! | `Group` | `0 \| 05 \| group` | group record (JSON) |
 //! | `RecordBatch` | `seg \| 10 \| topic id (16) \| partition u32 \| last offset u64` | the record batch as received, `baseOffset` set |
 //! | `GlobalSequence` | `seg \| 20 \| first sequence u64` | [`SequenceEntry`] |
 //!
@@ -32,6 +34,8 @@ pub enum KeyType {
     ClusterId = 0x01,
     Topic = 0x02,
     Segment = 0x03,
+    CommittedOffset = 0x04,
+    Group = 0x05,
     RecordBatch = 0x10,
     GlobalSequence = 0x20,
 }
@@ -92,6 +96,93 @@ pub fn decode_segment_key(key: &[u8]) -> Option<u32> {
     Some(u32::from_be_bytes(
         body(key, KeyType::Segment)?.try_into().ok()?,
     ))
+}
+
+fn put_short_str(key: &mut BytesMut, s: &str) {
+    let bytes = &s.as_bytes()[..s.len().min(u16::MAX as usize)];
+    key.put_u16(bytes.len() as u16);
+    key.put_slice(bytes);
+}
+
+fn take_short_str(rest: &[u8]) -> Option<(&str, &[u8])> {
+    let len = u16::from_be_bytes(rest.get(..2)?.try_into().ok()?) as usize;
+    let s = std::str::from_utf8(rest.get(2..2 + len)?).ok()?;
+    Some((s, &rest[2 + len..]))
+}
+
+/// Key of a group's committed offset for one partition.
+pub fn committed_offset_key(group: &str, topic: &str, partition: i32) -> Bytes {
+    let mut key = committed_offset_group_prefix(group);
+    put_short_str(&mut key, topic);
+    key.put_u32(partition as u32);
+    key.freeze()
+}
+
+/// The prefix shared by all committed offsets of one group.
+pub fn committed_offset_group_prefix(group: &str) -> BytesMut {
+    let mut key = header(META_SEGMENT, KeyType::CommittedOffset, 2 + group.len() + 32);
+    put_short_str(&mut key, group);
+    key
+}
+
+/// The prefix shared by all committed offsets.
+pub fn committed_offset_prefix() -> Bytes {
+    header(META_SEGMENT, KeyType::CommittedOffset, 0).freeze()
+}
+
+/// `(group, topic, partition)` of a committed-offset key.
+pub fn decode_committed_offset_key(key: &[u8]) -> Option<(&str, &str, i32)> {
+    let rest = body(key, KeyType::CommittedOffset)?;
+    let (group, rest) = take_short_str(rest)?;
+    let (topic, rest) = take_short_str(rest)?;
+    let partition = i32::from_be_bytes(rest.try_into().ok()?);
+    Some((group, topic, partition))
+}
+
+/// A committed offset as stored.
+///
+/// Layout: `offset i64 | leader epoch i32 | commit timestamp i64 | metadata (UTF-8, the rest)`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OffsetValue {
+    pub offset: i64,
+    pub leader_epoch: i32,
+    pub commit_timestamp: i64,
+    pub metadata: String,
+}
+
+impl OffsetValue {
+    pub fn encode(&self) -> Bytes {
+        let mut value = BytesMut::with_capacity(20 + self.metadata.len());
+        value.put_i64(self.offset);
+        value.put_i32(self.leader_epoch);
+        value.put_i64(self.commit_timestamp);
+        value.put_slice(self.metadata.as_bytes());
+        value.freeze()
+    }
+
+    pub fn decode(value: &[u8]) -> Option<OffsetValue> {
+        Some(OffsetValue {
+            offset: i64::from_be_bytes(value.get(..8)?.try_into().ok()?),
+            leader_epoch: i32::from_be_bytes(value.get(8..12)?.try_into().ok()?),
+            commit_timestamp: i64::from_be_bytes(value.get(12..20)?.try_into().ok()?),
+            metadata: String::from_utf8(value.get(20..)?.to_vec()).ok()?,
+        })
+    }
+}
+
+pub fn group_key(group: &str) -> Bytes {
+    let mut key = header(META_SEGMENT, KeyType::Group, group.len());
+    key.put_slice(group.as_bytes());
+    key.freeze()
+}
+
+/// The prefix shared by all group keys.
+pub fn group_prefix() -> Bytes {
+    header(META_SEGMENT, KeyType::Group, 0).freeze()
+}
+
+pub fn decode_group_key(key: &[u8]) -> Option<&str> {
+    std::str::from_utf8(body(key, KeyType::Group)?).ok()
 }
 
 /// Key of one stored record batch.
@@ -257,6 +348,31 @@ mod tests {
         assert_eq!(decode_segment_key(&segment_key(77)), Some(77));
         assert_eq!(decode_segment_key(&topic_key("x")), None);
         assert_eq!(BatchKey::decode(&topic_key("orders")), None);
+    }
+
+    #[test]
+    fn committed_offsets_round_trip_and_group_by_group() {
+        let key = committed_offset_key("billing", "orders", 7);
+        assert_eq!(
+            decode_committed_offset_key(&key),
+            Some(("billing", "orders", 7))
+        );
+        assert!(key.starts_with(&committed_offset_group_prefix("billing")));
+        assert!(key.starts_with(&committed_offset_prefix()));
+        // A group whose name extends another's never shares its prefix.
+        let longer = committed_offset_key("billing2", "orders", 7);
+        assert!(!longer.starts_with(&committed_offset_group_prefix("billing")));
+        let value = OffsetValue {
+            offset: 42,
+            leader_epoch: -1,
+            commit_timestamp: 1_700_000_000_000,
+            metadata: "checkpoint \u{2713}".into(),
+        };
+        assert_eq!(OffsetValue::decode(&value.encode()), Some(value));
+        assert_eq!(OffsetValue::decode(&[0; 5]), None);
+        assert_eq!(decode_group_key(&group_key("g-1")), Some("g-1"));
+        assert!(group_key("g-1").starts_with(&group_prefix()));
+        assert_eq!(decode_group_key(&topic_key("g-1")), None);
     }
 
     #[test]
