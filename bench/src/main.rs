@@ -143,16 +143,21 @@ fn main() -> Result<()> {
         "Latency (open loop, 1 partition, {} s per rate, from the scheduled send time)",
         bench.args.latency_secs
     ));
-    report.line("| rate msgs/s | ack p50 ms | ack p99 | ack p99.9 | ack max | e2e p50 ms | e2e p99 | e2e p99.9 | e2e max |");
-    report.line("|---|---|---|---|---|---|---|---|---|");
-    for rate in [1_000u64, 10_000] {
+    report.line(
+        "Rows with committers add that many threads committing consumer-group offsets \
+                 synchronously in a loop during the run, to show commits do not stall produce.\n",
+    );
+    report.line("| rate msgs/s | committers | commits/s | ack p50 ms | ack p99 | ack p99.9 | ack max | e2e p50 ms | e2e p99 | e2e p99.9 | e2e max |");
+    report.line("|---|---|---|---|---|---|---|---|---|---|---|");
+    for (rate, committers) in [(1_000u64, 0), (10_000, 0), (1_000, 8)] {
         let mut runs = Vec::new();
         for _ in 0..bench.args.runs {
-            runs.push(bench.latency(rate)?);
+            runs.push(bench.latency(rate, committers)?);
         }
         let pick = |f: fn(&Latency) -> f64| median_of(runs.iter().map(f).collect());
         report.line(&format!(
-            "| {rate} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} |",
+            "| {rate} | {committers} | {:.0} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} |",
+            pick(|l| l.commits_per_sec),
             pick(|l| l.ack[0]),
             pick(|l| l.ack[1]),
             pick(|l| l.ack[2]),
@@ -228,6 +233,7 @@ struct Throughput {
 struct Latency {
     ack: [f64; 4],
     e2e: [f64; 4],
+    commits_per_sec: f64,
 }
 
 impl Bench {
@@ -322,7 +328,7 @@ impl Bench {
         })
     }
 
-    fn latency(&self, rate: u64) -> Result<Latency> {
+    fn latency(&self, rate: u64, committers: usize) -> Result<Latency> {
         let broker = self.start_broker(&[])?;
         let topic = "latency";
         create_topics(&broker.bootstrap, &[(topic.to_string(), 1)])?;
@@ -366,6 +372,14 @@ impl Bench {
             }
         }
         let start = Instant::now();
+        let committing = Arc::new(AtomicBool::new(true));
+        let commit_threads: Vec<_> = (0..committers)
+            .map(|i| {
+                let config = consumer_config(&broker.bootstrap);
+                let committing = committing.clone();
+                std::thread::spawn(move || commit_in_a_loop(config, topic, i, &committing))
+            })
+            .collect();
         *latency
             .start
             .lock()
@@ -400,6 +414,14 @@ impl Bench {
             );
         }
         producer.flush(Duration::from_secs(60))?;
+        committing.store(false, Ordering::Relaxed);
+        let mut commits = 0;
+        for thread in commit_threads {
+            commits += thread
+                .join()
+                .map_err(|_| anyhow::anyhow!("committer panicked"))??;
+        }
+        let commits_per_sec = commits as f64 / start.elapsed().as_secs_f64();
         let wait_until = Instant::now() + Duration::from_secs(30);
         while !tail.is_finished() && Instant::now() < wait_until {
             std::thread::sleep(Duration::from_millis(10));
@@ -419,6 +441,7 @@ impl Bench {
         Ok(Latency {
             ack: percentiles(&ack),
             e2e: percentiles(&e2e),
+            commits_per_sec,
         })
     }
 
@@ -448,6 +471,24 @@ impl Bench {
         }
         Ok(results)
     }
+}
+
+/// Commits offsets of its own group synchronously until told to stop; returns how many.
+fn commit_in_a_loop(
+    mut config: ClientConfig,
+    topic: &str,
+    id: usize,
+    running: &AtomicBool,
+) -> Result<u64> {
+    let consumer: BaseConsumer = config.set("group.id", format!("committer-{id}")).create()?;
+    let mut commits = 0u64;
+    while running.load(Ordering::Relaxed) {
+        let mut offsets = TopicPartitionList::new();
+        offsets.add_partition_offset(topic, 0, Offset::Offset(commits as i64))?;
+        consumer.commit(&offsets, rdkafka::consumer::CommitMode::Sync)?;
+        commits += 1;
+    }
+    Ok(commits)
 }
 
 /// The index the warm-up record of a latency run carries.
