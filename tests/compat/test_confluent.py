@@ -208,3 +208,44 @@ def test_describe_cluster_and_broker_configs(broker):
     configs = client.describe_configs([resource])[resource].result(15)
     assert configs["auto.create.topics.enable"].value == "true"
     assert configs["num.partitions"].value == "1"
+
+
+def test_admin_list_offsets_including_max_timestamp(broker, topic_name):
+    from confluent_kafka.admin import OffsetSpec
+
+    create_topic(broker.bootstrap, topic_name)
+    timestamps = [5_000, 9_000, 7_000, 9_000, 1_000]
+    produce(
+        broker.bootstrap,
+        topic_name,
+        [(0, None, f"m{i}".encode(), None, ts) for i, ts in enumerate(timestamps)],
+        **{"linger.ms": 0, "max.in.flight": 1},
+    )
+    client = admin(broker.bootstrap)
+    tp = TopicPartition(topic_name, 0)
+    specs = {
+        "earliest": OffsetSpec.earliest(),
+        "latest": OffsetSpec.latest(),
+        "max": OffsetSpec.max_timestamp(),
+        "at 6000": OffsetSpec.for_timestamp(6_000),
+    }
+    found = {name: client.list_offsets({tp: spec})[tp].result(15) for name, spec in specs.items()}
+    assert found["earliest"].offset == 0
+    assert found["latest"].offset == 5
+    assert (found["max"].offset, found["max"].timestamp) == (1, 9_000)
+    assert (found["at 6000"].offset, found["at 6000"].timestamp) == (1, 9_000)
+
+
+def test_a_batch_larger_than_the_fetch_limits_is_still_delivered(broker, topic_name):
+    create_topic(broker.bootstrap, topic_name)
+    big = b"b" * 500_000
+    produce(broker.bootstrap, topic_name, [(0, None, big, None, None), (0, None, b"next", None, None)],
+            **{"compression.type": "none", "linger.ms": 0, "max.in.flight": 1})
+    got = consume(
+        broker.bootstrap,
+        topic_name,
+        0,
+        2,
+        **{"max.partition.fetch.bytes": 1000, "fetch.max.bytes": 1000, "message.max.bytes": 1000},
+    )
+    assert [m.value() for m in got] == [big, b"next"]

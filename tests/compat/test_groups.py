@@ -463,3 +463,86 @@ def test_coordinator_errors_for_bad_members_generations_and_assignments(broker, 
     )
     wire.send(sock, wire.header(11, 0) + body)
     assert struct.unpack_from(">h", wire.receive(sock), 4)[0] == 26  # INVALID_SESSION_TIMEOUT
+
+
+def join_group_v1(sock, group, member_id="", session_ms=10_000, rebalance_ms=1_500):
+    body = (
+        wire.string(group)
+        + struct.pack(">ii", session_ms, rebalance_ms)
+        + wire.string(member_id)
+        + wire.string("consumer")
+        + struct.pack(">i", 1)
+        + wire.string("range")
+        + struct.pack(">i", 0)
+    )
+    wire.send(sock, wire.header(11, 1) + body)
+
+
+def read_join(response):
+    error, generation = struct.unpack_from(">hi", response, 4)
+    at = 10
+    fields = []
+    for _ in range(3):  # protocol name, leader, member id
+        (n,) = struct.unpack_from(">h", response, at)
+        fields.append(response[at + 2 : at + 2 + n].decode())
+        at += 2 + n
+    return error, generation, fields[1], fields[2]
+
+
+def test_a_member_that_does_not_rejoin_is_dropped_at_the_rebalance_timeout(broker):
+    a, b = wire.connect(broker), wire.connect(broker)
+    join_group_v1(a, "slow-rejoin")
+    error, generation, _, member_a = read_join(wire.receive(a))
+    assert (error, generation) == (0, 1)
+    started = time.monotonic()
+    join_group_v1(b, "slow-rejoin")  # starts a rebalance; A heartbeats but never rejoins
+
+    def heartbeat():
+        wire.send(a, wire.header(12, 0) + wire.string("slow-rejoin") + struct.pack(">i", generation) + wire.string(member_a))
+        return struct.unpack_from(">h", wire.receive(a), 4)[0]
+
+    codes = set()
+    b.settimeout(0.3)
+    while True:
+        codes.add(heartbeat())
+        try:
+            response = wire.receive(b)
+            break
+        except TimeoutError:
+            assert time.monotonic() - started < 10, "the rebalance never completed"
+    error, generation, leader, member_b = read_join(response)
+    assert 27 in codes  # REBALANCE_IN_PROGRESS told A to rejoin
+    assert (error, generation, leader) == (0, 2, member_b), "B alone forms the next generation"
+    assert heartbeat() == 25  # A was dropped: UNKNOWN_MEMBER_ID
+
+
+def test_kafka_python_members_split_and_take_over(broker, topic_name):
+    from kafka import KafkaConsumer
+
+    create_topic(broker.bootstrap, topic_name, partitions=2)
+
+    def member():
+        return KafkaConsumer(
+            topic_name,
+            bootstrap_servers=broker.bootstrap,
+            group_id="kp-split",
+            session_timeout_ms=6000,
+            heartbeat_interval_ms=300,
+        )
+
+    first, second = member(), member()
+
+    def assigned(c):
+        return sorted(tp.partition for tp in c.assignment())
+
+    deadline = time.monotonic() + 30
+    while not (assigned(first) and assigned(second)):
+        assert time.monotonic() < deadline, (assigned(first), assigned(second))
+        first.poll(timeout_ms=50)
+        second.poll(timeout_ms=50)
+    assert sorted(assigned(first) + assigned(second)) == [0, 1]
+    second.close()
+    while assigned(first) != [0, 1]:
+        assert time.monotonic() < deadline + 30, assigned(first)
+        first.poll(timeout_ms=50)
+    first.close()
