@@ -19,6 +19,7 @@ mod find_coordinator;
 pub mod group_coordinator;
 mod heartbeat;
 mod incremental_alter_configs;
+mod init_producer_id;
 mod join_group;
 mod leave_group;
 mod list_groups;
@@ -109,6 +110,9 @@ impl Broker {
             ),
             RequestKind::DescribeCluster(_) => {
                 ResponseKind::DescribeCluster(describe_cluster::handle(self))
+            }
+            RequestKind::InitProducerId(r) => {
+                ResponseKind::InitProducerId(init_producer_id::handle(self, r).await)
             }
             RequestKind::FindCoordinator(r) => {
                 ResponseKind::FindCoordinator(find_coordinator::handle(self, version, r))

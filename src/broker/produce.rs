@@ -15,13 +15,14 @@ use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
 use super::config::topic_config_value;
 use super::{storage_error, str_bytes, Broker};
 use crate::log::batch::{self, BatchError};
-use crate::log::{PartitionAppend, PartitionLog};
+use crate::log::producers::SequenceError;
+use crate::log::{AppendOutcome, PartitionAppend, PartitionLog};
 
 /// Where a partition's answer comes from once the append is done.
 enum Outcome {
     Failed(ResponseError, Option<String>),
-    /// `append` indexes the appends of this request.
-    Appended {
+    /// Handed to the log; `append` indexes the appends of this request.
+    Submitted {
         append: usize,
         log_append_time: i64,
         partition: Arc<PartitionLog>,
@@ -49,7 +50,7 @@ pub async fn handle(broker: &Broker, request: ProduceRequest) -> Option<ProduceR
                             partition: partition.clone(),
                             batches,
                         });
-                        Outcome::Appended {
+                        Outcome::Submitted {
                             append: appends.len() - 1,
                             log_append_time,
                             partition,
@@ -73,12 +74,12 @@ pub async fn handle(broker: &Broker, request: ProduceRequest) -> Option<ProduceR
     } else {
         match broker.log.append(appends).await {
             Ok(receipt) => {
-                let base_offsets = receipt.base_offsets.clone();
+                let outcomes = receipt.outcomes.clone();
                 let durable = match acks {
                     -1 => await_durable(receipt, request.timeout_ms).await,
                     _ => Ok(()),
                 };
-                durable.map(|()| base_offsets)
+                durable.map(|()| outcomes)
             }
             Err(e) => Err(storage_error(&e)),
         }
@@ -101,19 +102,42 @@ pub async fn handle(broker: &Broker, request: ProduceRequest) -> Option<ProduceR
                     partition.error_code = error.code();
                     partition.error_message = message.map(str_bytes);
                 }
-                (Outcome::Appended { .. }, Err(error)) => partition.error_code = error.code(),
+                (Outcome::Submitted { .. }, Err(error)) => partition.error_code = error.code(),
                 (
-                    Outcome::Appended {
+                    Outcome::Submitted {
                         append,
                         log_append_time,
                         partition: log,
                     },
-                    Ok(base_offsets),
+                    Ok(appended),
                 ) => {
-                    partition.base_offset = base_offsets[append];
-                    partition.log_append_time_ms = log_append_time;
-                    if let Ok(offsets) = broker.log.offsets(&log).await {
-                        partition.log_start_offset = offsets.log_start_offset;
+                    let base_offset = match appended[append] {
+                        AppendOutcome::Appended { base_offset } => Ok(base_offset),
+                        AppendOutcome::Duplicate {
+                            base_offset,
+                            last_offset,
+                        } if acks == -1 => {
+                            await_high_watermark(broker, &log, last_offset, request.timeout_ms)
+                                .await
+                                .map(|()| base_offset)
+                        }
+                        AppendOutcome::Duplicate { base_offset, .. } => Ok(base_offset),
+                        AppendOutcome::Refused(SequenceError::StaleEpoch) => {
+                            Err(ResponseError::InvalidProducerEpoch)
+                        }
+                        AppendOutcome::Refused(SequenceError::OutOfOrder) => {
+                            Err(ResponseError::OutOfOrderSequenceNumber)
+                        }
+                    };
+                    match base_offset {
+                        Ok(base_offset) => {
+                            partition.base_offset = base_offset;
+                            partition.log_append_time_ms = log_append_time;
+                            if let Ok(offsets) = broker.log.offsets(&log).await {
+                                partition.log_start_offset = offsets.log_start_offset;
+                            }
+                        }
+                        Err(error) => partition.error_code = error.code(),
                     }
                 }
             }
@@ -151,6 +175,30 @@ fn prepare(
         return Ok((stamped, now));
     }
     Ok((batches, -1))
+}
+
+/// Waits until a partition's records up to `last_offset` are durable: an idempotent
+/// producer's retry is answered with acks=all only once the original batch is.
+async fn await_high_watermark(
+    broker: &Broker,
+    partition: &PartitionLog,
+    last_offset: i64,
+    timeout_ms: i32,
+) -> Result<(), ResponseError> {
+    let mut watch = broker
+        .log
+        .watch_high_watermark(partition)
+        .await
+        .map_err(|e| storage_error(&e))?;
+    let timeout = Duration::from_millis(timeout_ms.max(0) as u64);
+    let durable = tokio::time::timeout(timeout, watch.wait_for(|hwm| *hwm > last_offset))
+        .await
+        .map(|waited| waited.map(|_| ()));
+    match durable {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err(ResponseError::KafkaStorageError),
+        Err(_) => Err(ResponseError::RequestTimedOut),
+    }
 }
 
 async fn await_durable(

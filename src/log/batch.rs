@@ -18,6 +18,8 @@ const LAST_OFFSET_DELTA: usize = 23;
 const BASE_TIMESTAMP: usize = 27;
 const MAX_TIMESTAMP: usize = 35;
 const PRODUCER_ID: usize = 43;
+const PRODUCER_EPOCH: usize = 51;
+const BASE_SEQUENCE: usize = 53;
 const RECORD_COUNT: usize = 57;
 
 /// Attribute bit set when the batch's timestamps are the broker's append time.
@@ -77,6 +79,12 @@ impl<'a> BatchView<'a> {
     }
     pub fn producer_id(&self) -> i64 {
         i64_at(self.0, PRODUCER_ID)
+    }
+    pub fn producer_epoch(&self) -> i16 {
+        i16_at(self.0, PRODUCER_EPOCH)
+    }
+    pub fn base_sequence(&self) -> i32 {
+        i32_at(self.0, BASE_SEQUENCE)
     }
     pub fn is_log_append_time(&self) -> bool {
         self.attributes() & LOG_APPEND_TIME_BIT != 0

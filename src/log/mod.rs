@@ -9,6 +9,7 @@ pub mod batch;
 mod durability;
 pub mod groups;
 mod partition;
+pub mod producers;
 mod read;
 mod topic;
 
@@ -30,6 +31,7 @@ use crate::storage::keys::{self, BatchKey, SequenceEntry};
 use batch::BatchView;
 use durability::DurabilityQueue;
 use partition::PartitionState;
+use producers::{ProducerEntry, SequenceCheck, SequenceError, SequencedBatch};
 use topic::TopicRecord;
 
 /// The first segment that holds record data (segment 0 holds metadata).
@@ -81,11 +83,27 @@ pub struct PartitionAppend {
     pub batches: Vec<Bytes>,
 }
 
-/// The outcome of [`LogStore::append`]: the offsets assigned, and a way to wait until the
-/// records are durable (and therefore visible to consumers).
+/// What happened to one [`PartitionAppend`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AppendOutcome {
+    Appended {
+        base_offset: i64,
+    },
+    /// An idempotent producer's retry of batches already written at `base_offset..=last_offset`;
+    /// nothing was written again.
+    Duplicate {
+        base_offset: i64,
+        last_offset: i64,
+    },
+    /// An idempotent producer's batch that breaks its sequence or epoch; nothing was written.
+    Refused(SequenceError),
+}
+
+/// The outcome of [`LogStore::append`]: what happened to each partition, and a way to wait
+/// until the appended records are durable (and therefore visible to consumers).
 pub struct AppendReceipt {
-    /// The base offset given to each [`PartitionAppend`], in order.
-    pub base_offsets: Vec<i64>,
+    /// One outcome per [`PartitionAppend`], in order.
+    pub outcomes: Vec<AppendOutcome>,
     durable: oneshot::Receiver<()>,
 }
 
@@ -105,6 +123,8 @@ pub struct LogStore {
     /// Serialises topic creation, deletion and changes.
     catalog_changes: Mutex<()>,
     append: Mutex<AppendState>,
+    /// The last producer id handed out; ids are never reused, even across restarts.
+    last_producer_id: Mutex<i64>,
     durability: Arc<DurabilityQueue>,
     follower: std::sync::Mutex<Option<tokio::task::JoinHandle<Option<CloseReason>>>>,
 }
@@ -145,6 +165,15 @@ impl LogStore {
             catalog.insert(Arc::new(Topic::from_record(record)));
         }
         let next_sequence = next_global_sequence(&db, &segments).await?;
+        let last_producer_id = match db.get(keys::producer_ids_key()).await? {
+            Some(value) => i64::from_be_bytes(
+                value
+                    .as_ref()
+                    .try_into()
+                    .map_err(|_| LogError::Corrupt("producer id counter".into()))?,
+            ),
+            None => -1,
+        };
         let durability = Arc::new(DurabilityQueue::default());
         let follower = tokio::spawn(durability::follow(db.subscribe(), durability.clone()));
         Ok(Arc::new(LogStore {
@@ -154,6 +183,7 @@ impl LogStore {
             catalog: RwLock::new(catalog),
             catalog_changes: Mutex::new(()),
             append: Mutex::new(AppendState { next_sequence }),
+            last_producer_id: Mutex::new(last_producer_id),
             durability,
             follower: std::sync::Mutex::new(Some(follower)),
         }))
@@ -282,6 +312,24 @@ impl LogStore {
         Ok(topic)
     }
 
+    /// A new producer id, durably recorded as used.
+    pub async fn allocate_producer_id(&self) -> Result<i64, LogError> {
+        let mut last = self.last_producer_id.lock().await;
+        let id = *last + 1;
+        self.db
+            .put(keys::producer_ids_key(), id.to_be_bytes())
+            .await?
+            .await_durable()
+            .await?;
+        *last = id;
+        Ok(id)
+    }
+
+    /// Whether `producer_id` was handed out by this store.
+    pub async fn issued_producer_id(&self, producer_id: i64) -> bool {
+        (0..=*self.last_producer_id.lock().await).contains(&producer_id)
+    }
+
     /// Loads a partition's offsets on first use.
     async fn state<'a>(&self, partition: &'a PartitionLog) -> Result<&'a PartitionState, LogError> {
         partition
@@ -308,8 +356,9 @@ impl LogStore {
     }
 
     /// Appends batches to partitions in one SlateDB write: offsets are assigned densely, each
-    /// record gets a global sequence number, and nothing is visible to fetches until the
-    /// write is durable (see [`AppendReceipt::durable`]).
+    /// record gets a global sequence number, idempotent producers' sequence numbers are
+    /// checked, and nothing is visible to fetches until the write is durable (see
+    /// [`AppendReceipt::durable`]).
     pub async fn append(&self, appends: Vec<PartitionAppend>) -> Result<AppendReceipt, LogError> {
         let mut states = Vec::with_capacity(appends.len());
         for append in &appends {
@@ -319,49 +368,54 @@ impl LogStore {
         let mut guard = self.append.lock().await;
         let mut write = WriteBatch::new();
         let mut sequence = guard.next_sequence;
-        let mut base_offsets = Vec::with_capacity(appends.len());
+        let mut outcomes = Vec::with_capacity(appends.len());
         let mut advances = Vec::with_capacity(appends.len());
+        let mut producer_changes = Vec::new();
         for (append, state) in appends.iter().zip(&states) {
             let base_offset = state.next_offset.load(Ordering::Acquire);
-            let mut next_offset = base_offset;
-            for batch in &append.batches {
-                let count = BatchView::new(batch)
-                    .map(|view| view.record_count())
-                    .filter(|&count| count > 0)
-                    .ok_or_else(|| LogError::Corrupt("append of an unvalidated batch".into()))?;
-                let key = BatchKey {
-                    segment,
-                    topic_id: append.partition.topic_id,
-                    partition: append.partition.index,
-                    last_offset: next_offset + i64::from(count) - 1,
-                };
-                write.put(key.encode(), batch::with_base_offset(batch, next_offset));
-                let entry = SequenceEntry {
-                    topic_id: append.partition.topic_id,
-                    partition: append.partition.index,
-                    base_offset: next_offset,
-                    record_count: count as u32,
-                };
-                write.put(keys::sequence_key(segment, sequence), entry.encode());
-                sequence += count as u64;
-                next_offset += i64::from(count);
+            let planned = plan_partition(append, state, segment, base_offset, sequence)?;
+            match planned {
+                Planned::Write {
+                    puts,
+                    next_offset,
+                    next_sequence,
+                    producers,
+                } => {
+                    for (key, value) in puts {
+                        write.put(key, value);
+                    }
+                    for (producer_id, entry) in &producers {
+                        let key = keys::producer_state_key(
+                            append.partition.topic_id,
+                            append.partition.index,
+                            *producer_id,
+                        );
+                        write.put(key, entry.encode());
+                    }
+                    sequence = next_sequence;
+                    outcomes.push(AppendOutcome::Appended { base_offset });
+                    advances.push((append.partition.clone(), next_offset));
+                    producer_changes.push((*state, producers));
+                }
+                Planned::Skip(outcome) => outcomes.push(outcome),
             }
-            base_offsets.push(base_offset);
-            advances.push((append.partition.clone(), next_offset));
+        }
+        if advances.is_empty() {
+            let (done, durable) = oneshot::channel();
+            let _ = done.send(());
+            return Ok(AppendReceipt { outcomes, durable });
         }
         let handle = self.db.write(write).await?;
         guard.next_sequence = sequence;
-        for ((_, next_offset), state) in advances.iter().zip(&states) {
+        for ((_, next_offset), (state, producers)) in advances.iter().zip(producer_changes) {
             state.next_offset.store(*next_offset, Ordering::Release);
+            state.producers().extend(producers);
         }
         let durable = self.durability.push(handle.seqnum(), advances);
         drop(guard);
         // The write may have become durable before it was queued.
         self.durability.release(self.db.status().durable_seq);
-        Ok(AppendReceipt {
-            base_offsets,
-            durable,
-        })
+        Ok(AppendReceipt { outcomes, durable })
     }
 
     fn scan_options(read_ahead_bytes: usize, order: IterationOrder) -> ScanOptions {
@@ -373,6 +427,99 @@ impl LogStore {
             ..ScanOptions::default()
         }
     }
+}
+
+/// How one partition's batches fit into an append.
+enum Planned {
+    Write {
+        puts: Vec<(Bytes, Bytes)>,
+        next_offset: i64,
+        next_sequence: u64,
+        /// Producer states after the write, to store with it.
+        producers: Vec<(i64, ProducerEntry)>,
+    },
+    Skip(AppendOutcome),
+}
+
+/// Assigns offsets and global sequences to a partition's batches and checks idempotent
+/// producers' sequence numbers, without changing anything yet.
+fn plan_partition(
+    append: &PartitionAppend,
+    state: &PartitionState,
+    segment: u32,
+    base_offset: i64,
+    first_sequence: u64,
+) -> Result<Planned, LogError> {
+    let topic_id = append.partition.topic_id;
+    let partition = append.partition.index;
+    let mut puts = Vec::with_capacity(append.batches.len() * 2);
+    let mut producers: Vec<(i64, ProducerEntry)> = Vec::new();
+    let mut next_offset = base_offset;
+    let mut sequence = first_sequence;
+    for (index, batch) in append.batches.iter().enumerate() {
+        let view = BatchView::new(batch)
+            .filter(|view| view.record_count() > 0)
+            .ok_or_else(|| LogError::Corrupt("append of an unvalidated batch".into()))?;
+        let count = view.record_count();
+        let producer_id = view.producer_id();
+        if producer_id >= 0 {
+            let known = state.producers().get(&producer_id).cloned();
+            let current = producers
+                .iter()
+                .rev()
+                .find(|(id, _)| *id == producer_id)
+                .map(|(_, e)| e)
+                .or(known.as_ref());
+            let first = view.base_sequence();
+            let last = producers::last_sequence(first, count);
+            match producers::check(current, view.producer_epoch(), first, last) {
+                Ok(SequenceCheck::Append) => {
+                    let recorded = SequencedBatch {
+                        first_sequence: first,
+                        last_sequence: last,
+                        base_offset: next_offset,
+                    };
+                    let entry = producers::record(current, view.producer_epoch(), recorded);
+                    producers.retain(|(id, _)| *id != producer_id);
+                    producers.push((producer_id, entry));
+                }
+                Ok(SequenceCheck::Duplicate { base_offset }) if index == 0 => {
+                    return Ok(Planned::Skip(AppendOutcome::Duplicate {
+                        base_offset,
+                        last_offset: base_offset + i64::from(count) - 1,
+                    }));
+                }
+                Ok(SequenceCheck::Duplicate { .. }) => {
+                    return Ok(Planned::Skip(AppendOutcome::Refused(
+                        SequenceError::OutOfOrder,
+                    )));
+                }
+                Err(refused) => return Ok(Planned::Skip(AppendOutcome::Refused(refused))),
+            }
+        }
+        let key = BatchKey {
+            segment,
+            topic_id,
+            partition,
+            last_offset: next_offset + i64::from(count) - 1,
+        };
+        puts.push((key.encode(), batch::with_base_offset(batch, next_offset)));
+        let entry = SequenceEntry {
+            topic_id,
+            partition,
+            base_offset: next_offset,
+            record_count: count as u32,
+        };
+        puts.push((keys::sequence_key(segment, sequence), entry.encode()));
+        sequence += count as u64;
+        next_offset += i64::from(count);
+    }
+    Ok(Planned::Write {
+        puts,
+        next_offset,
+        next_sequence: sequence,
+        producers,
+    })
 }
 
 /// The global sequence after the newest stored entry (0 for an empty store).

@@ -1,9 +1,13 @@
 //! One topic-partition's key log: its identity and its in-memory offsets.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Mutex, MutexGuard};
 
 use tokio::sync::{watch, OnceCell};
 use uuid::Uuid;
+
+use super::producers::ProducerEntry;
 
 /// A topic-partition. Its offsets are loaded from SlateDB the first time it is used, so a
 /// broker with many partitions starts without reading them all.
@@ -34,15 +38,27 @@ pub(super) struct PartitionState {
     pub high_watermark: watch::Sender<i64>,
     /// The first offset still stored.
     pub log_start_offset: AtomicI64,
+    /// Idempotent producers' states by producer id. Changed only under the append lock.
+    producers: Mutex<HashMap<i64, ProducerEntry>>,
 }
 
 impl PartitionState {
-    pub fn new(log_start_offset: i64, end_offset: i64) -> Self {
+    pub fn new(
+        log_start_offset: i64,
+        end_offset: i64,
+        producers: HashMap<i64, ProducerEntry>,
+    ) -> Self {
         PartitionState {
             next_offset: AtomicI64::new(end_offset),
             high_watermark: watch::Sender::new(end_offset),
             log_start_offset: AtomicI64::new(log_start_offset),
+            producers: Mutex::new(producers),
         }
+    }
+
+    pub fn producers(&self) -> MutexGuard<'_, HashMap<i64, ProducerEntry>> {
+        // Plain data: a panic elsewhere cannot leave it half-updated.
+        self.producers.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     pub fn high_watermark(&self) -> i64 {

@@ -1,5 +1,6 @@
 //! Reading key logs: fetches, partition recovery, and offset look-ups by timestamp.
 
+use std::collections::HashMap;
 use std::ops::Range;
 
 use bytes::{Bytes, BytesMut};
@@ -8,6 +9,7 @@ use slatedb::{DbIterator, IterationOrder};
 
 use super::batch::BatchView;
 use super::partition::{PartitionLog, PartitionOffsets, PartitionState};
+use super::producers::ProducerEntry;
 use super::{LogError, LogStore};
 use crate::storage::keys::{self, BatchKey};
 
@@ -170,7 +172,17 @@ impl LogStore {
             Some(batch) => BatchView::new(&batch).map_or(end_offset, |view| view.base_offset()),
             None => end_offset,
         };
-        Ok(PartitionState::new(log_start_offset, end_offset))
+        let mut producers = HashMap::new();
+        let prefix = keys::producer_state_prefix(partition.topic_id, partition.index);
+        let mut scan = self.db.scan(prefix_range(&prefix)).await?;
+        while let Some(entry) = scan.next().await? {
+            let producer_id = keys::decode_producer_state_key(&entry.key)
+                .ok_or_else(|| LogError::Corrupt("producer state key".into()))?;
+            let state = ProducerEntry::decode(&entry.value)
+                .ok_or_else(|| LogError::Corrupt("producer state".into()))?;
+            producers.insert(producer_id, state);
+        }
+        Ok(PartitionState::new(log_start_offset, end_offset, producers))
     }
 
     /// The first durable record with a timestamp at or after `timestamp`, as

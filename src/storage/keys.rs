@@ -13,6 +13,8 @@
 //! | `Segment` | `0 \| 03 \| segment u32` | segment metadata (JSON) |
 //! | `CommittedOffset` | `0 \| 04 \| group len u16 \| group \| topic len u16 \| topic \| partition u32` | [`OffsetValue`] |
 //! | `Group` | `0 \| 05 \| group` | group record (JSON) |
+//! | `ProducerState` | `0 \| 06 \| topic id (16) \| partition u32 \| producer id u64` | idempotence state (`log::producers`) |
+//! | `ProducerIds` | `0 \| 07` | the last producer id handed out, i64 |
 //! | `RecordBatch` | `seg \| 10 \| topic id (16) \| partition u32 \| last offset u64` | the record batch as received, `baseOffset` set |
 //! | `GlobalSequence` | `seg \| 20 \| first sequence u64` | [`SequenceEntry`] |
 //!
@@ -36,6 +38,8 @@ pub enum KeyType {
     Segment = 0x03,
     CommittedOffset = 0x04,
     Group = 0x05,
+    ProducerState = 0x06,
+    ProducerIds = 0x07,
     RecordBatch = 0x10,
     GlobalSequence = 0x20,
 }
@@ -183,6 +187,31 @@ pub fn group_prefix() -> Bytes {
 
 pub fn decode_group_key(key: &[u8]) -> Option<&str> {
     std::str::from_utf8(body(key, KeyType::Group)?).ok()
+}
+
+/// Key of one producer's idempotence state on one partition.
+pub fn producer_state_key(topic_id: Uuid, partition: i32, producer_id: i64) -> Bytes {
+    let mut key = producer_state_prefix(topic_id, partition);
+    key.put_u64(producer_id as u64);
+    key.freeze()
+}
+
+/// The prefix shared by every producer's state on one partition.
+pub fn producer_state_prefix(topic_id: Uuid, partition: i32) -> BytesMut {
+    let mut key = header(META_SEGMENT, KeyType::ProducerState, 16 + 4 + 8);
+    key.put_slice(topic_id.as_bytes());
+    key.put_u32(partition as u32);
+    key
+}
+
+/// The producer id of a producer-state key.
+pub fn decode_producer_state_key(key: &[u8]) -> Option<i64> {
+    let rest = body(key, KeyType::ProducerState)?;
+    Some(i64::from_be_bytes(rest.get(20..28)?.try_into().ok()?))
+}
+
+pub fn producer_ids_key() -> Bytes {
+    header(META_SEGMENT, KeyType::ProducerIds, 0).freeze()
 }
 
 /// Key of one stored record batch.
@@ -373,6 +402,16 @@ mod tests {
         assert_eq!(decode_group_key(&group_key("g-1")), Some("g-1"));
         assert!(group_key("g-1").starts_with(&group_prefix()));
         assert_eq!(decode_group_key(&topic_key("g-1")), None);
+    }
+
+    #[test]
+    fn producer_state_keys_round_trip_per_partition() {
+        let topic_id = Uuid::new_v4();
+        let key = producer_state_key(topic_id, 3, 1 << 40);
+        assert_eq!(decode_producer_state_key(&key), Some(1 << 40));
+        assert!(key.starts_with(&producer_state_prefix(topic_id, 3)));
+        assert!(!key.starts_with(&producer_state_prefix(topic_id, 4)));
+        assert_eq!(segment_of(&producer_ids_key()), Some(META_SEGMENT));
     }
 
     #[test]

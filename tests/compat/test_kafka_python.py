@@ -11,9 +11,7 @@ from kafka.errors import (
 
 
 def producer(broker, **config):
-    # Idempotence (kafka-python's default) needs InitProducerId, which Shale does not
-    # implement yet; plain acks=all production is what is tested here.
-    return KafkaProducer(bootstrap_servers=broker.bootstrap, acks="all", enable_idempotence=False, **config)
+    return KafkaProducer(bootstrap_servers=broker.bootstrap, acks="all", **config)
 
 
 def read(broker, topic, partition, count):

@@ -1,0 +1,233 @@
+//! Idempotent producers: per partition, each producer's epoch and its latest batches, so a
+//! retried batch is recognised and answered with its original offset instead of being
+//! written twice, and a gap in sequence numbers is refused.
+//!
+//! Kafka keeps the last 5 batches per producer and partition because a producer has at most
+//! 5 requests in flight; a retry can only repeat one of those.
+
+use std::collections::VecDeque;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+
+/// Batches remembered per producer and partition.
+const REMEMBERED_BATCHES: usize = 5;
+
+/// Where a written batch's sequence numbers landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SequencedBatch {
+    pub first_sequence: i32,
+    pub last_sequence: i32,
+    pub base_offset: i64,
+}
+
+/// One producer's state on one partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProducerEntry {
+    pub epoch: i16,
+    pub batches: VecDeque<SequencedBatch>,
+}
+
+/// Why a producer's batch is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SequenceError {
+    #[error("the producer epoch is older than this producer's current one")]
+    StaleEpoch,
+    #[error("the batch's sequence number does not follow the previous batch's")]
+    OutOfOrder,
+}
+
+/// What to do with one idempotent batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SequenceCheck {
+    /// New and in order: write it.
+    Append,
+    /// A retry of a batch already written at this offset.
+    Duplicate { base_offset: i64 },
+}
+
+/// The sequence number after `sequence`; Kafka's sequences wrap from i32::MAX to 0.
+fn next_sequence(sequence: i32) -> i32 {
+    if sequence == i32::MAX {
+        0
+    } else {
+        sequence + 1
+    }
+}
+
+/// The last sequence of a batch of `count` records starting at `first`.
+pub fn last_sequence(first: i32, count: i32) -> i32 {
+    ((i64::from(first) + i64::from(count) - 1) % (i64::from(i32::MAX) + 1)) as i32
+}
+
+/// Checks a batch of `producer` (`epoch`, sequences `first..=last`) against its state.
+pub fn check(
+    entry: Option<&ProducerEntry>,
+    epoch: i16,
+    first: i32,
+    last: i32,
+) -> Result<SequenceCheck, SequenceError> {
+    let Some(entry) = entry else {
+        // A producer new to this partition (or whose state was never stored) starts here.
+        return Ok(SequenceCheck::Append);
+    };
+    if epoch < entry.epoch {
+        return Err(SequenceError::StaleEpoch);
+    }
+    if epoch > entry.epoch {
+        return if first == 0 {
+            Ok(SequenceCheck::Append)
+        } else {
+            Err(SequenceError::OutOfOrder)
+        };
+    }
+    if let Some(seen) = entry
+        .batches
+        .iter()
+        .find(|b| b.first_sequence == first && b.last_sequence == last)
+    {
+        return Ok(SequenceCheck::Duplicate {
+            base_offset: seen.base_offset,
+        });
+    }
+    match entry.batches.back() {
+        Some(latest) if next_sequence(latest.last_sequence) != first => {
+            Err(SequenceError::OutOfOrder)
+        }
+        _ => Ok(SequenceCheck::Append),
+    }
+}
+
+/// The state after appending a checked batch.
+pub fn record(entry: Option<&ProducerEntry>, epoch: i16, batch: SequencedBatch) -> ProducerEntry {
+    let mut next = match entry {
+        Some(entry) if entry.epoch == epoch => entry.clone(),
+        _ => ProducerEntry {
+            epoch,
+            batches: VecDeque::new(),
+        },
+    };
+    if next.batches.len() == REMEMBERED_BATCHES {
+        next.batches.pop_front();
+    }
+    next.batches.push_back(batch);
+    next
+}
+
+impl ProducerEntry {
+    /// Layout: `epoch i16 | count u8 | count x (first sequence i32 | last sequence i32 | base offset i64)`.
+    pub fn encode(&self) -> Bytes {
+        let mut value = BytesMut::with_capacity(3 + 16 * self.batches.len());
+        value.put_i16(self.epoch);
+        value.put_u8(self.batches.len() as u8);
+        for batch in &self.batches {
+            value.put_i32(batch.first_sequence);
+            value.put_i32(batch.last_sequence);
+            value.put_i64(batch.base_offset);
+        }
+        value.freeze()
+    }
+
+    pub fn decode(mut value: &[u8]) -> Option<ProducerEntry> {
+        if value.len() < 3 {
+            return None;
+        }
+        let epoch = value.get_i16();
+        let count = value.get_u8() as usize;
+        if value.len() != count * 16 {
+            return None;
+        }
+        let batches = (0..count)
+            .map(|_| SequencedBatch {
+                first_sequence: value.get_i32(),
+                last_sequence: value.get_i32(),
+                base_offset: value.get_i64(),
+            })
+            .collect();
+        Some(ProducerEntry { epoch, batches })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn after(batches: &[(i32, i32, i64)]) -> ProducerEntry {
+        let mut entry = None;
+        for &(first, last, base_offset) in batches {
+            entry = Some(record(
+                entry.as_ref(),
+                0,
+                SequencedBatch {
+                    first_sequence: first,
+                    last_sequence: last,
+                    base_offset,
+                },
+            ));
+        }
+        entry.expect("at least one batch")
+    }
+
+    #[test]
+    fn in_order_batches_are_appended_and_retries_are_duplicates() {
+        let entry = after(&[(0, 4, 100), (5, 9, 105)]);
+        assert_eq!(check(Some(&entry), 0, 10, 14), Ok(SequenceCheck::Append));
+        assert_eq!(
+            check(Some(&entry), 0, 0, 4),
+            Ok(SequenceCheck::Duplicate { base_offset: 100 })
+        );
+        assert_eq!(
+            check(Some(&entry), 0, 5, 9),
+            Ok(SequenceCheck::Duplicate { base_offset: 105 })
+        );
+        assert_eq!(
+            check(Some(&entry), 0, 12, 14),
+            Err(SequenceError::OutOfOrder)
+        );
+        assert_eq!(check(None, 0, 37, 40), Ok(SequenceCheck::Append));
+    }
+
+    #[test]
+    fn epochs_fence_old_producers_and_restart_sequences() {
+        let entry = after(&[(0, 4, 0)]);
+        let bumped = record(
+            Some(&entry),
+            1,
+            SequencedBatch {
+                first_sequence: 0,
+                last_sequence: 0,
+                base_offset: 5,
+            },
+        );
+        assert_eq!(bumped.batches.len(), 1);
+        assert_eq!(
+            check(Some(&bumped), 0, 5, 5),
+            Err(SequenceError::StaleEpoch)
+        );
+        assert_eq!(check(Some(&entry), 2, 0, 3), Ok(SequenceCheck::Append));
+        assert_eq!(check(Some(&entry), 2, 7, 9), Err(SequenceError::OutOfOrder));
+    }
+
+    #[test]
+    fn only_the_last_five_batches_are_remembered_and_sequences_wrap() {
+        let entry = after(&[
+            (0, 0, 0),
+            (1, 1, 1),
+            (2, 2, 2),
+            (3, 3, 3),
+            (4, 4, 4),
+            (5, 5, 5),
+        ]);
+        assert_eq!(entry.batches.len(), REMEMBERED_BATCHES);
+        assert_eq!(check(Some(&entry), 0, 0, 0), Err(SequenceError::OutOfOrder));
+        assert_eq!(last_sequence(i32::MAX - 1, 4), 1);
+        let near_end = after(&[(i32::MAX - 1, i32::MAX, 0)]);
+        assert_eq!(check(Some(&near_end), 0, 0, 3), Ok(SequenceCheck::Append));
+    }
+
+    #[test]
+    fn entries_round_trip() {
+        let entry = after(&[(0, 4, 100), (5, 9, 105)]);
+        assert_eq!(ProducerEntry::decode(&entry.encode()), Some(entry));
+        assert_eq!(ProducerEntry::decode(&[0, 1, 1]), None);
+    }
+}

@@ -1,0 +1,87 @@
+"""Idempotent producers: the default for kafka-python (and Java); retries never duplicate
+or reorder records, and the producer state survives a broker kill."""
+
+import struct
+
+from kafka.record.default_records import DefaultRecordBatchBuilder
+
+from clients import consume, create_topic, produce
+import wire
+
+
+def init_producer_id(sock):
+    wire.send(sock, wire.header(22, 0) + struct.pack(">hi", -1, 60_000))
+    _throttle, error, producer_id, epoch = struct.unpack_from(">ihqh", wire.receive(sock), 4)
+    assert error == 0
+    return producer_id, epoch
+
+
+def batch(producer_id, epoch, sequence, values):
+    builder = DefaultRecordBatchBuilder(
+        magic=2,
+        compression_type=0,
+        is_transactional=False,
+        producer_id=producer_id,
+        producer_epoch=epoch,
+        base_sequence=sequence,
+        batch_size=1 << 20,
+    )
+    for i, value in enumerate(values):
+        builder.append(i, timestamp=None, key=None, value=value, headers=[])
+    return bytes(builder.build())
+
+
+def send(sock, topic, records):
+    wire.send(sock, wire.header(0, 3) + wire.produce_v3(topic, 0, records))
+    return wire.produce_v3_error(wire.receive(sock))
+
+
+def test_kafka_python_default_producer_is_idempotent_and_works(broker, topic_name):
+    from kafka import KafkaProducer
+
+    create_topic(broker.bootstrap, topic_name)
+    producer = KafkaProducer(bootstrap_servers=broker.bootstrap)  # idempotence on by default
+    offsets = [producer.send(topic_name, f"v{i}".encode()).get(timeout=15).offset for i in range(50)]
+    producer.close()
+    assert offsets == list(range(50))
+    assert [m.value() for m in consume(broker.bootstrap, topic_name, 0, 50)] == [f"v{i}".encode() for i in range(50)]
+
+
+def test_librdkafka_idempotent_producer_writes_each_record_once(broker, topic_name):
+    create_topic(broker.bootstrap, topic_name, partitions=2)
+    sent = [(i % 2, None, f"m{i}".encode(), None, None) for i in range(2000)]
+    reports = produce(broker.bootstrap, topic_name, sent, **{"enable.idempotence": True, "max.in.flight": 5})
+    assert all(err is None for *_, err in reports)
+    for partition in (0, 1):
+        got = consume(broker.bootstrap, topic_name, partition, 1000)
+        assert [m.value() for m in got] == [m[2] for m in sent if m[0] == partition]
+
+
+def test_retried_batches_are_not_written_twice_and_gaps_are_refused(make_broker, topic_name):
+    broker = make_broker()
+    create_topic(broker.bootstrap, topic_name)
+    sock = wire.connect(broker)
+    producer_id, epoch = init_producer_id(sock)
+    first = batch(producer_id, epoch, 0, [b"a", b"b"])
+    assert send(sock, topic_name, first) == (0, 0)
+    assert send(sock, topic_name, first) == (0, 0), "a retry gets its original offset"
+    assert send(sock, topic_name, batch(producer_id, epoch, 5, [b"gap"]))[0] == 45  # OUT_OF_ORDER_SEQUENCE_NUMBER
+    assert send(sock, topic_name, batch(producer_id, epoch, 2, [b"c"])) == (0, 2)
+
+    broker.kill()
+    broker.start()
+    sock = wire.connect(broker)
+    assert send(sock, topic_name, batch(producer_id, epoch, 2, [b"c"])) == (0, 2), "state survives kill -9"
+    assert send(sock, topic_name, batch(producer_id, epoch + 1, 0, [b"d"])) == (0, 3), "a new epoch starts over"
+    assert send(sock, topic_name, batch(producer_id, epoch, 3, [b"stale"]))[0] == 47  # INVALID_PRODUCER_EPOCH
+    assert [m.value() for m in consume(broker.bootstrap, topic_name, 0, 4)] == [b"a", b"b", b"c", b"d"]
+
+    other_id, _ = init_producer_id(sock)
+    assert other_id > producer_id, "producer ids are never reused across restarts"
+
+
+def test_transactional_ids_are_refused_until_transactions_exist(broker):
+    sock = wire.connect(broker)
+    wire.send(sock, wire.header(22, 0) + wire.string("my-txn") + struct.pack(">i", 60_000))
+    _throttle, error = struct.unpack_from(">ih", wire.receive(sock), 4)
+    assert error == 35  # UNSUPPORTED_VERSION
