@@ -500,9 +500,6 @@ impl GroupCoordinator {
 
     /// Writes group records without waiting: a lost one only costs members a rejoin.
     async fn store(&self, writes: Vec<GroupWrite>) {
-        if writes.is_empty() {
-            return;
-        }
         if let Err(e) = self.log.write_groups(writes).await {
             tracing::warn!(error = %e, "storing group state failed");
         }
@@ -942,21 +939,14 @@ impl GroupCoordinator {
                     errors.push(None);
                 }
             }
-            let pending = if writes.is_empty() {
-                None
-            } else {
-                Some(
-                    self.log
-                        .write_groups(writes)
-                        .await
-                        .map_err(|e| storage_failure(&e))?,
-                )
-            };
+            let pending = self
+                .log
+                .write_groups(writes)
+                .await
+                .map_err(|e| storage_failure(&e))?;
             (errors, pending)
         };
-        if let Some(pending) = pending {
-            pending.durable().await.map_err(|e| storage_failure(&e))?;
-        }
+        pending.durable().await.map_err(|e| storage_failure(&e))?;
         Ok(errors)
     }
 
@@ -1106,21 +1096,14 @@ impl GroupCoordinator {
                 }
                 results.push((topic, topic_results));
             }
-            let pending = if writes.is_empty() {
-                None
-            } else {
-                Some(
-                    self.log
-                        .write_groups(writes)
-                        .await
-                        .map_err(|e| storage_failure(&e))?,
-                )
-            };
+            let pending = self
+                .log
+                .write_groups(writes)
+                .await
+                .map_err(|e| storage_failure(&e))?;
             (results, pending)
         };
-        if let Some(pending) = pending {
-            pending.durable().await.map_err(|e| storage_failure(&e))?;
-        }
+        pending.durable().await.map_err(|e| storage_failure(&e))?;
         Ok(results)
     }
 }

@@ -16,7 +16,7 @@ use super::config::topic_config_value;
 use super::{storage_error, str_bytes, Broker};
 use crate::log::batch::{self, BatchError};
 use crate::log::producers::SequenceError;
-use crate::log::{AppendOutcome, PartitionAppend, PartitionLog};
+use crate::log::{AppendOutcome, AppendReceipt, PartitionAppend, PartitionLog};
 
 /// Where a partition's answer comes from once the append is done.
 enum Outcome {
@@ -190,7 +190,7 @@ async fn await_high_watermark(
         .watch_high_watermark(partition)
         .await
         .map_err(|e| storage_error(&e))?;
-    let timeout = Duration::from_millis(timeout_ms.max(0) as u64);
+    let timeout = durability_timeout(timeout_ms);
     let durable = tokio::time::timeout(timeout, watch.wait_for(|hwm| *hwm > last_offset))
         .await
         .map(|waited| waited.map(|_| ()));
@@ -201,16 +201,20 @@ async fn await_high_watermark(
     }
 }
 
-async fn await_durable(
-    receipt: crate::log::AppendReceipt,
-    timeout_ms: i32,
-) -> Result<(), ResponseError> {
-    let timeout = Duration::from_millis(timeout_ms.max(0) as u64);
+async fn await_durable(receipt: AppendReceipt, timeout_ms: i32) -> Result<(), ResponseError> {
+    let timeout = durability_timeout(timeout_ms);
     match tokio::time::timeout(timeout, receipt.durable()).await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(storage_error(&e)),
         Err(_) => Err(ResponseError::RequestTimedOut),
     }
+}
+
+/// How long acks=all waits for durability. At least a second: Kafka answers a
+/// single-replica acks=all produce without waiting, so clients may send tiny timeouts that
+/// would otherwise expire before the next WAL flush.
+fn durability_timeout(timeout_ms: i32) -> Duration {
+    Duration::from_millis(timeout_ms.max(1000) as u64)
 }
 
 fn now_ms() -> i64 {

@@ -34,12 +34,14 @@ pub struct StoredGroups {
     pub offsets: Vec<(String, String, i32, OffsetValue)>,
 }
 
-/// A write on its way to durability.
-pub struct PendingWrite(WriteHandle);
+/// A write on its way to durability (`None`: nothing was written).
+pub struct PendingWrite(Option<WriteHandle>);
 
 impl PendingWrite {
     pub async fn durable(self) -> Result<(), LogError> {
-        self.0.await_durable().await?;
+        if let Some(handle) = self.0 {
+            handle.await_durable().await?;
+        }
         Ok(())
     }
 }
@@ -72,6 +74,9 @@ impl LogStore {
     /// Applies group changes in one write; await [`PendingWrite::durable`] before
     /// acknowledging them.
     pub async fn write_groups(&self, writes: Vec<GroupWrite>) -> Result<PendingWrite, LogError> {
+        if writes.is_empty() {
+            return Ok(PendingWrite(None));
+        }
         let mut batch = WriteBatch::new();
         for write in writes {
             match write {
@@ -96,6 +101,6 @@ impl LogStore {
                 }
             }
         }
-        Ok(PendingWrite(self.db.write(batch).await?))
+        Ok(PendingWrite(Some(self.db.write(batch).await?)))
     }
 }
