@@ -44,6 +44,17 @@ pub async fn handle(broker: &Broker, request: ProduceRequest) -> Option<ProduceR
                 .as_ref()
                 .and_then(|t| t.partition(index).map(|p| (t, p.clone())))
             {
+                if appends
+                    .iter()
+                    .any(|a| Arc::ptr_eq(&a.partition, &partition))
+                {
+                    let message = "a partition appears more than once in the request".to_string();
+                    topic_outcomes.push((
+                        index,
+                        Outcome::Failed(ResponseError::InvalidRequest, Some(message)),
+                    ));
+                    continue;
+                }
                 match prepare(&topic.configs, partition_data.records.as_ref()) {
                     Ok((batches, log_append_time)) => {
                         appends.push(PartitionAppend {

@@ -358,8 +358,14 @@ impl LogStore {
     /// Appends batches to partitions in one SlateDB write: offsets are assigned densely, each
     /// record gets a global sequence number, idempotent producers' sequence numbers are
     /// checked, and nothing is visible to fetches until the write is durable (see
-    /// [`AppendReceipt::durable`]).
+    /// [`AppendReceipt::durable`]). Each partition may appear at most once in `appends`.
     pub async fn append(&self, appends: Vec<PartitionAppend>) -> Result<AppendReceipt, LogError> {
+        debug_assert!(
+            appends.iter().enumerate().all(|(i, a)| appends[..i]
+                .iter()
+                .all(|b| !Arc::ptr_eq(&a.partition, &b.partition))),
+            "a partition appended twice in one write would get overlapping offsets"
+        );
         let mut states = Vec::with_capacity(appends.len());
         for append in &appends {
             states.push(self.state(&append.partition).await?);

@@ -96,3 +96,27 @@ def test_acks_zero_gets_no_response(broker, topic_name):
     wire.send(sock, wire.header(18, 0, correlation_id=2))
     correlation_id, error = struct.unpack_from(">ih", wire.receive(sock))
     assert (correlation_id, error) == (2, 0), "the first response must be ApiVersions'"
+
+
+def test_a_partition_repeated_in_one_produce_request_is_refused(broker, topic_name):
+    create_topic(broker.bootstrap, topic_name)
+    sock = wire.connect(broker)
+    batch = wire.record_batch([b"once"])
+    part = struct.pack(">ii", 0, len(batch)) + batch
+    body = (
+        struct.pack(">hhi", -1, -1, 10_000)
+        + struct.pack(">i", 1)
+        + wire.string(topic_name)
+        + struct.pack(">i", 2)
+        + part
+        + part
+    )
+    wire.send(sock, wire.header(0, 3) + body)
+    response = wire.receive(sock)
+    (name_len,) = struct.unpack_from(">h", response, 8)
+    at = 8 + 2 + name_len
+    (count,) = struct.unpack_from(">i", response, at)
+    results = [struct.unpack_from(">ihq", response, at + 4 + i * 22) for i in range(count)]
+    assert [(p, error) for p, error, _ in results] == [(0, 0), (0, 42)]  # the repeat: INVALID_REQUEST
+    wire.send(sock, wire.header(0, 3) + wire.produce_v3(topic_name, 0, wire.record_batch([b"next"])))
+    assert wire.produce_v3_error(wire.receive(sock)) == (0, 1), "only one copy was stored"
