@@ -76,7 +76,7 @@ pub async fn handle(broker: &Broker, version: i16, request: FetchRequest) -> Fet
         }
         let (topics, bytes, failed) =
             read_all(broker, &request, &wanted, response_max, read_committed).await;
-        if bytes >= min_bytes.max(1) || failed || Instant::now() >= deadline {
+        if bytes >= min_bytes || failed || Instant::now() >= deadline {
             response.responses = topics;
             return response;
         }
