@@ -4,6 +4,7 @@
 //! acks=all (-1) once it is durable in the object store, which is also when consumers
 //! can first read it.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,6 +33,7 @@ enum Outcome {
 pub async fn handle(broker: &Broker, request: ProduceRequest) -> Option<ProduceResponse> {
     let acks = request.acks;
     let mut appends: Vec<PartitionAppend> = Vec::new();
+    let mut submitted: HashSet<(uuid::Uuid, i32)> = HashSet::new();
     let mut outcomes: Vec<Vec<(i32, Outcome)>> = Vec::new();
     for topic_data in &request.topic_data {
         let topic = broker.log.topic(&topic_data.name);
@@ -44,10 +46,7 @@ pub async fn handle(broker: &Broker, request: ProduceRequest) -> Option<ProduceR
                 .as_ref()
                 .and_then(|t| t.partition(index).map(|p| (t, p.clone())))
             {
-                if appends
-                    .iter()
-                    .any(|a| Arc::ptr_eq(&a.partition, &partition))
-                {
+                if !submitted.insert((partition.topic_id, partition.index)) {
                     let message = "a partition appears more than once in the request".to_string();
                     topic_outcomes.push((
                         index,
