@@ -81,6 +81,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         auto_create_topics: args.auto_create_topics,
         default_partitions: args.default_partitions,
         max_request_bytes: args.max_request_bytes,
+        max_connections: args.max_connections,
     };
     tracing::info!(
         "Shale listening on {bound} (advertised as {}:{}), data in {location}, ready in {} ms",

@@ -40,6 +40,12 @@ pub struct ServeArgs {
           value_parser = clap::value_parser!(u32).range(1024..=1 << 30))]
     pub max_request_bytes: u32,
 
+    /// Most client connections served at once; further ones wait to be accepted until one
+    /// closes, so a flood of connections cannot exhaust file descriptors or memory.
+    #[arg(long, env = "SHALE_MAX_CONNECTIONS", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
+
     /// How often the write-ahead log is made durable, in milliseconds. Bounds the latency
     /// of acks=all produce; smaller writes more, smaller objects.
     #[arg(long, env = "SHALE_FLUSH_INTERVAL_MS", default_value_t = 2,
@@ -86,6 +92,7 @@ pub struct BrokerConfig {
     pub auto_create_topics: bool,
     pub default_partitions: u32,
     pub max_request_bytes: u32,
+    pub max_connections: u32,
 }
 
 /// Kafka's `ConfigType` codes, reported in DescribeConfigs v3+.

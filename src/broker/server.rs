@@ -13,6 +13,7 @@ use futures::stream::FuturesOrdered;
 use futures::{FutureExt, StreamExt};
 use tokio::io::{AsyncWriteExt, BufWriter};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio_util::codec::FramedRead;
 
@@ -22,14 +23,23 @@ use crate::protocol::{self, frame, Incoming};
 /// Requests one connection may have in progress; Kafka clients send at most 5 by default.
 const MAX_IN_FLIGHT: usize = 32;
 
-/// Accepts connections until `shutdown` resolves.
+/// Accepts connections until `shutdown` resolves, at most `max_connections` at a time.
 pub async fn serve(
     broker: Arc<Broker>,
     listener: TcpListener,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
+    let slots = Arc::new(Semaphore::new(broker.config.max_connections as usize));
     loop {
+        // Wait for a free slot before accepting, so excess clients queue in the backlog.
+        let slot = tokio::select! {
+            () = &mut shutdown => return,
+            slot = slots.clone().acquire_owned() => match slot {
+                Ok(slot) => slot,
+                Err(_) => return,
+            },
+        };
         tokio::select! {
             () = &mut shutdown => return,
             accepted = listener.accept() => match accepted {
@@ -40,6 +50,7 @@ pub async fn serve(
                         if let Err(reason) = run_connection(broker, socket, peer).await {
                             tracing::info!(%peer, %reason, "closed connection");
                         }
+                        drop(slot);
                     });
                 }
                 Err(e) => {

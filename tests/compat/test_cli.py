@@ -74,3 +74,28 @@ def test_file_url_store_uses_that_folder(make_broker, tmp_path, topic_name):
     broker = make_broker("--store", f"file://{folder}")
     produce(broker.bootstrap, topic_name, [(0, None, b"on disk", None, None)])
     assert any(folder.rglob("*.sst")), "SlateDB objects should be in the --store folder"
+
+
+def test_connections_beyond_the_limit_wait_for_a_free_slot(make_broker):
+    import struct
+    import wire
+
+    broker = make_broker("--max-connections", "2")
+
+    def api_versions(sock):
+        wire.send(sock, wire.header(18, 0, correlation_id=9))
+        return struct.unpack_from(">ih", wire.receive(sock))
+
+    first, second = wire.connect(broker), wire.connect(broker)
+    assert api_versions(first) == (9, 0) and api_versions(second) == (9, 0)
+    third = wire.connect(broker)
+    wire.send(third, wire.header(18, 0, correlation_id=9))
+    third.settimeout(1.0)
+    try:
+        third.recv(1)
+        raise AssertionError("a connection beyond the limit was served")
+    except TimeoutError:
+        pass
+    first.close()
+    third.settimeout(10)
+    assert struct.unpack_from(">ih", wire.receive(third)) == (9, 0)
