@@ -23,6 +23,10 @@ pub async fn handle(broker: &Broker, request: InitProducerIdRequest) -> InitProd
     let bumped = request.producer_id.0 >= 0
         && request.producer_epoch >= 0
         && request.producer_epoch < i16::MAX - 1;
+    if bumped && !broker.log.issued_producer_id(request.producer_id.0).await {
+        response.error_code = ResponseError::InvalidProducerIdMapping.code();
+        return response;
+    }
     if bumped {
         response.producer_id = request.producer_id;
         response.producer_epoch = request.producer_epoch + 1;

@@ -15,7 +15,6 @@ const MAGIC: usize = 16;
 const CRC: usize = 17;
 const ATTRIBUTES: usize = 21;
 const LAST_OFFSET_DELTA: usize = 23;
-const BASE_TIMESTAMP: usize = 27;
 const MAX_TIMESTAMP: usize = 35;
 const PRODUCER_ID: usize = 43;
 const PRODUCER_EPOCH: usize = 51;
@@ -70,9 +69,6 @@ impl<'a> BatchView<'a> {
     }
     pub fn attributes(&self) -> i16 {
         i16_at(self.0, ATTRIBUTES)
-    }
-    pub fn base_timestamp(&self) -> i64 {
-        i64_at(self.0, BASE_TIMESTAMP)
     }
     pub fn max_timestamp(&self) -> i64 {
         i64_at(self.0, MAX_TIMESTAMP)

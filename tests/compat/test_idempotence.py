@@ -85,3 +85,21 @@ def test_transactional_ids_are_refused_until_transactions_exist(broker):
     wire.send(sock, wire.header(22, 0) + wire.string("my-txn") + struct.pack(">i", 60_000))
     _throttle, error = struct.unpack_from(">ih", wire.receive(sock), 4)
     assert error == 35  # UNSUPPORTED_VERSION
+
+
+def init_producer_id_v3(sock, producer_id, epoch):
+    """InitProducerId v3 (flexible): asks to bump the epoch of an existing producer id."""
+    header = struct.pack(">hhih", 22, 3, 7, 4) + b"test" + b"\x00"
+    body = b"\x00" + struct.pack(">iqh", 60_000, producer_id, epoch) + b"\x00"
+    wire.send(sock, header + body)
+    response = wire.receive(sock)
+    _throttle, error, new_id, new_epoch = struct.unpack_from(">ihqh", response, 5)
+    return error, new_id, new_epoch
+
+
+def test_epoch_bumps_are_granted_only_for_issued_producer_ids(broker):
+    sock = wire.connect(broker)
+    producer_id, epoch = init_producer_id(sock)
+    assert init_producer_id_v3(sock, producer_id, epoch) == (0, producer_id, epoch + 1)
+    error, _, _ = init_producer_id_v3(sock, producer_id + 1000, 0)
+    assert error == 49  # INVALID_PRODUCER_ID_MAPPING
