@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use clap::{Parser, Subcommand};
 use shale::broker::config::{BrokerConfig, ServeArgs};
 use shale::broker::group_coordinator::{GroupConfig, GroupCoordinator};
+use shale::broker::txn_coordinator::{TxnConfig, TxnCoordinator};
 use shale::broker::{server, Broker};
 use shale::log::LogStore;
 use shale::storage::{self, StorageSettings, StoreLocation};
@@ -90,7 +91,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         started.elapsed().as_millis()
     );
     let groups = GroupCoordinator::start(log.clone(), group_config(&args)?).await?;
-    let broker = Arc::new(Broker::new(log.clone(), groups, config));
+    let txn_config = TxnConfig {
+        max_timeout_ms: args.transaction_max_timeout_ms,
+    };
+    let txns = TxnCoordinator::start(log.clone(), groups.clone(), txn_config).await?;
+    let broker = Arc::new(Broker::new(log.clone(), groups, txns, config));
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let accepting = tokio::spawn(server::serve(broker, listener, async {
         let _ = stopped.await;

@@ -78,6 +78,16 @@ pub struct ServeArgs {
     )]
     pub group_initial_rebalance_delay_ms: u64,
 
+    /// Longest transaction timeout a transactional producer may ask for, in milliseconds
+    /// (Kafka's `transaction.max.timeout.ms`).
+    #[arg(
+        long,
+        env = "SHALE_TRANSACTION_MAX_TIMEOUT_MS",
+        default_value_t = 900_000,
+        value_parser = clap::value_parser!(i32).range(1..)
+    )]
+    pub transaction_max_timeout_ms: i32,
+
     /// Log filter (tracing's EnvFilter syntax), e.g. `info` or `shale=debug,slatedb=warn`.
     #[arg(long, env = "SHALE_LOG", default_value = "info,slatedb=warn")]
     pub log: String,

@@ -11,13 +11,15 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::future::select_all;
 use kafka_protocol::error::ResponseError;
-use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
+use kafka_protocol::messages::fetch_response::{
+    AbortedTransaction, FetchableTopicResponse, PartitionData,
+};
 use kafka_protocol::messages::{FetchRequest, FetchResponse};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::{storage_error, Broker};
-use crate::log::{LogError, PartitionLog};
+use crate::log::{Isolation, LogError, PartitionLog};
 
 /// Kafka's isolation level for consumers that only read committed transactions.
 const READ_COMMITTED: i8 = 1;
@@ -69,13 +71,17 @@ pub async fn handle(broker: &Broker, version: i16, request: FetchRequest) -> Fet
     } else {
         usize::MAX
     };
-    let read_committed = request.isolation_level == READ_COMMITTED;
+    let isolation = if request.isolation_level == READ_COMMITTED {
+        Isolation::ReadCommitted
+    } else {
+        Isolation::ReadUncommitted
+    };
     loop {
         for watch in &mut watches {
             watch.borrow_and_update();
         }
         let (topics, bytes, failed) =
-            read_all(broker, &request, &wanted, response_max, read_committed).await;
+            read_all(broker, &request, &wanted, response_max, isolation).await;
         if bytes >= min_bytes || failed || Instant::now() >= deadline {
             response.responses = topics;
             return response;
@@ -107,8 +113,9 @@ async fn read_all(
     request: &FetchRequest,
     wanted: &[Vec<Wanted>],
     response_max: usize,
-    read_committed: bool,
+    isolation: Isolation,
 ) -> (Vec<FetchableTopicResponse>, usize, bool) {
+    let read_committed = isolation == Isolation::ReadCommitted;
     let mut total = 0usize;
     let mut failed = false;
     let mut topics = Vec::with_capacity(wanted.len());
@@ -130,13 +137,31 @@ async fn read_all(
                     // The first batch is always returned whole, even past the limits, so a
                     // consumer can get past a batch larger than its fetch size.
                     let budget = want.max_bytes.min(response_max.saturating_sub(total));
-                    match broker.log.read(partition, want.fetch_offset, budget).await {
+                    let read = broker
+                        .log
+                        .read(partition, want.fetch_offset, budget, isolation)
+                        .await;
+                    match read {
                         Ok(fetched) => {
                             total += fetched.records.len();
                             data.high_watermark = fetched.offsets.high_watermark;
-                            data.last_stable_offset = fetched.offsets.high_watermark;
+                            data.last_stable_offset = fetched.offsets.last_stable_offset;
                             data.log_start_offset = fetched.offsets.log_start_offset;
                             data.records = Some(fetched.records);
+                            if read_committed {
+                                data.aborted_transactions = Some(
+                                    fetched
+                                        .aborted
+                                        .iter()
+                                        .map(|a| {
+                                            let mut aborted = AbortedTransaction::default();
+                                            aborted.producer_id = a.producer_id.into();
+                                            aborted.first_offset = a.first_offset;
+                                            aborted
+                                        })
+                                        .collect(),
+                                );
+                            }
                         }
                         Err(e) => {
                             if let LogError::OffsetOutOfRange {

@@ -906,20 +906,14 @@ impl GroupCoordinator {
                     member.last_heartbeat = Instant::now();
                 }
             }
-            let now_ms = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as i64);
+            let now_ms = crate::log::now_ms();
             let mut errors = Vec::with_capacity(offsets.len());
             let mut writes = Vec::new();
             for commit in offsets {
-                let known = self
-                    .log
-                    .topic(&commit.topic)
-                    .is_some_and(|t| t.partition(commit.partition).is_some());
-                if !known {
-                    errors.push(Some(ResponseError::UnknownTopicOrPartition));
-                } else if commit.metadata.len() > MAX_METADATA_BYTES {
-                    errors.push(Some(ResponseError::OffsetMetadataTooLarge));
+                if let Err(error) =
+                    self.check_offset(&commit.topic, commit.partition, &commit.metadata)
+                {
+                    errors.push(Some(error));
                 } else {
                     let value = OffsetValue {
                         offset: commit.offset,
@@ -948,6 +942,65 @@ impl GroupCoordinator {
         };
         pending.durable().await.map_err(|e| storage_failure(&e))?;
         Ok(errors)
+    }
+
+    /// Checks that a transactional offset commit comes from a current member (KIP-447), so
+    /// a zombie from an older generation cannot commit. Commits without a generation (-1)
+    /// come from producers outside a group's protocol and are not checked.
+    pub async fn check_member(
+        &self,
+        group_id: &str,
+        generation: i32,
+        member_id: &str,
+        instance_id: Option<&str>,
+    ) -> Result<(), ResponseError> {
+        if group_id.is_empty() {
+            return Err(ResponseError::InvalidGroupId);
+        }
+        if generation < 0 && member_id.is_empty() {
+            return Ok(());
+        }
+        let groups = self.groups.lock().await;
+        let group = groups
+            .get(group_id)
+            .ok_or(ResponseError::IllegalGeneration)?;
+        group.check_member(member_id, instance_id)?;
+        if generation != group.generation {
+            return Err(ResponseError::IllegalGeneration);
+        }
+        Ok(())
+    }
+
+    /// Makes offsets that a committed transaction stored visible to OffsetFetch.
+    pub async fn apply_committed(&self, offsets: Vec<(String, String, i32, OffsetValue)>) {
+        let mut groups = self.groups.lock().await;
+        for (group, topic, partition, value) in offsets {
+            groups
+                .entry(group)
+                .or_default()
+                .offsets
+                .insert((topic, partition), value);
+        }
+    }
+
+    /// Whether an offset may be committed: its partition exists and its metadata fits.
+    pub fn check_offset(
+        &self,
+        topic: &str,
+        partition: i32,
+        metadata: &str,
+    ) -> Result<(), ResponseError> {
+        let known = self
+            .log
+            .topic(topic)
+            .is_some_and(|t| t.partition(partition).is_some());
+        if !known {
+            Err(ResponseError::UnknownTopicOrPartition)
+        } else if metadata.len() > MAX_METADATA_BYTES {
+            Err(ResponseError::OffsetMetadataTooLarge)
+        } else {
+            Ok(())
+        }
     }
 
     /// Committed offsets of a group: for the given partitions (`None` offset where nothing

@@ -1,35 +1,48 @@
-//! InitProducerId: gives an idempotent producer its id and epoch.
+//! InitProducerId: gives a producer its id and epoch.
 //!
-//! Transactions are not implemented yet, so a transactional id is refused with
-//! UNSUPPORTED_VERSION, which clients report as an unsupported feature at
-//! `init_transactions()` instead of failing later mid-transaction.
+//! Idempotent producers get a fresh id (or, re-initialising after lost sequences, KIP-360,
+//! the next epoch of their own). Transactional producers get the id of their
+//! transactional id with a new epoch from the transaction coordinator, which first aborts
+//! whatever an earlier producer with the same transactional id left open.
 
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::{InitProducerIdRequest, InitProducerIdResponse};
 
-use super::{storage_error, Broker};
+use super::{fenced_for, storage_error, Broker};
 
-pub async fn handle(broker: &Broker, request: InitProducerIdRequest) -> InitProducerIdResponse {
+pub async fn handle(
+    broker: &Broker,
+    version: i16,
+    request: InitProducerIdRequest,
+) -> InitProducerIdResponse {
     let mut response = InitProducerIdResponse::default();
     response.producer_id = (-1).into();
     response.producer_epoch = -1;
-    if let Some(transactional_id) = &request.transactional_id {
-        tracing::warn!(transactional_id = %transactional_id.0.as_str(), "transactions are not supported yet");
-        response.error_code = ResponseError::UnsupportedVersion.code();
+    let current = (request.producer_id.0 >= 0 && request.producer_epoch >= 0)
+        .then_some((request.producer_id.0, request.producer_epoch));
+    if let Some(transactional_id) = request.transactional_id.filter(|id| !id.is_empty()) {
+        let granted = broker
+            .txns
+            .init_producer(&transactional_id, request.transaction_timeout_ms, current)
+            .await;
+        match granted {
+            Ok((id, epoch)) => {
+                response.producer_id = id.into();
+                response.producer_epoch = epoch;
+            }
+            Err(error) => response.error_code = fenced_for(error, version, 4).code(),
+        }
         return response;
     }
     // A producer that lost track of its sequences (KIP-360) asks to bump its epoch, which
     // starts its sequences over on every partition.
-    let bumped = request.producer_id.0 >= 0
-        && request.producer_epoch >= 0
-        && request.producer_epoch < i16::MAX - 1;
-    if bumped && !broker.log.issued_producer_id(request.producer_id.0).await {
-        response.error_code = ResponseError::InvalidProducerIdMapping.code();
-        return response;
-    }
-    if bumped {
-        response.producer_id = request.producer_id;
-        response.producer_epoch = request.producer_epoch + 1;
+    if let Some((producer_id, epoch)) = current.filter(|(_, epoch)| *epoch < i16::MAX - 1) {
+        if !broker.log.issued_producer_id(producer_id).await {
+            response.error_code = ResponseError::InvalidProducerIdMapping.code();
+            return response;
+        }
+        response.producer_id = producer_id.into();
+        response.producer_epoch = epoch + 1;
         return response;
     }
     match broker.log.allocate_producer_id().await {

@@ -12,6 +12,9 @@ use crate::log::PartitionLog;
 const LATEST: i64 = -1;
 const EARLIEST: i64 = -2;
 const MAX_TIMESTAMP: i64 = -3;
+/// Isolation level of consumers that see only committed transactions: "latest" is the
+/// last stable offset for them.
+const READ_COMMITTED: i8 = 1;
 
 pub async fn handle(
     broker: &Broker,
@@ -19,6 +22,7 @@ pub async fn handle(
     request: ListOffsetsRequest,
 ) -> ListOffsetsResponse {
     let mut response = ListOffsetsResponse::default();
+    let read_committed = request.isolation_level == READ_COMMITTED;
     for topic in request.topics {
         let found = broker.log.topic(&topic.name);
         let mut topic_response = ListOffsetsTopicResponse::default();
@@ -36,7 +40,7 @@ pub async fn handle(
                 .and_then(|t| t.partition(wanted.partition_index))
             {
                 None => partition.error_code = ResponseError::UnknownTopicOrPartition.code(),
-                Some(log) => match lookup(broker, log, wanted.timestamp).await {
+                Some(log) => match lookup(broker, log, wanted.timestamp, read_committed).await {
                     Ok(Some((offset, timestamp))) => {
                         partition.offset = offset;
                         partition.timestamp = timestamp;
@@ -57,13 +61,17 @@ async fn lookup(
     broker: &Broker,
     log: &PartitionLog,
     query: i64,
+    read_committed: bool,
 ) -> Result<Option<(i64, i64)>, ResponseError> {
     let result = match query {
-        LATEST => broker
-            .log
-            .offsets(log)
-            .await
-            .map(|o| Some((o.high_watermark, -1))),
+        LATEST => broker.log.offsets(log).await.map(|o| {
+            let end = if read_committed {
+                o.last_stable_offset
+            } else {
+                o.high_watermark
+            };
+            Some((end, -1))
+        }),
         EARLIEST => broker
             .log
             .offsets(log)

@@ -4,6 +4,8 @@
 //! Handlers speak Kafka (error codes, versions, configs) and use `log` for every stored
 //! fact; they never touch SlateDB directly.
 
+mod add_offsets_to_txn;
+mod add_partitions_to_txn;
 mod alter_configs;
 mod api_versions;
 pub mod config;
@@ -14,6 +16,9 @@ mod delete_topics;
 mod describe_cluster;
 mod describe_configs;
 mod describe_groups;
+mod describe_producers;
+mod describe_transactions;
+mod end_txn;
 mod fetch;
 mod find_coordinator;
 pub mod group_coordinator;
@@ -24,6 +29,7 @@ mod join_group;
 mod leave_group;
 mod list_groups;
 mod list_offsets;
+mod list_transactions;
 mod metadata;
 mod offset_commit;
 mod offset_delete;
@@ -31,6 +37,8 @@ mod offset_fetch;
 mod produce;
 pub mod server;
 mod sync_group;
+pub mod txn_coordinator;
+mod txn_offset_commit;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -42,11 +50,13 @@ use kafka_protocol::protocol::StrBytes;
 use crate::log::{LogError, LogStore, Topic};
 use config::{validate_topic_name, BrokerConfig};
 use group_coordinator::GroupCoordinator;
+use txn_coordinator::TxnCoordinator;
 
 /// Shared state of a running broker.
 pub struct Broker {
     pub log: Arc<LogStore>,
     pub groups: Arc<GroupCoordinator>,
+    pub txns: Arc<TxnCoordinator>,
     pub config: BrokerConfig,
 }
 
@@ -64,10 +74,16 @@ impl RequestContext {
 }
 
 impl Broker {
-    pub fn new(log: Arc<LogStore>, groups: Arc<GroupCoordinator>, config: BrokerConfig) -> Self {
+    pub fn new(
+        log: Arc<LogStore>,
+        groups: Arc<GroupCoordinator>,
+        txns: Arc<TxnCoordinator>,
+        config: BrokerConfig,
+    ) -> Self {
         Broker {
             log,
             groups,
+            txns,
             config,
         }
     }
@@ -112,7 +128,26 @@ impl Broker {
                 ResponseKind::DescribeCluster(describe_cluster::handle(self))
             }
             RequestKind::InitProducerId(r) => {
-                ResponseKind::InitProducerId(init_producer_id::handle(self, r).await)
+                ResponseKind::InitProducerId(init_producer_id::handle(self, version, r).await)
+            }
+            RequestKind::AddPartitionsToTxn(r) => ResponseKind::AddPartitionsToTxn(
+                add_partitions_to_txn::handle(self, version, r).await,
+            ),
+            RequestKind::AddOffsetsToTxn(r) => {
+                ResponseKind::AddOffsetsToTxn(add_offsets_to_txn::handle(self, version, r).await)
+            }
+            RequestKind::TxnOffsetCommit(r) => {
+                ResponseKind::TxnOffsetCommit(txn_offset_commit::handle(self, version, r).await)
+            }
+            RequestKind::EndTxn(r) => ResponseKind::EndTxn(end_txn::handle(self, version, r).await),
+            RequestKind::DescribeProducers(r) => {
+                ResponseKind::DescribeProducers(describe_producers::handle(self, r).await)
+            }
+            RequestKind::ListTransactions(r) => {
+                ResponseKind::ListTransactions(list_transactions::handle(self, r).await)
+            }
+            RequestKind::DescribeTransactions(r) => {
+                ResponseKind::DescribeTransactions(describe_transactions::handle(self, r).await)
             }
             RequestKind::FindCoordinator(r) => {
                 ResponseKind::FindCoordinator(find_coordinator::handle(self, version, r))
@@ -202,6 +237,16 @@ fn storage_error(e: &LogError) -> ResponseError {
             tracing::error!(error = %e, "storage failure");
             ResponseError::KafkaStorageError
         }
+    }
+}
+
+/// PRODUCER_FENCED for clients that know it (KIP-588); older request versions expect
+/// INVALID_PRODUCER_EPOCH, which they treat the same way.
+fn fenced_for(error: ResponseError, version: i16, first_version_with_fenced: i16) -> ResponseError {
+    if error == ResponseError::ProducerFenced && version < first_version_with_fenced {
+        ResponseError::InvalidProducerEpoch
+    } else {
+        error
     }
 }
 

@@ -7,6 +7,10 @@ use kafka_protocol::messages::offset_fetch_response::{
 };
 use kafka_protocol::messages::{OffsetFetchRequest, OffsetFetchResponse, TopicName};
 
+use std::collections::HashSet;
+
+use kafka_protocol::error::ResponseError;
+
 use super::{str_bytes, Broker};
 use crate::storage::keys::OffsetValue;
 
@@ -34,9 +38,10 @@ pub async fn handle(
                     .collect()
             });
             let committed = broker.groups.committed(&group.group_id, wanted).await;
+            let unstable = unstable(broker, &group.group_id, request.require_stable).await;
             let mut group_response = OffsetFetchResponseGroup::default();
             group_response.group_id = group.group_id;
-            group_response.topics = v8_topics(committed);
+            group_response.topics = v8_topics(committed, &unstable);
             response.groups.push(group_response);
         }
         return response;
@@ -48,16 +53,20 @@ pub async fn handle(
             .collect()
     });
     let committed = broker.groups.committed(&request.group_id, wanted).await;
+    let unstable = unstable(broker, &request.group_id, request.require_stable).await;
     response.topics = committed
         .into_iter()
         .map(|(topic, partitions)| {
             let mut topic_response = OffsetFetchResponseTopic::default();
-            topic_response.name = TopicName(str_bytes(topic));
+            topic_response.name = TopicName(str_bytes(topic.clone()));
             topic_response.partitions = partitions
                 .into_iter()
                 .map(|(index, value)| {
-                    let (offset, epoch, metadata) = fields(value);
                     let mut partition = OffsetFetchResponsePartition::default();
+                    if unstable.contains(&(topic.clone(), index)) {
+                        partition.error_code = ResponseError::UnstableOffsetCommit.code();
+                    }
+                    let (offset, epoch, metadata) = fields(value);
                     partition.partition_index = index;
                     partition.committed_offset = offset;
                     partition.committed_leader_epoch = epoch;
@@ -71,17 +80,34 @@ pub async fn handle(
     response
 }
 
-fn v8_topics(committed: Committed) -> Vec<OffsetFetchResponseTopics> {
+/// Partitions with offsets in an open transaction, when the client asks for stable
+/// offsets only (read_committed consumers do, KIP-447): they get UNSTABLE_OFFSET_COMMIT and
+/// retry until the transaction ends.
+async fn unstable(broker: &Broker, group: &str, require_stable: bool) -> HashSet<(String, i32)> {
+    if require_stable {
+        broker.txns.pending_offsets(group).await
+    } else {
+        HashSet::new()
+    }
+}
+
+fn v8_topics(
+    committed: Committed,
+    unstable: &HashSet<(String, i32)>,
+) -> Vec<OffsetFetchResponseTopics> {
     committed
         .into_iter()
         .map(|(topic, partitions)| {
             let mut topic_response = OffsetFetchResponseTopics::default();
-            topic_response.name = TopicName(str_bytes(topic));
+            topic_response.name = TopicName(str_bytes(topic.clone()));
             topic_response.partitions = partitions
                 .into_iter()
                 .map(|(index, value)| {
-                    let (offset, epoch, metadata) = fields(value);
                     let mut partition = OffsetFetchResponsePartitions::default();
+                    if unstable.contains(&(topic.clone(), index)) {
+                        partition.error_code = ResponseError::UnstableOffsetCommit.code();
+                    }
+                    let (offset, epoch, metadata) = fields(value);
                     partition.partition_index = index;
                     partition.committed_offset = offset;
                     partition.committed_leader_epoch = epoch;

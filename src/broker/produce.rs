@@ -15,9 +15,9 @@ use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
 
 use super::config::topic_config_value;
 use super::{storage_error, str_bytes, Broker};
-use crate::log::batch::{self, BatchError};
+use crate::log::batch::{self, BatchError, BatchView};
 use crate::log::producers::SequenceError;
-use crate::log::{AppendOutcome, AppendReceipt, PartitionAppend, PartitionLog};
+use crate::log::{now_ms, AppendOutcome, AppendReceipt, PartitionAppend, PartitionLog};
 
 /// Where a partition's answer comes from once the append is done.
 enum Outcome {
@@ -54,7 +54,12 @@ pub async fn handle(broker: &Broker, request: ProduceRequest) -> Option<ProduceR
                     ));
                     continue;
                 }
-                match prepare(&topic.configs, partition_data.records.as_ref()) {
+                let prepared =
+                    prepare(&topic.configs, partition_data.records.as_ref()).and_then(|prepared| {
+                        check_transaction(broker, &topic.name, index, &prepared.0)?;
+                        Ok(prepared)
+                    });
+                match prepared {
                     Ok((batches, log_append_time)) => {
                         appends.push(PartitionAppend {
                             partition: partition.clone(),
@@ -187,6 +192,29 @@ fn prepare(
     Ok((batches, -1))
 }
 
+/// Transactional batches are accepted only on partitions their producer added to its open
+/// transaction: a batch outside one would hold the partition's last stable offset back
+/// forever, since no marker would ever end it.
+fn check_transaction(
+    broker: &Broker,
+    topic: &str,
+    partition: i32,
+    batches: &[Bytes],
+) -> Result<(), (ResponseError, String)> {
+    for view in batches.iter().filter_map(|b| BatchView::new(b)) {
+        if view.is_transactional() {
+            broker
+                .txns
+                .check_produce(view.producer_id(), view.producer_epoch(), topic, partition)
+                .map_err(|e| {
+                    let message = "the partition is not in the producer's open transaction";
+                    (e, message.to_string())
+                })?;
+        }
+    }
+    Ok(())
+}
+
 /// Waits until a partition's records up to `last_offset` are durable: an idempotent
 /// producer's retry is answered with acks=all only once the original batch is.
 async fn await_high_watermark(
@@ -225,10 +253,4 @@ async fn await_durable(receipt: AppendReceipt, timeout_ms: i32) -> Result<(), Re
 /// would otherwise expire before the next WAL flush.
 fn durability_timeout(timeout_ms: i32) -> Duration {
     Duration::from_millis(timeout_ms.max(1000) as u64)
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }

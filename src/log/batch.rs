@@ -7,7 +7,10 @@
 //! The CRC-32C covers everything from `attributes` to the end, so the broker can rewrite
 //! `baseOffset` without touching the CRC. Records are never decompressed here.
 
-use bytes::{Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
+use kafka_protocol::records::{
+    Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+};
 
 pub const HEADER_LEN: usize = 61;
 const LENGTH_END: usize = 12;
@@ -23,6 +26,8 @@ const RECORD_COUNT: usize = 57;
 
 /// Attribute bit set when the batch's timestamps are the broker's append time.
 const LOG_APPEND_TIME_BIT: i16 = 1 << 3;
+/// Attribute bit set on batches written inside a transaction.
+const TRANSACTIONAL_BIT: i16 = 1 << 4;
 /// Attribute bit set on transaction markers, which only brokers write.
 const CONTROL_BIT: i16 = 1 << 5;
 
@@ -85,6 +90,47 @@ impl<'a> BatchView<'a> {
     pub fn is_log_append_time(&self) -> bool {
         self.attributes() & LOG_APPEND_TIME_BIT != 0
     }
+    pub fn is_transactional(&self) -> bool {
+        self.attributes() & TRANSACTIONAL_BIT != 0
+    }
+    pub fn is_control(&self) -> bool {
+        self.attributes() & CONTROL_BIT != 0
+    }
+}
+
+/// A transaction marker: the control batch that ends a producer's transaction on one
+/// partition. Its one record has key `version i16 = 0 | type i16` (0 abort, 1 commit) and
+/// value `version i16 = 0 | coordinator epoch i32`, as Kafka's consumers expect.
+pub fn control_batch(producer_id: i64, producer_epoch: i16, commit: bool, now_ms: i64) -> Bytes {
+    let mut key = BytesMut::with_capacity(4);
+    key.put_i16(0);
+    key.put_i16(i16::from(commit));
+    let mut value = BytesMut::with_capacity(6);
+    value.put_i16(0);
+    value.put_i32(0);
+    let marker = Record {
+        transactional: true,
+        control: true,
+        delete_horizon: false,
+        partition_leader_epoch: 0,
+        producer_id,
+        producer_epoch,
+        timestamp_type: TimestampType::Creation,
+        offset: 0,
+        sequence: -1,
+        timestamp: now_ms,
+        key: Some(key.freeze()),
+        value: Some(value.freeze()),
+        headers: Default::default(),
+    };
+    let mut batch = BytesMut::with_capacity(HEADER_LEN + 32);
+    let options = RecordEncodeOptions {
+        version: 2,
+        compression: Compression::None,
+    };
+    RecordBatchEncoder::encode(&mut batch, std::iter::once(&marker), &options)
+        .expect("an uncompressed one-record batch always encodes");
+    batch.freeze()
 }
 
 /// Splits a produce request's `records` into batches, checking each one: complete, magic v2,
@@ -165,10 +211,7 @@ pub fn stamp_log_append_time(batch: &Bytes, now_ms: i64) -> Bytes {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use kafka_protocol::records::{
-        Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions,
-        TimestampType,
-    };
+    use kafka_protocol::records::RecordBatchDecoder;
 
     pub(crate) fn encode_batch(values: &[&str], compression: Compression) -> Bytes {
         let records: Vec<Record> = values
@@ -264,5 +307,25 @@ pub(crate) mod tests {
             })
         );
         assert!(split_and_validate(&Bytes::new(), 1 << 20).is_err());
+    }
+
+    #[test]
+    fn markers_are_valid_control_batches_clients_cannot_send() {
+        let marker = control_batch(42, 3, true, 1_000);
+        let view = BatchView::new(&marker).unwrap();
+        assert!(view.is_control() && view.is_transactional());
+        assert_eq!((view.producer_id(), view.producer_epoch()), (42, 3));
+        assert_eq!(view.record_count(), 1);
+        assert_eq!(
+            split_and_validate(&marker, 1 << 20),
+            Err(BatchError::Corrupt(
+                "clients may not produce control batches"
+            ))
+        );
+        let mut buf = marker.clone();
+        let decoded = RecordBatchDecoder::decode(&mut buf).unwrap();
+        let record = &decoded.records[0];
+        assert!(record.control);
+        assert_eq!(record.key.as_deref(), Some(&[0u8, 0, 0, 1][..]));
     }
 }

@@ -38,6 +38,10 @@ pub struct StoredGroups {
 pub struct PendingWrite(Option<WriteHandle>);
 
 impl PendingWrite {
+    pub(super) fn new(handle: WriteHandle) -> Self {
+        PendingWrite(Some(handle))
+    }
+
     pub async fn durable(self) -> Result<(), LogError> {
         if let Some(handle) = self.0 {
             handle.await_durable().await?;

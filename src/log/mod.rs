@@ -12,6 +12,7 @@ mod partition;
 pub mod producers;
 mod read;
 mod topic;
+pub mod transactions;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::Ordering;
@@ -24,13 +25,13 @@ use tokio::sync::{oneshot, Mutex};
 use uuid::Uuid;
 
 pub use partition::{PartitionLog, PartitionOffsets};
-pub use read::FetchedRecords;
+pub use read::{FetchedRecords, Isolation};
 pub use topic::Topic;
 
-use crate::storage::keys::{self, BatchKey, SequenceEntry};
+use crate::storage::keys::{self, AbortedTxn, BatchKey, SequenceEntry};
 use batch::BatchView;
 use durability::DurabilityQueue;
-use partition::PartitionState;
+use partition::{PartitionState, TxnEvent};
 use producers::{ProducerEntry, SequenceCheck, SequenceError, SequencedBatch};
 use topic::TopicRecord;
 
@@ -81,6 +82,14 @@ pub struct PartitionAppend {
     pub partition: Arc<PartitionLog>,
     /// Validated magic-v2 batches (see [`batch::split_and_validate`]).
     pub batches: Vec<Bytes>,
+}
+
+/// A transaction marker to write on one partition (see [`LogStore::end_transaction`]).
+#[derive(Debug, Clone, Copy)]
+pub struct TxnMarker {
+    pub producer_id: i64,
+    pub producer_epoch: i16,
+    pub commit: bool,
 }
 
 /// What happened to one [`PartitionAppend`].
@@ -343,7 +352,23 @@ impl LogStore {
         Ok(PartitionOffsets {
             log_start_offset: state.log_start_offset(),
             high_watermark: state.high_watermark(),
+            last_stable_offset: state.last_stable_offset(),
         })
+    }
+
+    /// The producers with state on a partition, by producer id.
+    pub async fn producers(
+        &self,
+        partition: &PartitionLog,
+    ) -> Result<Vec<(i64, ProducerEntry)>, LogError> {
+        let state = self.state(partition).await?;
+        let mut producers: Vec<_> = state
+            .producers()
+            .iter()
+            .map(|(id, entry)| (*id, entry.clone()))
+            .collect();
+        producers.sort_by_key(|(id, _)| *id);
+        Ok(producers)
     }
 
     /// A receiver that changes whenever the partition's high watermark moves: how a
@@ -360,32 +385,70 @@ impl LogStore {
     /// checked, and nothing is visible to fetches until the write is durable (see
     /// [`AppendReceipt::durable`]). Each partition may appear at most once in `appends`.
     pub async fn append(&self, appends: Vec<PartitionAppend>) -> Result<AppendReceipt, LogError> {
+        let appends = appends.into_iter().map(|a| (a, None)).collect();
+        self.append_with(appends, Vec::new()).await
+    }
+
+    /// Ends a producer's transaction in one atomic write: a marker on every partition, and
+    /// `metadata` (the transaction's new record, its offsets on commit) beside them. A crash
+    /// leaves the transaction either wholly decided or still open, never half-marked.
+    async fn end_transaction(
+        &self,
+        partitions: Vec<Arc<PartitionLog>>,
+        marker: TxnMarker,
+        metadata: Vec<(Bytes, Bytes)>,
+    ) -> Result<AppendReceipt, LogError> {
+        let appends = partitions
+            .into_iter()
+            .map(|partition| {
+                let append = PartitionAppend {
+                    partition,
+                    batches: Vec::new(),
+                };
+                (append, Some(marker))
+            })
+            .collect();
+        self.append_with(appends, metadata).await
+    }
+
+    async fn append_with(
+        &self,
+        appends: Vec<(PartitionAppend, Option<TxnMarker>)>,
+        metadata: Vec<(Bytes, Bytes)>,
+    ) -> Result<AppendReceipt, LogError> {
         debug_assert!(
-            appends.iter().enumerate().all(|(i, a)| appends[..i]
+            appends.iter().enumerate().all(|(i, (a, _))| appends[..i]
                 .iter()
-                .all(|b| !Arc::ptr_eq(&a.partition, &b.partition))),
+                .all(|(b, _)| !Arc::ptr_eq(&a.partition, &b.partition))),
             "a partition appended twice in one write would get overlapping offsets"
         );
         let mut states = Vec::with_capacity(appends.len());
-        for append in &appends {
+        for (append, _) in &appends {
             states.push(self.state(&append.partition).await?);
         }
         let segment = *self.segments.last().expect("a data segment always exists");
         let mut guard = self.append.lock().await;
         let mut write = WriteBatch::new();
+        for (key, value) in metadata.iter() {
+            write.put(key, value);
+        }
         let mut sequence = guard.next_sequence;
         let mut outcomes = Vec::with_capacity(appends.len());
         let mut advances = Vec::with_capacity(appends.len());
         let mut producer_changes = Vec::new();
-        for (append, state) in appends.iter().zip(&states) {
+        for ((append, marker), state) in appends.iter().zip(&states) {
             let base_offset = state.next_offset.load(Ordering::Acquire);
-            let planned = plan_partition(append, state, segment, base_offset, sequence)?;
+            let planned = match marker {
+                Some(marker) => plan_marker(append, *marker, state, segment, base_offset, sequence),
+                None => plan_partition(append, state, segment, base_offset, sequence)?,
+            };
             match planned {
                 Planned::Write {
                     puts,
                     next_offset,
                     next_sequence,
                     producers,
+                    txn_events,
                 } => {
                     for (key, value) in puts {
                         write.put(key, value);
@@ -401,21 +464,24 @@ impl LogStore {
                     sequence = next_sequence;
                     outcomes.push(AppendOutcome::Appended { base_offset });
                     advances.push((append.partition.clone(), next_offset));
-                    producer_changes.push((*state, producers));
+                    producer_changes.push((*state, producers, txn_events));
                 }
                 Planned::Skip(outcome) => outcomes.push(outcome),
             }
         }
-        if advances.is_empty() {
+        if advances.is_empty() && metadata.is_empty() {
             let (done, durable) = oneshot::channel();
             let _ = done.send(());
             return Ok(AppendReceipt { outcomes, durable });
         }
         let handle = self.db.write(write).await?;
         guard.next_sequence = sequence;
-        for ((_, next_offset), (state, producers)) in advances.iter().zip(producer_changes) {
+        for ((_, next_offset), (state, producers, txn_events)) in
+            advances.iter().zip(producer_changes)
+        {
             state.next_offset.store(*next_offset, Ordering::Release);
             state.producers().extend(producers);
+            state.apply_txn_events(&txn_events);
         }
         let durable = self.durability.push(handle.seqnum(), advances);
         drop(guard);
@@ -443,8 +509,70 @@ enum Planned {
         next_sequence: u64,
         /// Producer states after the write, to store with it.
         producers: Vec<(i64, ProducerEntry)>,
+        txn_events: Vec<TxnEvent>,
     },
     Skip(AppendOutcome),
+}
+
+/// Places a transaction marker at `offset`: it closes the producer's open transaction on
+/// the partition and, for an abort, records it for read_committed fetches.
+fn plan_marker(
+    append: &PartitionAppend,
+    marker: TxnMarker,
+    state: &PartitionState,
+    segment: u32,
+    offset: i64,
+    sequence: u64,
+) -> Planned {
+    let topic_id = append.partition.topic_id;
+    let partition = append.partition.index;
+    let producer_id = marker.producer_id;
+    let current = state.producers().get(&producer_id).cloned();
+    let first_offset = current.as_ref().and_then(|e| e.txn_first_offset);
+    let entry = producers::end_transaction(current.as_ref(), marker.producer_epoch);
+    let batch = batch::control_batch(producer_id, marker.producer_epoch, marker.commit, now_ms());
+    let key = BatchKey {
+        segment,
+        topic_id,
+        partition,
+        last_offset: offset,
+    };
+    let mut puts = vec![(key.encode(), batch::with_base_offset(&batch, offset))];
+    let entry_key = SequenceEntry {
+        topic_id,
+        partition,
+        base_offset: offset,
+        record_count: 1,
+    };
+    puts.push((keys::sequence_key(segment, sequence), entry_key.encode()));
+    let aborted = first_offset
+        .filter(|_| !marker.commit)
+        .map(|first_offset| AbortedTxn {
+            producer_id,
+            first_offset,
+            marker_offset: offset,
+        });
+    if let Some(aborted) = aborted {
+        puts.push(aborted.encode(segment, topic_id, partition));
+    }
+    Planned::Write {
+        puts,
+        next_offset: offset + 1,
+        next_sequence: sequence + 1,
+        producers: vec![(producer_id, entry)],
+        txn_events: vec![TxnEvent::Ended {
+            producer_id,
+            marker_offset: offset,
+            aborted,
+        }],
+    }
+}
+
+/// Wall-clock milliseconds since the Unix epoch, as Kafka timestamps are.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }
 
 /// Assigns offsets and global sequences to a partition's batches and checks idempotent
@@ -460,6 +588,7 @@ fn plan_partition(
     let partition = append.partition.index;
     let mut puts = Vec::with_capacity(append.batches.len() * 2);
     let mut producers: Vec<(i64, ProducerEntry)> = Vec::new();
+    let mut txn_events = Vec::new();
     let mut next_offset = base_offset;
     let mut sequence = first_sequence;
     for (index, batch) in append.batches.iter().enumerate() {
@@ -485,7 +614,14 @@ fn plan_partition(
                         last_sequence: last,
                         base_offset: next_offset,
                     };
-                    let entry = producers::record(current, view.producer_epoch(), recorded);
+                    let mut entry = producers::record(current, view.producer_epoch(), recorded);
+                    if view.is_transactional() && entry.txn_first_offset.is_none() {
+                        entry.txn_first_offset = Some(next_offset);
+                        txn_events.push(TxnEvent::Started {
+                            producer_id,
+                            first_offset: next_offset,
+                        });
+                    }
                     producers.retain(|(id, _)| *id != producer_id);
                     producers.push((producer_id, entry));
                 }
@@ -525,6 +661,7 @@ fn plan_partition(
         next_offset,
         next_sequence: sequence,
         producers,
+        txn_events,
     })
 }
 

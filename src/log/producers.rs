@@ -25,6 +25,9 @@ pub struct SequencedBatch {
 pub struct ProducerEntry {
     pub epoch: i16,
     pub batches: VecDeque<SequencedBatch>,
+    /// The first offset of the producer's open transaction on this partition: records from
+    /// here on are invisible to read_committed consumers until a marker ends it.
+    pub txn_first_offset: Option<i64>,
 }
 
 /// Why a producer's batch is refused.
@@ -104,6 +107,7 @@ pub fn record(entry: Option<&ProducerEntry>, epoch: i16, batch: SequencedBatch) 
         _ => ProducerEntry {
             epoch,
             batches: VecDeque::new(),
+            txn_first_offset: None,
         },
     };
     if next.batches.len() == REMEMBERED_BATCHES {
@@ -113,16 +117,36 @@ pub fn record(entry: Option<&ProducerEntry>, epoch: i16, batch: SequencedBatch) 
     next
 }
 
+/// The state after a transaction marker written with `epoch`: the transaction is closed,
+/// and a newer epoch (the coordinator fencing an old producer) starts sequences over.
+pub fn end_transaction(entry: Option<&ProducerEntry>, epoch: i16) -> ProducerEntry {
+    match entry {
+        Some(entry) if entry.epoch >= epoch => ProducerEntry {
+            txn_first_offset: None,
+            ..entry.clone()
+        },
+        _ => ProducerEntry {
+            epoch,
+            batches: VecDeque::new(),
+            txn_first_offset: None,
+        },
+    }
+}
+
 impl ProducerEntry {
-    /// Layout: `epoch i16 | count u8 | count x (first sequence i32 | last sequence i32 | base offset i64)`.
+    /// Layout: `epoch i16 | count u8 | count x (first sequence i32 | last sequence i32 |
+    /// base offset i64) | [open transaction's first offset i64]`.
     pub fn encode(&self) -> Bytes {
-        let mut value = BytesMut::with_capacity(3 + 16 * self.batches.len());
+        let mut value = BytesMut::with_capacity(3 + 16 * self.batches.len() + 8);
         value.put_i16(self.epoch);
         value.put_u8(self.batches.len() as u8);
         for batch in &self.batches {
             value.put_i32(batch.first_sequence);
             value.put_i32(batch.last_sequence);
             value.put_i64(batch.base_offset);
+        }
+        if let Some(first) = self.txn_first_offset {
+            value.put_i64(first);
         }
         value.freeze()
     }
@@ -133,9 +157,11 @@ impl ProducerEntry {
         }
         let epoch = value.get_i16();
         let count = value.get_u8() as usize;
-        if value.len() != count * 16 {
-            return None;
-        }
+        let in_txn = match value.len().checked_sub(count * 16) {
+            Some(0) => false,
+            Some(8) => true,
+            _ => return None,
+        };
         let batches = (0..count)
             .map(|_| SequencedBatch {
                 first_sequence: value.get_i32(),
@@ -143,7 +169,12 @@ impl ProducerEntry {
                 base_offset: value.get_i64(),
             })
             .collect();
-        Some(ProducerEntry { epoch, batches })
+        let txn_first_offset = in_txn.then(|| value.get_i64());
+        Some(ProducerEntry {
+            epoch,
+            batches,
+            txn_first_offset,
+        })
     }
 }
 
@@ -226,8 +257,25 @@ mod tests {
 
     #[test]
     fn entries_round_trip() {
-        let entry = after(&[(0, 4, 100), (5, 9, 105)]);
+        let mut entry = after(&[(0, 4, 100), (5, 9, 105)]);
+        assert_eq!(ProducerEntry::decode(&entry.encode()), Some(entry.clone()));
+        entry.txn_first_offset = Some(100);
         assert_eq!(ProducerEntry::decode(&entry.encode()), Some(entry));
         assert_eq!(ProducerEntry::decode(&[0, 1, 1]), None);
+    }
+
+    #[test]
+    fn markers_close_transactions_and_newer_epochs_fence() {
+        let mut entry = after(&[(0, 4, 100)]);
+        entry.txn_first_offset = Some(100);
+        let closed = end_transaction(Some(&entry), 0);
+        assert_eq!(closed.txn_first_offset, None);
+        assert_eq!(closed.batches, entry.batches);
+        let fenced = end_transaction(Some(&entry), 1);
+        assert_eq!((fenced.epoch, fenced.batches.len()), (1, 0));
+        assert_eq!(
+            check(Some(&fenced), 0, 5, 5),
+            Err(SequenceError::StaleEpoch)
+        );
     }
 }

@@ -8,10 +8,10 @@ use kafka_protocol::records::RecordBatchDecoder;
 use slatedb::{DbIterator, IterationOrder};
 
 use super::batch::BatchView;
-use super::partition::{PartitionLog, PartitionOffsets, PartitionState};
+use super::partition::{PartitionLog, PartitionOffsets, PartitionState, TxnIndex};
 use super::producers::ProducerEntry;
 use super::{LogError, LogStore};
-use crate::storage::keys::{self, BatchKey};
+use crate::storage::keys::{self, AbortedTxn, BatchKey};
 
 /// Scans read ahead at most this much per object-store request.
 const MAX_READ_AHEAD: usize = 4 << 20;
@@ -22,6 +22,17 @@ pub struct FetchedRecords {
     /// Whole record batches, concatenated as stored.
     pub records: Bytes,
     pub offsets: PartitionOffsets,
+    /// For read_committed fetches: the aborted transactions overlapping the records.
+    pub aborted: Vec<AbortedTxn>,
+}
+
+/// Which records a fetch may see.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Isolation {
+    /// Everything durable, up to the high watermark.
+    ReadUncommitted,
+    /// Up to the last stable offset, with the aborted transactions to drop.
+    ReadCommitted,
 }
 
 pub(super) fn prefix_range(prefix: &[u8]) -> Range<Bytes> {
@@ -110,11 +121,17 @@ impl LogStore {
         partition: &PartitionLog,
         offset: i64,
         max_bytes: usize,
+        isolation: Isolation,
     ) -> Result<FetchedRecords, LogError> {
         let state = self.state(partition).await?;
         let offsets = PartitionOffsets {
             log_start_offset: state.log_start_offset(),
             high_watermark: state.high_watermark(),
+            last_stable_offset: state.last_stable_offset(),
+        };
+        let end = match isolation {
+            Isolation::ReadUncommitted => offsets.high_watermark,
+            Isolation::ReadCommitted => offsets.last_stable_offset,
         };
         // Offsets up to the assigned end are valid: one an acks=1 producer was given may
         // not be durable yet, and a fetch there waits rather than resets.
@@ -127,10 +144,9 @@ impl LogStore {
             });
         }
         let mut records = BytesMut::new();
-        if offset < offsets.high_watermark && max_bytes > 0 {
+        if offset < end && max_bytes > 0 {
             let read_ahead = max_bytes.clamp(64 << 10, MAX_READ_AHEAD);
-            let mut cursor =
-                BatchCursor::new(self, partition, offset, offsets.high_watermark, read_ahead);
+            let mut cursor = BatchCursor::new(self, partition, offset, end, read_ahead);
             while let Some(batch) = cursor.next().await? {
                 if !records.is_empty() && records.len() + batch.len() > max_bytes {
                     break;
@@ -141,9 +157,16 @@ impl LogStore {
                 }
             }
         }
+        let aborted = match isolation {
+            Isolation::ReadCommitted if !records.is_empty() => {
+                state.aborted_transactions(offset, end)
+            }
+            _ => Vec::new(),
+        };
         Ok(FetchedRecords {
             records: records.freeze(),
             offsets,
+            aborted,
         })
     }
 
@@ -182,7 +205,24 @@ impl LogStore {
                 .ok_or_else(|| LogError::Corrupt("producer state".into()))?;
             producers.insert(producer_id, state);
         }
-        Ok(PartitionState::new(log_start_offset, end_offset, producers))
+        let mut aborted = Vec::new();
+        for &segment in &self.segments {
+            let prefix = keys::aborted_txn_prefix(segment, partition.topic_id, partition.index);
+            let mut scan = self.db.scan(prefix_range(&prefix)).await?;
+            while let Some(entry) = scan.next().await? {
+                aborted.push(
+                    AbortedTxn::decode(&entry.key, &entry.value)
+                        .ok_or_else(|| LogError::Corrupt("aborted transaction".into()))?,
+                );
+            }
+        }
+        let transactions = TxnIndex::new(&producers, aborted);
+        Ok(PartitionState::new(
+            log_start_offset,
+            end_offset,
+            producers,
+            transactions,
+        ))
     }
 
     /// The first durable record with a timestamp at or after `timestamp`, as

@@ -181,10 +181,10 @@ mod tests {
             decode_request(unknown),
             Err(DecodeError::UnknownApi(0x7f00))
         ));
-        let unimplemented = Bytes::from_static(&[0, 24, 0, 0, 0, 0, 0, 1]);
+        let unimplemented = Bytes::from_static(&[0, 27, 0, 0, 0, 0, 0, 1]);
         assert!(matches!(
             decode_request(unimplemented),
-            Err(DecodeError::UnknownApi(24))
+            Err(DecodeError::UnknownApi(27))
         ));
         let old = request_frame(ApiKey::Produce, 2, &MetadataRequest::default());
         assert!(matches!(

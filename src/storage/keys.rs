@@ -15,7 +15,9 @@
 //! | `Group` | `0 \| 05 \| group` | group record (JSON) |
 //! | `ProducerState` | `0 \| 06 \| topic id (16) \| partition u32 \| producer id u64` | idempotence state (`log::producers`) |
 //! | `ProducerIds` | `0 \| 07` | the last producer id handed out, i64 |
+//! | `Transaction` | `0 \| 08 \| transactional id` | transaction record (JSON, `broker::txn_coordinator`) |
 //! | `RecordBatch` | `seg \| 10 \| topic id (16) \| partition u32 \| last offset u64` | the record batch as received, `baseOffset` set |
+//! | `AbortedTxn` | `seg \| 11 \| topic id (16) \| partition u32 \| marker offset u64` | [`AbortedTxn`] |
 //! | `GlobalSequence` | `seg \| 20 \| first sequence u64` | [`SequenceEntry`] |
 //!
 //! Record batches are keyed by their *last* offset so that a forward seek from any fetch
@@ -40,7 +42,9 @@ pub enum KeyType {
     Group = 0x05,
     ProducerState = 0x06,
     ProducerIds = 0x07,
+    Transaction = 0x08,
     RecordBatch = 0x10,
+    AbortedTxn = 0x11,
     GlobalSequence = 0x20,
 }
 
@@ -212,6 +216,65 @@ pub fn decode_producer_state_key(key: &[u8]) -> Option<i64> {
 
 pub fn producer_ids_key() -> Bytes {
     header(META_SEGMENT, KeyType::ProducerIds, 0).freeze()
+}
+
+pub fn transaction_key(transactional_id: &str) -> Bytes {
+    let mut key = header(META_SEGMENT, KeyType::Transaction, transactional_id.len());
+    key.put_slice(transactional_id.as_bytes());
+    key.freeze()
+}
+
+/// The prefix shared by all transaction keys.
+pub fn transaction_prefix() -> Bytes {
+    header(META_SEGMENT, KeyType::Transaction, 0).freeze()
+}
+
+pub fn decode_transaction_key(key: &[u8]) -> Option<&str> {
+    std::str::from_utf8(body(key, KeyType::Transaction)?).ok()
+}
+
+/// An aborted transaction on one partition: what read_committed fetches report so that
+/// consumers drop the producer's records from `first_offset` up to the abort marker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AbortedTxn {
+    pub producer_id: i64,
+    pub first_offset: i64,
+    /// The offset of the abort marker, the transaction's last offset.
+    pub marker_offset: i64,
+}
+
+impl AbortedTxn {
+    /// Key `seg | 11 | topic id | partition | marker offset`; value
+    /// `producer id i64 | first offset i64`. Stored in the marker's segment, so retention
+    /// drops it with the records it describes.
+    pub fn encode(&self, segment: u32, topic_id: Uuid, partition: i32) -> (Bytes, Bytes) {
+        let mut key = aborted_txn_prefix(segment, topic_id, partition);
+        key.put_u64(self.marker_offset as u64);
+        let mut value = BytesMut::with_capacity(16);
+        value.put_i64(self.producer_id);
+        value.put_i64(self.first_offset);
+        (key.freeze(), value.freeze())
+    }
+
+    pub fn decode(key: &[u8], value: &[u8]) -> Option<AbortedTxn> {
+        let rest = body(key, KeyType::AbortedTxn)?;
+        if rest.len() != 16 + 4 + 8 || value.len() != 16 {
+            return None;
+        }
+        Some(AbortedTxn {
+            producer_id: i64::from_be_bytes(value[..8].try_into().ok()?),
+            first_offset: i64::from_be_bytes(value[8..].try_into().ok()?),
+            marker_offset: i64::from_be_bytes(rest[20..28].try_into().ok()?),
+        })
+    }
+}
+
+/// The prefix shared by one partition's aborted transactions in one segment.
+pub fn aborted_txn_prefix(segment: u32, topic_id: Uuid, partition: i32) -> BytesMut {
+    let mut key = header(segment, KeyType::AbortedTxn, 16 + 4 + 8);
+    key.put_slice(topic_id.as_bytes());
+    key.put_u32(partition as u32);
+    key
 }
 
 /// Key of one stored record batch.
@@ -412,6 +475,24 @@ mod tests {
         assert!(key.starts_with(&producer_state_prefix(topic_id, 3)));
         assert!(!key.starts_with(&producer_state_prefix(topic_id, 4)));
         assert_eq!(segment_of(&producer_ids_key()), Some(META_SEGMENT));
+    }
+
+    #[test]
+    fn transactions_and_aborted_txns_round_trip() {
+        let key = transaction_key("payments-app");
+        assert_eq!(decode_transaction_key(&key), Some("payments-app"));
+        assert!(key.starts_with(&transaction_prefix()));
+        let topic_id = Uuid::new_v4();
+        let aborted = AbortedTxn {
+            producer_id: 7,
+            first_offset: 40,
+            marker_offset: 52,
+        };
+        let (key, value) = aborted.encode(3, topic_id, 2);
+        assert_eq!(segment_of(&key), Some(3));
+        assert!(key.starts_with(&aborted_txn_prefix(3, topic_id, 2)));
+        assert_eq!(AbortedTxn::decode(&key, &value), Some(aborted));
+        assert_eq!(AbortedTxn::decode(&key, &value[1..]), None);
     }
 
     #[test]

@@ -34,7 +34,7 @@ def test_api_versions_newer_than_supported_gets_the_v0_fallback(broker):
         pytest.param(struct.pack(">i", 2_000_000_000), id="oversized-length"),
         pytest.param(struct.pack(">i", -5), id="negative-length"),
         pytest.param(struct.pack(">i", 8) + struct.pack(">hhi", 9999, 0, 1), id="unknown-api-key"),
-        pytest.param(struct.pack(">i", 8) + struct.pack(">hhi", 24, 0, 1), id="unimplemented-api"),
+        pytest.param(struct.pack(">i", 8) + struct.pack(">hhi", 27, 0, 1), id="unimplemented-api"),
         pytest.param(struct.pack(">i", 3) + b"\x00\x03\x00", id="truncated-header"),
         pytest.param(
             struct.pack(">i", 14) + wire.header(3, 1, client_id=b"") + b"\x7f\xff\xff\xff", id="huge-array-count"

@@ -80,13 +80,6 @@ def test_retried_batches_are_not_written_twice_and_gaps_are_refused(make_broker,
     assert other_id > producer_id, "producer ids are never reused across restarts"
 
 
-def test_transactional_ids_are_refused_until_transactions_exist(broker):
-    sock = wire.connect(broker)
-    wire.send(sock, wire.header(22, 0) + wire.string("my-txn") + struct.pack(">i", 60_000))
-    _throttle, error = struct.unpack_from(">ih", wire.receive(sock), 4)
-    assert error == 35  # UNSUPPORTED_VERSION
-
-
 def init_producer_id_v3(sock, producer_id, epoch):
     """InitProducerId v3 (flexible): asks to bump the epoch of an existing producer id."""
     header = struct.pack(">hhih", 22, 3, 7, 4) + b"test" + b"\x00"
