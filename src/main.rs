@@ -10,7 +10,7 @@ use shale::broker::config::{BrokerConfig, ServeArgs};
 use shale::broker::group_coordinator::{GroupConfig, GroupCoordinator};
 use shale::broker::txn_coordinator::{TxnConfig, TxnCoordinator};
 use shale::broker::{server, Broker};
-use shale::log::LogStore;
+use shale::log::{retention, LogStore, RetentionDefaults};
 use shale::storage::{self, StorageSettings, StoreLocation};
 use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
@@ -67,9 +67,20 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let location = StoreLocation::parse(args.store.as_deref(), &args.data_dir)?;
     let settings = StorageSettings {
         flush_interval: Duration::from_millis(args.flush_interval_ms),
+        reclaim_delay: Duration::from_millis(args.reclaim_delay_ms),
     };
-    let db = storage::open(&location, &settings).await?;
-    let log = LogStore::open(db).await?;
+    let store = storage::open(&location, &settings).await?;
+    let defaults = RetentionDefaults {
+        retention_ms: args.retention_ms,
+        retention_bytes: args.retention_bytes,
+        segment_bytes: args.segment_bytes,
+        segment_ms: args.segment_ms,
+    };
+    let log = LogStore::open(store.db, store.admin, defaults).await?;
+    retention::spawn(
+        &log,
+        Duration::from_millis(args.retention_check_interval_ms),
+    );
     let listener = TcpListener::bind(args.listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.listen))?;

@@ -88,6 +88,62 @@ pub struct ServeArgs {
     )]
     pub transaction_max_timeout_ms: i32,
 
+    /// Default `retention.ms` for topics that do not set it: records older than this are
+    /// dropped, a whole segment at a time (-1 keeps them forever).
+    #[arg(
+        long,
+        env = "SHALE_RETENTION_MS",
+        default_value_t = 604_800_000,
+        value_parser = clap::value_parser!(i64).range(-1..)
+    )]
+    pub retention_ms: i64,
+
+    /// Default `retention.bytes` per partition for topics that do not set it (-1: no limit).
+    #[arg(
+        long,
+        env = "SHALE_RETENTION_BYTES",
+        default_value_t = -1,
+        value_parser = clap::value_parser!(i64).range(-1..)
+    )]
+    pub retention_bytes: i64,
+
+    /// Default `segment.bytes`: a topic's active segment rolls after this many bytes.
+    #[arg(
+        long,
+        env = "SHALE_SEGMENT_BYTES",
+        default_value_t = 1 << 30,
+        value_parser = clap::value_parser!(u64).range(1024..)
+    )]
+    pub segment_bytes: u64,
+
+    /// Default `segment.ms`: a topic's active segment rolls after this long.
+    #[arg(
+        long,
+        env = "SHALE_SEGMENT_MS",
+        default_value_t = 604_800_000,
+        value_parser = clap::value_parser!(i64).range(1..)
+    )]
+    pub segment_ms: i64,
+
+    /// How often retention looks for segments to drop, in milliseconds.
+    #[arg(
+        long,
+        env = "SHALE_RETENTION_CHECK_INTERVAL_MS",
+        default_value_t = 10_000,
+        value_parser = clap::value_parser!(u64).range(10..)
+    )]
+    pub retention_check_interval_ms: u64,
+
+    /// How long after a segment is drained (or compacted away) its files are deleted, in
+    /// milliseconds: the delay before retention's space is reclaimed.
+    #[arg(
+        long,
+        env = "SHALE_RECLAIM_DELAY_MS",
+        default_value_t = 60_000,
+        value_parser = clap::value_parser!(u64).range(100..)
+    )]
+    pub reclaim_delay_ms: u64,
+
     /// Log filter (tracing's EnvFilter syntax), e.g. `info` or `shale=debug,slatedb=warn`.
     #[arg(long, env = "SHALE_LOG", default_value = "info,slatedb=warn")]
     pub log: String,

@@ -12,6 +12,7 @@ pub mod config;
 mod create_partitions;
 mod create_topics;
 mod delete_groups;
+mod delete_records;
 mod delete_topics;
 mod describe_cluster;
 mod describe_configs;
@@ -108,6 +109,9 @@ impl Broker {
             }
             RequestKind::CreateTopics(r) => {
                 ResponseKind::CreateTopics(create_topics::handle(self, version, r).await)
+            }
+            RequestKind::DeleteRecords(r) => {
+                ResponseKind::DeleteRecords(delete_records::handle(self, r).await)
             }
             RequestKind::DeleteTopics(r) => {
                 ResponseKind::DeleteTopics(delete_topics::handle(self, version, r).await)

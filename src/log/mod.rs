@@ -6,11 +6,14 @@
 //! stored data's meaning; it knows nothing of the Kafka wire protocol or of topic configs.
 
 pub mod batch;
+mod compaction;
 mod durability;
 pub mod groups;
 mod partition;
 pub mod producers;
 mod read;
+pub mod retention;
+mod segments;
 mod topic;
 pub mod transactions;
 
@@ -26,6 +29,7 @@ use uuid::Uuid;
 
 pub use partition::{PartitionLog, PartitionOffsets};
 pub use read::{FetchedRecords, Isolation};
+pub use retention::RetentionDefaults;
 pub use topic::Topic;
 
 use crate::storage::keys::{self, AbortedTxn, BatchKey, SequenceEntry};
@@ -33,6 +37,7 @@ use batch::BatchView;
 use durability::DurabilityQueue;
 use partition::{PartitionState, TxnEvent};
 use producers::{ProducerEntry, SequenceCheck, SequenceError, SequencedBatch};
+use segments::{SegmentRecord, Segments};
 use topic::TopicRecord;
 
 /// The first segment that holds record data (segment 0 holds metadata).
@@ -126,8 +131,16 @@ impl AppendReceipt {
 pub struct LogStore {
     db: Db,
     cluster_id: String,
-    /// Segments holding data, oldest first; appends go to the last.
-    segments: Vec<u32>,
+    /// Every topic's chain of segments. Changed by appends (rolls) under the append lock
+    /// and by retention; never held across an await.
+    segments: RwLock<Segments>,
+    /// Drains dropped segments (see `retention`).
+    admin: slatedb::admin::Admin,
+    defaults: RetentionDefaults,
+    /// Serialises changes to partitions' stored log start offsets.
+    start_offsets: Mutex<()>,
+    /// Segments whose drain was submitted, with when, so they are not resubmitted at once.
+    draining: std::sync::Mutex<HashMap<u32, i64>>,
     catalog: RwLock<Catalog>,
     /// Serialises topic creation, deletion and changes.
     catalog_changes: Mutex<()>,
@@ -140,7 +153,11 @@ pub struct LogStore {
 
 impl LogStore {
     /// Loads topics and the global sequence from an opened database.
-    pub async fn open(db: Db) -> Result<Arc<Self>, LogError> {
+    pub async fn open(
+        db: Db,
+        admin: slatedb::admin::Admin,
+        defaults: RetentionDefaults,
+    ) -> Result<Arc<Self>, LogError> {
         let cluster_id = match db.get(keys::cluster_id_key()).await? {
             Some(id) => String::from_utf8_lossy(&id).into_owned(),
             None => {
@@ -152,28 +169,26 @@ impl LogStore {
                 id
             }
         };
-        let mut segments = Vec::new();
+        let mut records = Vec::new();
         let mut scan = db
             .scan(read::prefix_range(&keys::segment_record_prefix()))
             .await?;
         while let Some(entry) = scan.next().await? {
-            segments.extend(keys::decode_segment_key(&entry.key));
+            let id = keys::decode_segment_key(&entry.key)
+                .ok_or_else(|| LogError::Corrupt("segment key".into()))?;
+            let record: SegmentRecord = serde_json::from_slice(&entry.value)
+                .map_err(|e| LogError::Corrupt(format!("segment {id}: {e}")))?;
+            records.push((id, record));
         }
-        if segments.is_empty() {
-            db.put(keys::segment_key(FIRST_DATA_SEGMENT), b"{}")
-                .await?
-                .await_durable()
-                .await?;
-            segments.push(FIRST_DATA_SEGMENT);
-        }
+        let segments = Segments::load(records, FIRST_DATA_SEGMENT);
         let mut catalog = Catalog::default();
         let mut scan = db.scan(read::prefix_range(&keys::topic_prefix())).await?;
         while let Some(entry) = scan.next().await? {
             let record: TopicRecord = serde_json::from_slice(&entry.value)
                 .map_err(|e| LogError::Corrupt(format!("topic record: {e}")))?;
-            catalog.insert(Arc::new(Topic::from_record(record)));
+            catalog.insert(Arc::new(Topic::from_record(record, &defaults)));
         }
-        let next_sequence = next_global_sequence(&db, &segments).await?;
+        let next_sequence = next_global_sequence(&db, &segments.all()).await?;
         let last_producer_id = match db.get(keys::producer_ids_key()).await? {
             Some(value) => i64::from_be_bytes(
                 value
@@ -188,7 +203,11 @@ impl LogStore {
         Ok(Arc::new(LogStore {
             db,
             cluster_id,
-            segments,
+            segments: RwLock::new(segments),
+            admin,
+            defaults,
+            draining: std::sync::Mutex::new(HashMap::new()),
+            start_offsets: Mutex::new(()),
             catalog: RwLock::new(catalog),
             catalog_changes: Mutex::new(()),
             append: Mutex::new(AppendState { next_sequence }),
@@ -217,6 +236,14 @@ impl LogStore {
 
     pub fn cluster_id(&self) -> &str {
         &self.cluster_id
+    }
+
+    fn read_segments(&self) -> std::sync::RwLockReadGuard<'_, Segments> {
+        self.segments.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write_segments(&self) -> std::sync::RwLockWriteGuard<'_, Segments> {
+        self.segments.write().unwrap_or_else(|e| e.into_inner())
     }
 
     fn read_catalog(&self) -> std::sync::RwLockReadGuard<'_, Catalog> {
@@ -264,19 +291,22 @@ impl LogStore {
         if self.topic(name).is_some() {
             return Err(LogError::TopicExists(name.to_string()));
         }
-        let topic = Arc::new(Topic::from_record(TopicRecord {
-            name: name.to_string(),
-            id: Uuid::new_v4(),
-            partitions,
-            configs,
-        }));
+        let topic = Arc::new(Topic::from_record(
+            TopicRecord {
+                name: name.to_string(),
+                id: Uuid::new_v4(),
+                partitions,
+                configs,
+            },
+            &self.defaults,
+        ));
         self.store_topic(&topic).await?;
         self.write_catalog().insert(topic.clone());
         Ok(topic)
     }
 
-    /// Deletes a topic durably. Its records stay in storage until retention drops their
-    /// segments; they can never be read again because keys carry the topic id.
+    /// Deletes a topic durably. Its records can never be read again (keys carry the topic
+    /// id); the next retention pass drops and drains its segments.
     pub async fn delete_topic(&self, name: &str) -> Result<Arc<Topic>, LogError> {
         let _change = self.catalog_changes.lock().await;
         let topic = self
@@ -310,11 +340,13 @@ impl LogStore {
         for index in logs.len() as i32..partitions as i32 {
             logs.push(Arc::new(PartitionLog::new(current.id, index)));
         }
+        let policy = topic::TopicPolicy::from_configs(&configs, &self.defaults);
         let topic = Arc::new(Topic {
             name: current.name.clone(),
             id: current.id,
             partitions: logs,
             configs,
+            policy,
         });
         self.store_topic(&topic).await?;
         self.write_catalog().insert(topic.clone());
@@ -354,6 +386,39 @@ impl LogStore {
             high_watermark: state.high_watermark(),
             last_stable_offset: state.last_stable_offset(),
         })
+    }
+
+    /// DeleteRecords: moves a partition's log start offset to `offset` (-1: the high
+    /// watermark) at once; the records below go when retention drops their segments.
+    /// Returns the new log start offset.
+    pub async fn delete_records(
+        &self,
+        partition: &PartitionLog,
+        offset: i64,
+    ) -> Result<i64, LogError> {
+        let _starts = self.start_offsets.lock().await;
+        let state = self.state(partition).await?;
+        let high_watermark = state.high_watermark();
+        let target = if offset == -1 { high_watermark } else { offset };
+        if target < 0 || target > high_watermark {
+            return Err(LogError::OffsetOutOfRange {
+                offset,
+                log_start_offset: state.log_start_offset(),
+                high_watermark,
+            });
+        }
+        if target > state.log_start_offset() {
+            self.db
+                .put(
+                    keys::partition_start_key(partition.topic_id, partition.index),
+                    target.to_be_bytes(),
+                )
+                .await?
+                .await_durable()
+                .await?;
+            state.advance_log_start(target);
+        }
+        Ok(state.log_start_offset())
     }
 
     /// The producers with state on a partition, by producer id.
@@ -426,9 +491,9 @@ impl LogStore {
         for (append, _) in &appends {
             states.push(self.state(&append.partition).await?);
         }
-        let segment = *self.segments.last().expect("a data segment always exists");
         let mut guard = self.append.lock().await;
         let mut write = WriteBatch::new();
+        let SegmentPlan { targets, rolled } = self.plan_segments(&appends, &mut write);
         for (key, value) in metadata.iter() {
             write.put(key, value);
         }
@@ -437,6 +502,7 @@ impl LogStore {
         let mut advances = Vec::with_capacity(appends.len());
         let mut producer_changes = Vec::new();
         for ((append, marker), state) in appends.iter().zip(&states) {
+            let segment = targets[&append.partition.topic_id];
             let base_offset = state.next_offset.load(Ordering::Acquire);
             let planned = match marker {
                 Some(marker) => plan_marker(append, *marker, state, segment, base_offset, sequence),
@@ -474,7 +540,23 @@ impl LogStore {
             let _ = done.send(());
             return Ok(AppendReceipt { outcomes, durable });
         }
+        let appended: Vec<(Uuid, u64)> = appends
+            .iter()
+            .map(|(a, _)| {
+                let bytes = a.batches.iter().map(|b| b.len() as u64).sum();
+                (a.partition.topic_id, bytes)
+            })
+            .collect();
         let handle = self.db.write(write).await?;
+        {
+            let mut segments = self.write_segments();
+            for (topic_id, id, record) in rolled {
+                segments.push(topic_id, id, record);
+            }
+            for (topic_id, bytes) in appended {
+                segments.add_appended(topic_id, targets[&topic_id], bytes);
+            }
+        }
         guard.next_sequence = sequence;
         for ((_, next_offset), (state, producers, txn_events)) in
             advances.iter().zip(producer_changes)
@@ -490,6 +572,54 @@ impl LogStore {
         Ok(AppendReceipt { outcomes, durable })
     }
 
+    /// The segment each topic in an append writes to, rolling to a new one (recorded in
+    /// `write`, so it exists exactly when the records do) where the active one is full or
+    /// old. Called under the append lock. Returns the targets and the segments rolled to.
+    fn plan_segments(
+        &self,
+        appends: &[(PartitionAppend, Option<TxnMarker>)],
+        write: &mut WriteBatch,
+    ) -> SegmentPlan {
+        let now = now_ms();
+        let segments = self.read_segments();
+        let mut targets = HashMap::new();
+        let mut rolled = Vec::new();
+        for (append, _) in appends {
+            let topic_id = append.partition.topic_id;
+            if targets.contains_key(&topic_id) {
+                continue;
+            }
+            let roll = match self.topic_by_id(topic_id) {
+                Some(topic) => topic.policy.roll,
+                None => self.defaults.roll(),
+            };
+            if let Some(id) = segments.active(topic_id, &roll, now) {
+                targets.insert(topic_id, id);
+                continue;
+            }
+            if let Some(previous) = segments.chains.get(&topic_id).and_then(|c| c.last()) {
+                if !previous.record.sealed {
+                    let sealed = SegmentRecord {
+                        sealed: true,
+                        ..previous.record.clone()
+                    };
+                    write.put(keys::segment_key(previous.id), segments::encode(&sealed));
+                }
+            }
+            let id = segments.next_id + rolled.len() as u32;
+            let record = SegmentRecord {
+                topic_id: Some(topic_id),
+                created_ms: now,
+                sealed: false,
+                stats: None,
+            };
+            write.put(keys::segment_key(id), segments::encode(&record));
+            targets.insert(topic_id, id);
+            rolled.push((topic_id, id, record));
+        }
+        SegmentPlan { targets, rolled }
+    }
+
     fn scan_options(read_ahead_bytes: usize, order: IterationOrder) -> ScanOptions {
         ScanOptions {
             read_ahead_bytes,
@@ -499,6 +629,12 @@ impl LogStore {
             ..ScanOptions::default()
         }
     }
+}
+
+/// Where an append's records go: each topic's segment, and the segments rolled to.
+struct SegmentPlan {
+    targets: HashMap<Uuid, u32>,
+    rolled: Vec<(Uuid, u32, SegmentRecord)>,
 }
 
 /// How one partition's batches fit into an append.
@@ -665,9 +801,11 @@ fn plan_partition(
     })
 }
 
-/// The global sequence after the newest stored entry (0 for an empty store).
+/// The global sequence after the newest stored entry (0 for an empty store). Topics'
+/// active segments take appends side by side, so every segment's newest entry is read.
 async fn next_global_sequence(db: &Db, segments: &[u32]) -> Result<u64, LogError> {
-    for &segment in segments.iter().rev() {
+    let mut next = 0;
+    for &segment in segments {
         let options = LogStore::scan_options(1, IterationOrder::Descending);
         let range = read::prefix_range(&keys::sequence_prefix(segment));
         let mut scan = db.scan_with_options(range, &options).await?;
@@ -676,8 +814,8 @@ async fn next_global_sequence(db: &Db, segments: &[u32]) -> Result<u64, LogError
                 .ok_or_else(|| LogError::Corrupt("global sequence key".into()))?;
             let stored = SequenceEntry::decode(&entry.value)
                 .ok_or_else(|| LogError::Corrupt("global sequence entry".into()))?;
-            return Ok(first + u64::from(stored.record_count));
+            next = next.max(first + u64::from(stored.record_count));
         }
     }
-    Ok(0)
+    Ok(next)
 }

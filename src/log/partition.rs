@@ -197,6 +197,11 @@ impl PartitionState {
         self.log_start_offset.load(Ordering::Acquire)
     }
 
+    /// Moves the log start offset forward (never back): retention or DeleteRecords.
+    pub fn advance_log_start(&self, start: i64) {
+        self.log_start_offset.fetch_max(start, Ordering::AcqRel);
+    }
+
     /// Moves the high watermark forward (never back) and wakes fetches waiting on it.
     pub fn advance_high_watermark(&self, durable_end: i64) {
         self.high_watermark.send_if_modified(|hwm| {

@@ -45,7 +45,7 @@ struct BatchCursor<'a> {
     store: &'a LogStore,
     partition: &'a PartitionLog,
     /// Segments not yet opened, oldest first.
-    segments: std::slice::Iter<'a, u32>,
+    segments: std::vec::IntoIter<u32>,
     scan: Option<DbIterator>,
     from_offset: i64,
     end_offset: i64,
@@ -63,7 +63,10 @@ impl<'a> BatchCursor<'a> {
         BatchCursor {
             store,
             partition,
-            segments: store.segments.iter(),
+            segments: store
+                .read_segments()
+                .of_topic(partition.topic_id)
+                .into_iter(),
             scan: None,
             from_offset,
             end_offset,
@@ -88,7 +91,7 @@ impl<'a> BatchCursor<'a> {
                     None => self.scan = None,
                 }
             }
-            let Some(&segment) = self.segments.next() else {
+            let Some(segment) = self.segments.next() else {
                 return Ok(None);
             };
             let prefix =
@@ -175,8 +178,25 @@ impl LogStore {
         &self,
         partition: &PartitionLog,
     ) -> Result<PartitionState, LogError> {
-        let mut end_offset = 0;
-        for &segment in self.segments.iter().rev() {
+        let stored_start = match self
+            .db
+            .get(keys::partition_start_key(
+                partition.topic_id,
+                partition.index,
+            ))
+            .await?
+        {
+            Some(value) => i64::from_be_bytes(
+                value
+                    .as_ref()
+                    .try_into()
+                    .map_err(|_| LogError::Corrupt("partition start offset".into()))?,
+            ),
+            None => 0,
+        };
+        let segments = self.read_segments().of_topic(partition.topic_id);
+        let mut end_offset = stored_start;
+        for &segment in segments.iter().rev() {
             let prefix = keys::partition_prefix(segment, partition.topic_id, partition.index);
             let options = LogStore::scan_options(1, IterationOrder::Descending);
             let mut scan = self
@@ -186,15 +206,13 @@ impl LogStore {
             if let Some(entry) = scan.next().await? {
                 let key = BatchKey::decode(&entry.key)
                     .ok_or_else(|| LogError::Corrupt("record batch key".into()))?;
-                end_offset = key.last_offset + 1;
+                end_offset = end_offset.max(key.last_offset + 1);
                 break;
             }
         }
-        let mut first = BatchCursor::new(self, partition, 0, end_offset, 1);
-        let log_start_offset = match first.next().await? {
-            Some(batch) => BatchView::new(&batch).map_or(end_offset, |view| view.base_offset()),
-            None => end_offset,
-        };
+        // Retention stores the start whenever it drops records; compaction may remove the
+        // first records without moving it, as in Kafka.
+        let log_start_offset = stored_start;
         let mut producers = HashMap::new();
         let prefix = keys::producer_state_prefix(partition.topic_id, partition.index);
         let mut scan = self.db.scan(prefix_range(&prefix)).await?;
@@ -206,7 +224,7 @@ impl LogStore {
             producers.insert(producer_id, state);
         }
         let mut aborted = Vec::new();
-        for &segment in &self.segments {
+        for &segment in &segments {
             let prefix = keys::aborted_txn_prefix(segment, partition.topic_id, partition.index);
             let mut scan = self.db.scan(prefix_range(&prefix)).await?;
             while let Some(entry) = scan.next().await? {

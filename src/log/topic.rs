@@ -7,6 +7,8 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::partition::PartitionLog;
+use super::retention::RetentionDefaults;
+use super::segments::RollPolicy;
 
 /// A topic as the broker serves it. Replaced as a whole when partitions or configs change,
 /// so a request works on one consistent snapshot.
@@ -19,6 +21,45 @@ pub struct Topic {
     pub partitions: Vec<Arc<PartitionLog>>,
     /// Only the configs set explicitly; defaults are the broker's to fill in.
     pub configs: BTreeMap<String, String>,
+    /// What the log acts on: segment rolls and retention.
+    pub policy: TopicPolicy,
+}
+
+/// The topic configs the log acts on, with the broker's defaults filled in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TopicPolicy {
+    pub roll: RollPolicy,
+    /// `retention.ms`: -1 keeps records forever.
+    pub retention_ms: i64,
+    /// `retention.bytes` per partition: -1 for no limit.
+    pub retention_bytes: i64,
+    /// `cleanup.policy` includes `compact`.
+    pub compact: bool,
+    /// `delete.retention.ms`: how long compaction keeps a tombstone.
+    pub delete_retention_ms: i64,
+}
+
+impl TopicPolicy {
+    pub fn from_configs(configs: &BTreeMap<String, String>, defaults: &RetentionDefaults) -> Self {
+        let number = |name: &str, default: i64| {
+            configs
+                .get(name)
+                .and_then(|v| v.parse::<i64>().ok())
+                .unwrap_or(default)
+        };
+        TopicPolicy {
+            roll: RollPolicy {
+                segment_bytes: number("segment.bytes", defaults.segment_bytes as i64).max(1) as u64,
+                segment_ms: number("segment.ms", defaults.segment_ms).max(1),
+            },
+            retention_ms: number("retention.ms", defaults.retention_ms),
+            retention_bytes: number("retention.bytes", defaults.retention_bytes),
+            compact: configs
+                .get("cleanup.policy")
+                .is_some_and(|p| p.split(',').any(|p| p.trim() == "compact")),
+            delete_retention_ms: number("delete.retention.ms", 86_400_000),
+        }
+    }
 }
 
 impl Topic {
@@ -28,15 +69,17 @@ impl Topic {
             .and_then(|i| self.partitions.get(i))
     }
 
-    pub(super) fn from_record(record: TopicRecord) -> Self {
+    pub(super) fn from_record(record: TopicRecord, defaults: &RetentionDefaults) -> Self {
         let partitions = (0..record.partitions as i32)
             .map(|index| Arc::new(PartitionLog::new(record.id, index)))
             .collect();
+        let policy = TopicPolicy::from_configs(&record.configs, defaults);
         Topic {
             name: record.name,
             id: record.id,
             partitions,
             configs: record.configs,
+            policy,
         }
     }
 
@@ -75,7 +118,10 @@ mod tests {
         let json = serde_json::to_vec(&record).unwrap();
         let back: TopicRecord = serde_json::from_slice(&json).unwrap();
         assert_eq!(back, record);
-        let topic = Topic::from_record(back);
+        let defaults = RetentionDefaults::default();
+        let topic = Topic::from_record(back, &defaults);
+        assert_eq!(topic.policy.retention_ms, 1000);
+        assert_eq!(topic.policy.retention_bytes, defaults.retention_bytes);
         assert_eq!(topic.partitions.len(), 3);
         assert_eq!(topic.partition(2).unwrap().index, 2);
         assert!(topic.partition(3).is_none());

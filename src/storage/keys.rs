@@ -16,6 +16,7 @@
 //! | `ProducerState` | `0 \| 06 \| topic id (16) \| partition u32 \| producer id u64` | idempotence state (`log::producers`) |
 //! | `ProducerIds` | `0 \| 07` | the last producer id handed out, i64 |
 //! | `Transaction` | `0 \| 08 \| transactional id` | transaction record (JSON, `broker::txn_coordinator`) |
+//! | `PartitionStart` | `0 \| 09 \| topic id (16) \| partition u32` | the partition's log start offset, i64 |
 //! | `RecordBatch` | `seg \| 10 \| topic id (16) \| partition u32 \| last offset u64` | the record batch as received, `baseOffset` set |
 //! | `AbortedTxn` | `seg \| 11 \| topic id (16) \| partition u32 \| marker offset u64` | [`AbortedTxn`] |
 //! | `GlobalSequence` | `seg \| 20 \| first sequence u64` | [`SequenceEntry`] |
@@ -43,6 +44,7 @@ pub enum KeyType {
     ProducerState = 0x06,
     ProducerIds = 0x07,
     Transaction = 0x08,
+    PartitionStart = 0x09,
     RecordBatch = 0x10,
     AbortedTxn = 0x11,
     GlobalSequence = 0x20,
@@ -233,6 +235,16 @@ pub fn decode_transaction_key(key: &[u8]) -> Option<&str> {
     std::str::from_utf8(body(key, KeyType::Transaction)?).ok()
 }
 
+/// Key of a partition's log start offset, moved by retention and DeleteRecords. It also
+/// keeps the partition's end when retention has dropped every record, so offsets never
+/// restart at 0.
+pub fn partition_start_key(topic_id: Uuid, partition: i32) -> Bytes {
+    let mut key = header(META_SEGMENT, KeyType::PartitionStart, 20);
+    key.put_slice(topic_id.as_bytes());
+    key.put_u32(partition as u32);
+    key.freeze()
+}
+
 /// An aborted transaction on one partition: what read_committed fetches report so that
 /// consumers drop the producer's records from `first_offset` up to the abort marker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -314,6 +326,11 @@ pub fn partition_prefix(segment: u32, topic_id: Uuid, partition: i32) -> BytesMu
     key.put_u32(partition as u32);
     debug_assert_eq!(key.len(), PARTITION_PREFIX_LEN);
     key
+}
+
+/// The prefix shared by all record batches of one segment.
+pub fn segment_batches_prefix(segment: u32) -> Bytes {
+    header(segment, KeyType::RecordBatch, 0).freeze()
 }
 
 /// Key of one global-sequence entry: the first sequence number of a batch.

@@ -13,7 +13,10 @@ use object_store::aws::AmazonS3Builder;
 use object_store::local::LocalFileSystem;
 use object_store::memory::InMemory;
 use object_store::ObjectStore;
-use slatedb::config::Settings;
+use slatedb::admin::{Admin, AdminBuilder};
+use slatedb::config::{
+    CompactorOptions, GarbageCollectorDirectoryOptions, GarbageCollectorOptions, Settings,
+};
 use slatedb::prefix_extractor::{PrefixExtractor, PrefixTarget};
 use slatedb::Db;
 
@@ -87,6 +90,16 @@ pub struct StorageSettings {
     /// How often SlateDB writes its WAL to the object store. Acks with acks=all wait for
     /// the next WAL write, so this bounds produce latency; shorter means more, smaller objects.
     pub flush_interval: Duration,
+    /// How long after compaction (or a segment drain) SlateDB's garbage collector deletes
+    /// the files no longer needed: retention reclaims space this much later.
+    pub reclaim_delay: Duration,
+}
+
+/// An opened store: the database, and the admin handle retention uses to drain dropped
+/// segments.
+pub struct OpenedStore {
+    pub db: Db,
+    pub admin: Admin,
 }
 
 /// Routes every key to its segment (the first 4 bytes), so retention can drop whole segments.
@@ -109,7 +122,7 @@ impl PrefixExtractor for SegmentExtractor {
 pub async fn open(
     location: &StoreLocation,
     settings: &StorageSettings,
-) -> Result<Db, StorageError> {
+) -> Result<OpenedStore, StorageError> {
     let (store, path): (Arc<dyn ObjectStore>, String) = match location {
         StoreLocation::Folder(dir) => {
             std::fs::create_dir_all(dir).map_err(|source| StorageError::Folder {
@@ -132,16 +145,33 @@ pub async fn open(
             (Arc::new(store), path)
         }
     };
+    let reclaim = GarbageCollectorDirectoryOptions {
+        interval: Some((settings.reclaim_delay / 2).max(Duration::from_millis(100))),
+        min_age: settings.reclaim_delay,
+        dry_run: false,
+    };
     let slate_settings = Settings {
         flush_interval: Some(settings.flush_interval),
+        // The compactor pins the files a compaction replaces for this long (for scans still
+        // reading them); only then can the garbage collector delete them.
+        compactor_options: Some(CompactorOptions {
+            checkpoint_lifetime: settings.reclaim_delay,
+            ..CompactorOptions::default()
+        }),
+        garbage_collector_options: Some(GarbageCollectorOptions {
+            compacted_options: Some(reclaim),
+            wal_options: Some(reclaim),
+            ..GarbageCollectorOptions::default()
+        }),
         ..Settings::default()
     };
+    let admin = AdminBuilder::new(path.clone(), store.clone()).build();
     let db = Db::builder(path, store)
         .with_settings(slate_settings)
         .with_segment_extractor(Arc::new(SegmentExtractor))
         .build()
         .await?;
-    Ok(db)
+    Ok(OpenedStore { db, admin })
 }
 
 #[cfg(test)]

@@ -1,0 +1,172 @@
+//! Log compaction for `cleanup.policy=compact` topics: in sealed segments, a record is
+//! removed once a later record in the sealed segments has the same key, and a tombstone
+//! (null value) once it is also older than `delete.retention.ms`. Offsets never change:
+//! a rewritten batch keeps its key and its records keep their offsets, so consumers see
+//! gaps and read on. The active segment is never touched, and neither are transactional or
+//! control batches, nor each partition's last sealed batch (it keeps the partition's end
+//! offset across restarts).
+//!
+//! This is the one place Shale rewrites stored batches: compaction exists to drop records
+//! from the middle of a log, which dropping whole segments cannot do.
+
+use std::collections::HashMap;
+
+use bytes::{Bytes, BytesMut};
+use kafka_protocol::records::{
+    Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions,
+};
+use slatedb::WriteBatch;
+
+use super::batch::BatchView;
+use super::read::prefix_range;
+use super::{now_ms, LogError, LogStore, PartitionLog, Topic};
+use crate::storage::keys::{self, BatchKey};
+
+impl LogStore {
+    /// Compacts a topic's sealed segments if a segment was sealed since its last compaction.
+    pub(super) async fn compact_topic(&self, topic: &Topic) -> Result<(), LogError> {
+        let (sealed, done): (Vec<u32>, Option<u32>) = {
+            let segments = self.read_segments();
+            let sealed = segments
+                .chains
+                .get(&topic.id)
+                .map(|chain| {
+                    chain
+                        .iter()
+                        .filter(|s| s.record.sealed)
+                        .map(|s| s.id)
+                        .collect()
+                })
+                .unwrap_or_default();
+            (sealed, segments.compacted_through.get(&topic.id).copied())
+        };
+        let Some(&newest) = sealed.last() else {
+            return Ok(());
+        };
+        if done == Some(newest) {
+            return Ok(());
+        }
+        let horizon = now_ms().saturating_sub(topic.policy.delete_retention_ms);
+        let mut removed = 0;
+        for partition in &topic.partitions {
+            removed += self.compact_partition(partition, &sealed, horizon).await?;
+        }
+        self.write_segments()
+            .compacted_through
+            .insert(topic.id, newest);
+        if removed > 0 {
+            tracing::info!(topic = %topic.name, removed, segments = sealed.len(), "compacted topic");
+        }
+        Ok(())
+    }
+
+    /// Returns how many records were removed.
+    async fn compact_partition(
+        &self,
+        partition: &PartitionLog,
+        sealed: &[u32],
+        tombstone_horizon: i64,
+    ) -> Result<usize, LogError> {
+        let mut latest: HashMap<Bytes, i64> = HashMap::new();
+        let mut last_batch: Option<Bytes> = None;
+        self.for_each_batch(partition, sealed, |key, _, records| {
+            last_batch = Some(key.clone());
+            if let Some(records) = records {
+                for record in records {
+                    if let Some(k) = &record.key {
+                        latest.insert(k.clone(), record.offset);
+                    }
+                }
+            }
+        })
+        .await?;
+        let mut write = WriteBatch::new();
+        let mut removed = 0;
+        self.for_each_batch(partition, sealed, |key, batch, records| {
+            let Some(records) = records else {
+                return;
+            };
+            if last_batch.as_ref() == Some(key) {
+                return;
+            }
+            let kept: Vec<&Record> = records
+                .iter()
+                .filter(|r| match &r.key {
+                    None => true,
+                    Some(k) => {
+                        latest.get(k) == Some(&r.offset)
+                            && (r.value.is_some() || r.timestamp >= tombstone_horizon)
+                    }
+                })
+                .collect();
+            if kept.len() == records.len() {
+                return;
+            }
+            removed += records.len() - kept.len();
+            if kept.is_empty() {
+                write.delete(key.clone());
+                return;
+            }
+            let options = RecordEncodeOptions {
+                version: 2,
+                compression: compression_of(batch),
+            };
+            let mut rewritten = BytesMut::new();
+            match RecordBatchEncoder::encode(&mut rewritten, kept, &options) {
+                Ok(()) => write.put(key.clone(), rewritten.freeze()),
+                Err(e) => tracing::warn!(error = %e, "cannot re-encode a batch; left uncompacted"),
+            }
+        })
+        .await?;
+        if removed > 0 {
+            self.db.write(write).await?;
+        }
+        Ok(removed)
+    }
+
+    /// Calls `visit` with each stored batch of `partition` in `segments`: its key, bytes,
+    /// and its decoded records (`None` for transactional and control batches, which
+    /// compaction leaves alone).
+    async fn for_each_batch(
+        &self,
+        partition: &PartitionLog,
+        segments: &[u32],
+        mut visit: impl FnMut(&Bytes, &Bytes, Option<&[Record]>),
+    ) -> Result<(), LogError> {
+        for &segment in segments {
+            let prefix = keys::partition_prefix(segment, partition.topic_id, partition.index);
+            let options = LogStore::scan_options(4 << 20, slatedb::IterationOrder::Ascending);
+            let mut scan = self
+                .db
+                .scan_with_options(prefix_range(&prefix), &options)
+                .await?;
+            while let Some(entry) = scan.next().await? {
+                BatchKey::decode(&entry.key)
+                    .ok_or_else(|| LogError::Corrupt("record batch key".into()))?;
+                let view = BatchView::new(&entry.value)
+                    .ok_or_else(|| LogError::Corrupt("short record batch".into()))?;
+                if view.is_transactional() || view.is_control() {
+                    visit(&entry.key, &entry.value, None);
+                    continue;
+                }
+                let mut buf = entry.value.clone();
+                let decoded = RecordBatchDecoder::decode(&mut buf)
+                    .map_err(|e| LogError::Corrupt(format!("stored record batch: {e}")))?;
+                visit(&entry.key, &entry.value, Some(&decoded.records));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The compression codec in a batch's attributes (the low three bits).
+fn compression_of(batch: &[u8]) -> Compression {
+    let attributes = BatchView::new(batch).map_or(0, |v| v.attributes());
+    match attributes & 0x07 {
+        1 => Compression::Gzip,
+        2 => Compression::Snappy,
+        3 => Compression::Lz4,
+        4 => Compression::Zstd,
+        _ => Compression::None,
+    }
+}

@@ -1,0 +1,207 @@
+"""Retention: whole segments dropped by time and size, DeleteRecords, space reclaimed in
+the data folder (topic deletion included), and kill -9 while retention runs."""
+
+import subprocess
+import time
+
+import pytest
+from confluent_kafka import Consumer, KafkaException, TopicPartition
+
+from clients import admin, create_topic, produce
+
+# Retention checks every 200 ms and deletes drained files 300 ms later.
+FAST = ["--retention-check-interval-ms", "200", "--reclaim-delay-ms", "300"]
+
+
+def folder_bytes(broker):
+    return int(subprocess.check_output(["du", "-sb", str(broker.data_dir)]).split()[0])
+
+
+def watermarks(broker, topic, partition=0):
+    consumer = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": "watermarks"})
+    try:
+        return consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
+    finally:
+        consumer.close()
+
+
+def produce_rounds(broker, topic, rounds, per_round=200, size=500, partition=0, start=0):
+    """Produces `rounds` separate flushes (so segments roll between them); each value is
+    its sequence number padded to `size` bytes."""
+    n = start
+    for _ in range(rounds):
+        batch = []
+        for _ in range(per_round):
+            batch.append((partition, None, str(n).encode().ljust(size, b"."), None, None))
+            n += 1
+        reports = produce(broker.bootstrap, topic, batch)
+        assert all(err is None for *_, err in reports)
+    return n
+
+
+def wait_for(condition, timeout=30, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def read_from_earliest(broker, topic, expect, partition=0):
+    consumer = Consumer(
+        {"bootstrap.servers": broker.bootstrap, "group.id": "readers-" + topic, "auto.offset.reset": "earliest"}
+    )
+    consumer.assign([TopicPartition(topic, partition, 0)])
+    got = []
+    deadline = time.monotonic() + 20
+    try:
+        while len(got) < expect and time.monotonic() < deadline:
+            msg = consumer.poll(0.3)
+            if msg is None or msg.error():
+                continue
+            got.append((msg.offset(), int(msg.value().rstrip(b"."))))
+    finally:
+        consumer.close()
+    return got
+
+
+def test_time_retention_drops_old_segments_and_reclaims_space(make_broker, topic_name):
+    broker = make_broker(*FAST)
+    config = {"retention.ms": "1500", "segment.bytes": "50000", "segment.ms": "1000"}
+    create_topic(broker.bootstrap, topic_name, config=config)
+    end = produce_rounds(broker, topic_name, rounds=10)
+    full = folder_bytes(broker)
+    assert full > 1_000_000
+
+    # Everything expires; the offsets go on where they were.
+    wait_for(lambda: watermarks(broker, topic_name) == (end, end), what="log start to reach the end")
+    wait_for(lambda: folder_bytes(broker) < full // 3, what="the data folder to shrink")
+    assert "dropping segment" in broker.log()
+
+    # A consumer asking for offset 0 is reset to the log start and reads new records.
+    produce_rounds(broker, topic_name, rounds=1, per_round=5, start=end)
+    assert read_from_earliest(broker, topic_name, 5) == [(end + i, end + i) for i in range(5)]
+
+
+def test_size_retention_keeps_the_newest_bytes(make_broker, topic_name):
+    broker = make_broker(*FAST)
+    config = {"retention.ms": "-1", "retention.bytes": "300000", "segment.bytes": "50000"}
+    create_topic(broker.bootstrap, topic_name, config=config)
+    end = produce_rounds(broker, topic_name, rounds=12)
+    start = wait_for(lambda: watermarks(broker, topic_name)[0], what="size retention")
+    assert 0 < start < end
+    # Kept: at least retention.bytes of the newest records (~560 bytes each in batches).
+    assert (end - start) * 500 >= 300_000
+    got = read_from_earliest(broker, topic_name, end - start)
+    assert got == [(o, o) for o in range(start, end)]
+
+
+def test_delete_records_moves_the_log_start_at_once(broker, topic_name):
+    create_topic(broker.bootstrap, topic_name, partitions=2)
+    produce(broker.bootstrap, topic_name, [(p, None, str(i).encode(), None, None) for i in range(50) for p in (0, 1)])
+    client = admin(broker.bootstrap)
+    deleted = client.delete_records([TopicPartition(topic_name, 0, 30)])
+    result = deleted[TopicPartition(topic_name, 0, 30)].result(10)
+    assert result.low_watermark == 30
+    assert watermarks(broker, topic_name, 0) == (30, 50)
+    assert watermarks(broker, topic_name, 1) == (0, 50)
+    # Past the high watermark: OFFSET_OUT_OF_RANGE.
+    with pytest.raises(KafkaException) as raised:
+        client.delete_records([TopicPartition(topic_name, 1, 51)])[TopicPartition(topic_name, 1, 51)].result(10)
+    assert "OFFSET_OUT_OF_RANGE" in str(raised.value)
+    # A consumer below the start is reset (auto.offset.reset=earliest) to it.
+    consumer = Consumer(
+        {"bootstrap.servers": broker.bootstrap, "group.id": "below", "auto.offset.reset": "earliest"}
+    )
+    consumer.assign([TopicPartition(topic_name, 0, 5)])
+    msg = wait_for(lambda: consumer.poll(0.3), what="a record after the reset")
+    consumer.close()
+    assert (msg.offset(), msg.value()) == (30, b"30")
+    # Survives a restart.
+    broker.kill()
+    broker.restart()
+    assert watermarks(broker, topic_name, 0) == (30, 50)
+
+
+def test_deleting_a_topic_frees_its_space(make_broker, topic_name):
+    broker = make_broker(*FAST)
+    create_topic(broker.bootstrap, topic_name, config={"segment.bytes": "50000"})
+    produce_rounds(broker, topic_name, rounds=10)
+    full = folder_bytes(broker)
+    client = admin(broker.bootstrap)
+    client.delete_topics([topic_name])[topic_name].result(10)
+    wait_for(lambda: folder_bytes(broker) < full // 3, what="the data folder to shrink")
+    assert "dropping the segments of a deleted topic" in broker.log()
+
+
+def test_kill_during_retention_keeps_what_should_stay(make_broker, topic_name):
+    broker = make_broker(*FAST)
+    config = {"retention.ms": "-1", "retention.bytes": "200000", "segment.bytes": "30000"}
+    create_topic(broker.bootstrap, topic_name, config=config)
+    end = 0
+    for _ in range(4):
+        end = produce_rounds(broker, topic_name, rounds=4, start=end)
+        time.sleep(0.3)
+        broker.kill()
+        broker.restart()
+    start, high = watermarks(broker, topic_name)
+    assert high == end
+    got = read_from_earliest(broker, topic_name, end - start)
+    # Whatever retention dropped, the rest is contiguous, in order and ends at the end.
+    assert got == [(o, o) for o in range(start, end)]
+    assert (end - start) * 500 >= 200_000
+    wait_for(lambda: watermarks(broker, topic_name)[0] > 0, what="retention after restarts")
+
+
+def test_compacted_topic_keeps_the_latest_value_per_key(make_broker, topic_name):
+    broker = make_broker(*FAST)
+    config = {
+        "cleanup.policy": "compact",
+        "segment.bytes": "2000",
+        "segment.ms": "500",
+        "delete.retention.ms": "0",
+        "retention.ms": "-1",
+    }
+    create_topic(broker.bootstrap, topic_name, config=config)
+    end = 0
+    for round_ in range(5):
+        records = [(0, f"k{k}".encode(), f"v{round_}-{k}".encode(), None, None) for k in range(10)]
+        if round_ == 4:
+            records.append((0, b"k3", None, None, None))  # a tombstone: k3 is deleted
+        end += len(records)
+        assert all(err is None for *_, err in produce(broker.bootstrap, topic_name, records, **{"compression.type": "lz4"}))
+    # A last record keeps the compacted records out of the active segment.
+    produce(broker.bootstrap, topic_name, [(0, b"last", b"x", None, None)])
+    end += 1
+
+    def compacted():
+        consumer = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": "c", "auto.offset.reset": "earliest"})
+        consumer.assign([TopicPartition(topic_name, 0, 0)])
+        got = []
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            msg = consumer.poll(0.3)
+            if msg is None or msg.error():
+                if got and got[-1][1] == b"last":
+                    break
+                continue
+            got.append((msg.offset(), msg.key(), msg.value()))
+        consumer.close()
+        return got if len(got) < end else None
+
+    got = wait_for(compacted, timeout=30, what="compaction")
+    latest = {}
+    for _, key, value in got:
+        assert key not in latest, f"{key} seen twice after compaction: {got}"
+        latest[key] = value
+    assert latest[b"last"] == b"x"
+    assert latest[b"k0"] == b"v4-0" and latest[b"k9"] == b"v4-9"
+    # The tombstone went too (delete.retention.ms=0), and with it every trace of k3.
+    assert b"k3" not in latest
+    assert sorted(latest) == sorted([f"k{k}".encode() for k in range(10) if k != 3] + [b"last"])
+    offsets = [o for o, _, _ in got]
+    assert offsets == sorted(offsets) and offsets[-1] == end - 1
+    assert watermarks(broker, topic_name) == (0, end)
+    assert "compacted topic" in broker.log()
