@@ -107,6 +107,18 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     };
     let txns = TxnCoordinator::start(log.clone(), groups.clone(), txn_config).await?;
     let broker = Arc::new(Broker::new(log.clone(), groups, txns, config));
+    if let Some(address) = args.http {
+        let http = TcpListener::bind(address)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen for HTTP on {address}: {e}"))?;
+        tracing::info!("HTTP API listening on {}", http.local_addr()?);
+        let broker = broker.clone();
+        tokio::spawn(async move {
+            if let Err(e) = shale::http::serve(broker, http).await {
+                tracing::error!(error = %e, "the HTTP API stopped");
+            }
+        });
+    }
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let accepting = tokio::spawn(server::serve(broker, listener, async {
         let _ = stopped.await;

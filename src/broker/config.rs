@@ -144,6 +144,11 @@ pub struct ServeArgs {
     )]
     pub reclaim_delay_ms: u64,
 
+    /// Address for the HTTP/JSON API (key streams, the global log, conditional appends),
+    /// e.g. `127.0.0.1:8082`; off when unset.
+    #[arg(long, env = "SHALE_HTTP")]
+    pub http: Option<std::net::SocketAddr>,
+
     /// Log filter (tracing's EnvFilter syntax), e.g. `info` or `shale=debug,slatedb=warn`.
     #[arg(long, env = "SHALE_LOG", default_value = "info,slatedb=warn")]
     pub log: String,
@@ -399,6 +404,14 @@ pub const TOPIC_CONFIGS: &[TopicConfigDef] = &[
         1,
         &[],
         "Time after which a segment rolls.",
+    ),
+    def(
+        "shale.key.index",
+        "true",
+        T::Boolean,
+        0,
+        &[],
+        "Shale: index records by message key, for key streams and conditional appends over HTTP.",
     ),
     def(
         "unclean.leader.election.enable",

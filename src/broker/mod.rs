@@ -192,7 +192,7 @@ impl Broker {
     }
 
     /// Looks up a topic, creating it if the broker auto-creates topics and the name is valid.
-    async fn topic_or_auto_create(
+    pub(crate) async fn topic_or_auto_create(
         &self,
         name: &str,
         allow: bool,
@@ -237,6 +237,7 @@ fn storage_error(e: &LogError) -> ResponseError {
         LogError::TopicExists(_) => ResponseError::TopicAlreadyExists,
         LogError::UnknownTopic(_) => ResponseError::UnknownTopicOrPartition,
         LogError::OffsetOutOfRange { .. } => ResponseError::OffsetOutOfRange,
+        LogError::VersionConflict { .. } => ResponseError::InvalidRequest,
         LogError::Corrupt(_) | LogError::NotDurable | LogError::Storage(_) => {
             tracing::error!(error = %e, "storage failure");
             ResponseError::KafkaStorageError

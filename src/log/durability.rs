@@ -25,6 +25,8 @@ struct PendingWrite {
 #[derive(Default)]
 pub(super) struct DurabilityQueue {
     pending: Mutex<VecDeque<PendingWrite>>,
+    /// Counts released writes: key-stream and global-log readers wait on it.
+    appended: watch::Sender<u64>,
 }
 
 impl DurabilityQueue {
@@ -37,6 +39,10 @@ impl DurabilityQueue {
             done,
         });
         receiver
+    }
+
+    pub fn appended(&self) -> watch::Receiver<u64> {
+        self.appended.subscribe()
     }
 
     /// Completes every queued write with a sequence number at or below `durable_seq`.
@@ -56,6 +62,7 @@ impl DurabilityQueue {
             }
             // The producer may have gone away (acks=0/1, or a closed connection).
             let _ = write.done.send(());
+            self.appended.send_modify(|count| *count += 1);
         }
     }
 

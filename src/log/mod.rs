@@ -14,10 +14,11 @@ pub mod producers;
 mod read;
 pub mod retention;
 mod segments;
+pub mod streams;
 mod topic;
 pub mod transactions;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
 
@@ -32,9 +33,10 @@ pub use read::{FetchedRecords, Isolation};
 pub use retention::RetentionDefaults;
 pub use topic::Topic;
 
-use crate::storage::keys::{self, AbortedTxn, BatchKey, SequenceEntry};
+use crate::storage::keys::{self, AbortedTxn, BatchKey, KeyIndexEntry, SequenceEntry};
 use batch::BatchView;
 use durability::DurabilityQueue;
+use kafka_protocol::records::RecordBatchDecoder;
 use partition::{PartitionState, TxnEvent};
 use producers::{ProducerEntry, SequenceCheck, SequenceError, SequencedBatch};
 use segments::{SegmentRecord, Segments};
@@ -59,6 +61,8 @@ pub enum LogError {
     Corrupt(String),
     #[error("the store closed before the write was durable")]
     NotDurable,
+    #[error("the key's version is {current}, not the expected one")]
+    VersionConflict { current: u64 },
     #[error("storage: {0}")]
     Storage(#[from] slatedb::Error),
 }
@@ -87,6 +91,14 @@ pub struct PartitionAppend {
     pub partition: Arc<PartitionLog>,
     /// Validated magic-v2 batches (see [`batch::split_and_validate`]).
     pub batches: Vec<Bytes>,
+}
+
+/// An append that happens only if a message key's version (its record count in the
+/// topic) is `expected` (`None`: any version).
+pub(crate) struct KeyCondition {
+    pub topic_id: Uuid,
+    pub key: Bytes,
+    pub expected: Option<u64>,
 }
 
 /// A transaction marker to write on one partition (see [`LogStore::end_transaction`]).
@@ -451,7 +463,20 @@ impl LogStore {
     /// [`AppendReceipt::durable`]). Each partition may appear at most once in `appends`.
     pub async fn append(&self, appends: Vec<PartitionAppend>) -> Result<AppendReceipt, LogError> {
         let appends = appends.into_iter().map(|a| (a, None)).collect();
-        self.append_with(appends, Vec::new()).await
+        Ok(self.append_with(appends, Vec::new(), None).await?.0)
+    }
+
+    /// Appends one partition's batch (of one keyed record) if the key's version matches;
+    /// returns the receipt and the key's version after the append.
+    async fn append_if(
+        &self,
+        append: PartitionAppend,
+        condition: KeyCondition,
+    ) -> Result<(AppendReceipt, u64), LogError> {
+        let (receipt, version) = self
+            .append_with(vec![(append, None)], Vec::new(), Some(condition))
+            .await?;
+        Ok((receipt, version.unwrap_or_default()))
     }
 
     /// Ends a producer's transaction in one atomic write: a marker on every partition, and
@@ -473,14 +498,15 @@ impl LogStore {
                 (append, Some(marker))
             })
             .collect();
-        self.append_with(appends, metadata).await
+        Ok(self.append_with(appends, metadata, None).await?.0)
     }
 
     async fn append_with(
         &self,
         appends: Vec<(PartitionAppend, Option<TxnMarker>)>,
         metadata: Vec<(Bytes, Bytes)>,
-    ) -> Result<AppendReceipt, LogError> {
+        condition: Option<KeyCondition>,
+    ) -> Result<(AppendReceipt, Option<u64>), LogError> {
         debug_assert!(
             appends.iter().enumerate().all(|(i, (a, _))| appends[..i]
                 .iter()
@@ -492,8 +518,26 @@ impl LogStore {
             states.push(self.state(&append.partition).await?);
         }
         let mut guard = self.append.lock().await;
+        // Every earlier append is in SlateDB's memtable by now, so the count is exact.
+        let version = match &condition {
+            Some(condition) => {
+                let current = self
+                    .key_entries(condition.topic_id, &condition.key, 0, usize::MAX)
+                    .await?
+                    .len() as u64;
+                if condition.expected.is_some_and(|e| e != current) {
+                    return Err(LogError::VersionConflict { current });
+                }
+                Some(current + 1)
+            }
+            None => None,
+        };
         let mut write = WriteBatch::new();
-        let SegmentPlan { targets, rolled } = self.plan_segments(&appends, &mut write);
+        let SegmentPlan {
+            targets,
+            rolled,
+            indexed,
+        } = self.plan_segments(&appends, &mut write);
         for (key, value) in metadata.iter() {
             write.put(key, value);
         }
@@ -506,7 +550,10 @@ impl LogStore {
             let base_offset = state.next_offset.load(Ordering::Acquire);
             let planned = match marker {
                 Some(marker) => plan_marker(append, *marker, state, segment, base_offset, sequence),
-                None => plan_partition(append, state, segment, base_offset, sequence)?,
+                None => {
+                    let index_keys = indexed.contains(&append.partition.topic_id);
+                    plan_partition(append, state, segment, base_offset, sequence, index_keys)?
+                }
             };
             match planned {
                 Planned::Write {
@@ -538,7 +585,7 @@ impl LogStore {
         if advances.is_empty() && metadata.is_empty() {
             let (done, durable) = oneshot::channel();
             let _ = done.send(());
-            return Ok(AppendReceipt { outcomes, durable });
+            return Ok((AppendReceipt { outcomes, durable }, version));
         }
         let appended: Vec<(Uuid, u64)> = appends
             .iter()
@@ -569,7 +616,7 @@ impl LogStore {
         drop(guard);
         // The write may have become durable before it was queued.
         self.durability.release(self.db.status().durable_seq);
-        Ok(AppendReceipt { outcomes, durable })
+        Ok((AppendReceipt { outcomes, durable }, version))
     }
 
     /// The segment each topic in an append writes to, rolling to a new one (recorded in
@@ -584,13 +631,19 @@ impl LogStore {
         let segments = self.read_segments();
         let mut targets = HashMap::new();
         let mut rolled = Vec::new();
+        let mut indexed = HashSet::new();
         for (append, _) in appends {
             let topic_id = append.partition.topic_id;
             if targets.contains_key(&topic_id) {
                 continue;
             }
             let roll = match self.topic_by_id(topic_id) {
-                Some(topic) => topic.policy.roll,
+                Some(topic) => {
+                    if topic.policy.key_index {
+                        indexed.insert(topic_id);
+                    }
+                    topic.policy.roll
+                }
                 None => self.defaults.roll(),
             };
             if let Some(id) = segments.active(topic_id, &roll, now) {
@@ -617,7 +670,11 @@ impl LogStore {
             targets.insert(topic_id, id);
             rolled.push((topic_id, id, record));
         }
-        SegmentPlan { targets, rolled }
+        SegmentPlan {
+            targets,
+            rolled,
+            indexed,
+        }
     }
 
     fn scan_options(read_ahead_bytes: usize, order: IterationOrder) -> ScanOptions {
@@ -635,6 +692,8 @@ impl LogStore {
 struct SegmentPlan {
     targets: HashMap<Uuid, u32>,
     rolled: Vec<(Uuid, u32, SegmentRecord)>,
+    /// Topics whose records are indexed by message key.
+    indexed: HashSet<Uuid>,
 }
 
 /// How one partition's batches fit into an append.
@@ -648,6 +707,33 @@ enum Planned {
         txn_events: Vec<TxnEvent>,
     },
     Skip(AppendOutcome),
+}
+
+/// Adds a key-index entry for every keyed record of a stored batch (decompressing it if
+/// needed): record `i` of the batch has global sequence `first_sequence + i`.
+fn index_record_keys(
+    stored: &Bytes,
+    segment: u32,
+    topic_id: Uuid,
+    partition: i32,
+    first_sequence: u64,
+    puts: &mut Vec<(Bytes, Bytes)>,
+) -> Result<(), LogError> {
+    let mut buf = stored.clone();
+    let decoded = RecordBatchDecoder::decode(&mut buf)
+        .map_err(|e| LogError::Corrupt(format!("record batch to index: {e}")))?;
+    let base_offset = BatchView::new(stored).map_or(0, |v| v.base_offset());
+    for record in &decoded.records {
+        if let Some(key) = &record.key {
+            let entry = KeyIndexEntry {
+                sequence: first_sequence + (record.offset - base_offset) as u64,
+                partition,
+                offset: record.offset,
+            };
+            puts.push(entry.encode(segment, topic_id, key));
+        }
+    }
+    Ok(())
 }
 
 /// Places a transaction marker at `offset`: it closes the producer's open transaction on
@@ -719,6 +805,7 @@ fn plan_partition(
     segment: u32,
     base_offset: i64,
     first_sequence: u64,
+    index_keys: bool,
 ) -> Result<Planned, LogError> {
     let topic_id = append.partition.topic_id;
     let partition = append.partition.index;
@@ -781,7 +868,11 @@ fn plan_partition(
             partition,
             last_offset: next_offset + i64::from(count) - 1,
         };
-        puts.push((key.encode(), batch::with_base_offset(batch, next_offset)));
+        let stored = batch::with_base_offset(batch, next_offset);
+        if index_keys {
+            index_record_keys(&stored, segment, topic_id, partition, sequence, &mut puts)?;
+        }
+        puts.push((key.encode(), stored));
         let entry = SequenceEntry {
             topic_id,
             partition,

@@ -37,6 +37,8 @@ pub struct TopicPolicy {
     pub compact: bool,
     /// `delete.retention.ms`: how long compaction keeps a tombstone.
     pub delete_retention_ms: i64,
+    /// `shale.key.index`: records are indexed by message key as they are appended.
+    pub key_index: bool,
 }
 
 impl TopicPolicy {
@@ -58,6 +60,9 @@ impl TopicPolicy {
                 .get("cleanup.policy")
                 .is_some_and(|p| p.split(',').any(|p| p.trim() == "compact")),
             delete_retention_ms: number("delete.retention.ms", 86_400_000),
+            key_index: !configs
+                .get("shale.key.index")
+                .is_some_and(|v| v.eq_ignore_ascii_case("false")),
         }
     }
 }

@@ -20,11 +20,14 @@
 //! | `RecordBatch` | `seg \| 10 \| topic id (16) \| partition u32 \| last offset u64` | the record batch as received, `baseOffset` set |
 //! | `AbortedTxn` | `seg \| 11 \| topic id (16) \| partition u32 \| marker offset u64` | [`AbortedTxn`] |
 //! | `GlobalSequence` | `seg \| 20 \| first sequence u64` | [`SequenceEntry`] |
+//! | `KeyIndex` | `seg \| 30 \| topic id (16) \| key len u32 \| key \| sequence u64` | [`KeyIndexEntry`] |
 //!
 //! Record batches are keyed by their *last* offset so that a forward seek from any fetch
 //! offset lands on the batch containing it. `GlobalSequence` entries give every appended
 //! record a position in one order across all partitions: a batch of `n` records owns the
-//! sequences `first .. first + n`. Type `30` is reserved for the per-message-key index.
+//! sequences `first .. first + n`. `KeyIndex` entries list every record of one message key
+//! in a topic in global-sequence order (the key's length comes first, so one key's entries
+//! share a prefix no other key has).
 
 use bytes::{BufMut, Bytes, BytesMut};
 use uuid::Uuid;
@@ -48,6 +51,7 @@ pub enum KeyType {
     RecordBatch = 0x10,
     AbortedTxn = 0x11,
     GlobalSequence = 0x20,
+    KeyIndex = 0x30,
 }
 
 const SEGMENT_LEN: usize = 4;
@@ -387,6 +391,47 @@ impl SequenceEntry {
     }
 }
 
+/// The prefix shared by one message key's index entries in one segment.
+pub fn key_index_prefix(segment: u32, topic_id: Uuid, key: &[u8]) -> BytesMut {
+    let mut prefix = header(segment, KeyType::KeyIndex, 16 + 4 + key.len() + 8);
+    prefix.put_slice(topic_id.as_bytes());
+    prefix.put_u32(key.len() as u32);
+    prefix.put_slice(key);
+    prefix
+}
+
+/// Where one record of a message key is: an index entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyIndexEntry {
+    pub sequence: u64,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+impl KeyIndexEntry {
+    /// Key `key_index_prefix | sequence u64`; value `partition u32 | offset u64`.
+    pub fn encode(&self, segment: u32, topic_id: Uuid, key: &[u8]) -> (Bytes, Bytes) {
+        let mut index_key = key_index_prefix(segment, topic_id, key);
+        index_key.put_u64(self.sequence);
+        let mut value = BytesMut::with_capacity(12);
+        value.put_u32(self.partition as u32);
+        value.put_u64(self.offset as u64);
+        (index_key.freeze(), value.freeze())
+    }
+
+    pub fn decode(key: &[u8], value: &[u8]) -> Option<KeyIndexEntry> {
+        body(key, KeyType::KeyIndex)?;
+        if value.len() != 12 || key.len() < HEADER_LEN + 16 + 4 + 8 {
+            return None;
+        }
+        Some(KeyIndexEntry {
+            sequence: u64::from_be_bytes(key[key.len() - 8..].try_into().ok()?),
+            partition: i32::from_be_bytes(value[..4].try_into().ok()?),
+            offset: i64::from_be_bytes(value[4..].try_into().ok()?),
+        })
+    }
+}
+
 /// The smallest key strictly greater than every key starting with `prefix`.
 pub fn prefix_end(prefix: &[u8]) -> Option<Bytes> {
     let mut end = prefix.to_vec();
@@ -510,6 +555,22 @@ mod tests {
         assert!(key.starts_with(&aborted_txn_prefix(3, topic_id, 2)));
         assert_eq!(AbortedTxn::decode(&key, &value), Some(aborted));
         assert_eq!(AbortedTxn::decode(&key, &value[1..]), None);
+    }
+
+    #[test]
+    fn key_index_entries_round_trip_and_keys_never_share_prefixes() {
+        let topic = Uuid::new_v4();
+        let entry = KeyIndexEntry {
+            sequence: 99,
+            partition: 2,
+            offset: 1234,
+        };
+        let (key, value) = entry.encode(5, topic, b"order-1");
+        assert_eq!(KeyIndexEntry::decode(&key, &value), Some(entry));
+        assert!(key.starts_with(&key_index_prefix(5, topic, b"order-1")));
+        assert!(!key.starts_with(&key_index_prefix(5, topic, b"order-")));
+        let (longer, _) = entry.encode(5, topic, b"order-10");
+        assert!(!longer.starts_with(&key_index_prefix(5, topic, b"order-1")));
     }
 
     #[test]

@@ -16,7 +16,7 @@ import pytest
 
 TARGET_DIR = Path(os.environ.get("CARGO_TARGET_DIR", Path.home() / ".cache" / "shale-target"))
 SHALE_BIN = os.environ.get("SHALE_BIN", str(TARGET_DIR / "release" / "shale"))
-READY = re.compile(r"listening on 127\.0\.0\.1:(\d+)")
+READY = re.compile(r"Shale listening on 127\.0\.0\.1:(\d+)")
 
 
 class Broker:

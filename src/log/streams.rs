@@ -1,0 +1,284 @@
+//! Event-store reads over the key logs: one message key's records in a topic (from the key
+//! index), the global log of every append in sequence order, and appends conditional on a
+//! key's version (its record count). Only durable records are returned, as with Fetch.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use kafka_protocol::records::{Record, RecordBatchDecoder};
+use slatedb::IterationOrder;
+use uuid::Uuid;
+
+use super::batch::BatchView;
+use super::read::prefix_range;
+use super::{LogError, LogStore, PartitionAppend, PartitionLog, Topic};
+use crate::storage::keys::{self, BatchKey, KeyIndexEntry, SequenceEntry};
+
+/// One record as the HTTP API shows it.
+#[derive(Debug, Clone)]
+pub struct StreamRecord {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub sequence: u64,
+    pub timestamp: i64,
+    pub key: Option<Bytes>,
+    pub value: Option<Bytes>,
+    pub headers: Vec<(String, Option<Bytes>)>,
+}
+
+/// Where a conditional append landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyAppend {
+    pub partition: i32,
+    pub offset: i64,
+    /// The key's version after the append.
+    pub version: u64,
+}
+
+fn stream_record(topic: &str, partition: i32, sequence: u64, record: &Record) -> StreamRecord {
+    StreamRecord {
+        topic: topic.to_string(),
+        partition,
+        offset: record.offset,
+        sequence,
+        timestamp: record.timestamp,
+        key: record.key.clone(),
+        value: record.value.clone(),
+        headers: record
+            .headers
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect(),
+    }
+}
+
+fn decode(batch: &Bytes) -> Result<Vec<Record>, LogError> {
+    let mut buf = batch.clone();
+    RecordBatchDecoder::decode(&mut buf)
+        .map(|set| set.records)
+        .map_err(|e| LogError::Corrupt(format!("stored record batch: {e}")))
+}
+
+impl LogStore {
+    /// A receiver that changes whenever appended records become durable: how key-stream
+    /// and global-log readers wait at the tail.
+    pub fn watch_appends(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.durability.appended()
+    }
+
+    /// Index entries of `key` in `topic`, in sequence order, from position `from`.
+    pub(super) async fn key_entries(
+        &self,
+        topic_id: Uuid,
+        key: &[u8],
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<KeyIndexEntry>, LogError> {
+        let mut entries = Vec::new();
+        let mut position = 0u64;
+        let segments = self.read_segments().of_topic(topic_id);
+        for segment in segments {
+            let prefix = keys::key_index_prefix(segment, topic_id, key);
+            let mut scan = self.db.scan(prefix_range(&prefix)).await?;
+            while let Some(entry) = scan.next().await? {
+                if position >= from {
+                    if entries.len() == limit {
+                        return Ok(entries);
+                    }
+                    entries.push(
+                        KeyIndexEntry::decode(&entry.key, &entry.value)
+                            .ok_or_else(|| LogError::Corrupt("key index entry".into()))?,
+                    );
+                }
+                position += 1;
+            }
+        }
+        Ok(entries)
+    }
+
+    /// How many records `key` has in `topic` (its version), durable or not.
+    pub async fn key_version(&self, topic: &Topic, key: &[u8]) -> Result<u64, LogError> {
+        Ok(self.key_entries(topic.id, key, 0, usize::MAX).await?.len() as u64)
+    }
+
+    /// Durable records of `key` in `topic`, from position `from` (0 is the first).
+    pub async fn key_records(
+        &self,
+        topic: &Topic,
+        key: &[u8],
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<StreamRecord>, LogError> {
+        let entries = self.key_entries(topic.id, key, from, limit).await?;
+        let mut records = Vec::with_capacity(entries.len());
+        let mut batches: HashMap<(i32, i64), Vec<Record>> = HashMap::new();
+        for entry in entries {
+            let Some(partition) = topic.partition(entry.partition) else {
+                continue;
+            };
+            let offsets = self.offsets(partition).await?;
+            if entry.offset >= offsets.high_watermark {
+                break;
+            }
+            if entry.offset < offsets.log_start_offset {
+                continue;
+            }
+            let found = self
+                .record_at(partition, entry.offset, &mut batches)
+                .await?;
+            if let Some(record) = found {
+                records.push(stream_record(
+                    &topic.name,
+                    entry.partition,
+                    entry.sequence,
+                    &record,
+                ));
+            }
+        }
+        Ok(records)
+    }
+
+    /// The record at `offset`, decoding its batch once for neighbouring look-ups.
+    async fn record_at(
+        &self,
+        partition: &PartitionLog,
+        offset: i64,
+        batches: &mut HashMap<(i32, i64), Vec<Record>>,
+    ) -> Result<Option<Record>, LogError> {
+        if let Some(record) = batches.values().flatten().find(|r| r.offset == offset) {
+            return Ok(Some(record.clone()));
+        }
+        let fetched = self
+            .read(partition, offset, 1, super::Isolation::ReadUncommitted)
+            .await?;
+        let Some(view) = BatchView::new(&fetched.records) else {
+            return Ok(None);
+        };
+        let records = decode(&fetched.records)?;
+        let found = records.iter().find(|r| r.offset == offset).cloned();
+        batches.insert((partition.index, view.base_offset()), records);
+        Ok(found)
+    }
+
+    /// Durable records of every topic in global-sequence order, from sequence `from`.
+    pub async fn global_records(
+        &self,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<StreamRecord>, LogError> {
+        let mut entries: Vec<(u32, u64, SequenceEntry)> = Vec::new();
+        let segments = self.read_segments().all();
+        for segment in segments {
+            let prefix = keys::sequence_prefix(segment);
+            let range = prefix_range(&prefix);
+            // The entry holding `from` may start before it.
+            let before = keys::sequence_key(segment, from);
+            let options = LogStore::scan_options(1, IterationOrder::Descending);
+            let mut back = self
+                .db
+                .scan_with_options(range.start.clone()..before.clone(), &options)
+                .await?;
+            let mut found = Vec::new();
+            if let Some(entry) = back.next().await? {
+                found.push(entry);
+            }
+            let mut scan = self.db.scan(before..range.end).await?;
+            while found.len() <= limit {
+                match scan.next().await? {
+                    Some(entry) => found.push(entry),
+                    None => break,
+                }
+            }
+            for entry in found {
+                let first = keys::decode_sequence_key(&entry.key)
+                    .ok_or_else(|| LogError::Corrupt("global sequence key".into()))?;
+                let stored = SequenceEntry::decode(&entry.value)
+                    .ok_or_else(|| LogError::Corrupt("global sequence entry".into()))?;
+                if first + u64::from(stored.record_count) > from {
+                    entries.push((segment, first, stored));
+                }
+            }
+        }
+        entries.sort_by_key(|(_, first, _)| *first);
+        let mut records = Vec::new();
+        for (segment, first, entry) in entries {
+            if records.len() >= limit {
+                break;
+            }
+            let Some(topic) = self.topic_by_id(entry.topic_id) else {
+                continue;
+            };
+            let Some(partition) = topic.partition(entry.partition) else {
+                continue;
+            };
+            let last_offset = entry.base_offset + i64::from(entry.record_count) - 1;
+            if last_offset >= self.offsets(partition).await?.high_watermark {
+                // Not durable yet: the log stops here so readers never skip a record.
+                break;
+            }
+            let key = BatchKey {
+                segment,
+                topic_id: entry.topic_id,
+                partition: entry.partition,
+                last_offset,
+            };
+            let Some(batch) = self.db.get(key.encode()).await? else {
+                continue;
+            };
+            if BatchView::new(&batch).is_some_and(|v| v.is_control()) {
+                continue;
+            }
+            for record in decode(&batch)? {
+                let sequence = first + (record.offset - entry.base_offset) as u64;
+                if sequence >= from && records.len() < limit {
+                    records.push(stream_record(
+                        &topic.name,
+                        entry.partition,
+                        sequence,
+                        &record,
+                    ));
+                }
+            }
+        }
+        Ok(records)
+    }
+
+    /// Appends one keyed batch if the key's version is `expected` (any version when
+    /// `None`), checked under the append lock so that exactly one concurrent writer wins
+    /// each version, Kafka producers included. Returns where it landed once durable.
+    pub async fn append_to_key(
+        &self,
+        topic: &Topic,
+        partition: &Arc<PartitionLog>,
+        key: Bytes,
+        batch: Bytes,
+        expected: Option<u64>,
+    ) -> Result<KeyAppend, LogError> {
+        let append = PartitionAppend {
+            partition: partition.clone(),
+            batches: vec![batch],
+        };
+        let condition = super::KeyCondition {
+            topic_id: topic.id,
+            key,
+            expected,
+        };
+        let (receipt, version) = self.append_if(append, condition).await?;
+        let offset = match receipt.outcomes.first() {
+            Some(super::AppendOutcome::Appended { base_offset }) => *base_offset,
+            _ => {
+                return Err(LogError::Corrupt(
+                    "conditional append was not written".into(),
+                ))
+            }
+        };
+        receipt.durable().await?;
+        Ok(KeyAppend {
+            partition: partition.index,
+            offset,
+            version,
+        })
+    }
+}

@@ -1,0 +1,220 @@
+"""The HTTP/JSON API (`--http`): key streams, the global log and conditional appends over
+the same key logs Kafka clients use, checked against confluent-kafka and kafka-python."""
+
+import base64
+import json
+import re
+import threading
+import time
+import urllib.error
+import urllib.request
+
+from confluent_kafka import Consumer, TopicPartition
+from kafka.partitioner.default import murmur2
+
+from clients import create_topic, produce
+
+HTTP_READY = re.compile(r"HTTP API listening on 127\.0\.0\.1:(\d+)")
+
+
+def http_base(broker):
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        for line in list(broker.lines):
+            match = HTTP_READY.search(line)
+            if match:
+                return f"http://127.0.0.1:{match.group(1)}"
+        time.sleep(0.05)
+    raise AssertionError("no HTTP address in the log:\n" + broker.log())
+
+
+def call(base, method, path, body=None, raw=None, headers=None):
+    """(status, parsed JSON body) of one request."""
+    data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+    request = urllib.request.Request(base + path, data=data, method=method)
+    if body is not None:
+        request.add_header("Content-Type", "application/json")
+    for name, value in (headers or {}).items():
+        request.add_header(name, value)
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read() or b"{}")
+
+
+def http_broker(make_broker, *args):
+    broker = make_broker("--http", "127.0.0.1:0", *args)
+    return broker, http_base(broker)
+
+
+def test_key_streams_and_the_global_log_see_kafka_records(make_broker, topic_name):
+    broker, base = http_broker(make_broker)
+    create_topic(broker.bootstrap, topic_name, partitions=3)
+    sent = [(None, f"k{i % 4}".encode(), f"v{i}".encode(), [("n", str(i).encode())], None) for i in range(40)]
+    reports = produce(broker.bootstrap, topic_name, sent, **{"compression.type": "lz4", "linger.ms": 20})
+    assert all(err is None for *_, err in reports)
+    where = {v: (p, o) for p, o, v, _ in reports}
+
+    for k in range(4):
+        status, body = call(base, "GET", f"/v1/topics/{topic_name}/keys/k{k}/records")
+        assert status == 200
+        values = [r["value"] for r in body["records"]]
+        assert values == [f"v{i}" for i in range(40) if i % 4 == k]
+        for r in body["records"]:
+            assert (r["partition"], r["offset"]) == where[r["value"].encode()]
+            assert r["key"] == f"k{k}" and r["topic"] == topic_name
+            assert r["headers"] == {"n": r["value"][1:]}
+        assert body["next"] == 10
+        assert call(base, "GET", f"/v1/topics/{topic_name}/keys/k{k}/count")[1]["count"] == 10
+
+    # Paging through one key.
+    status, page = call(base, "GET", f"/v1/topics/{topic_name}/keys/k1/records?from=3&limit=4")
+    assert [r["value"] for r in page["records"]] == ["v13", "v17", "v21", "v25"] and page["next"] == 7
+
+    # The global log: every record once, in sequence order, paged.
+    seen, start = [], 0
+    while True:
+        status, body = call(base, "GET", f"/v1/log?from={start}&limit=7")
+        assert status == 200
+        if not body["records"]:
+            break
+        seen.extend(body["records"])
+        start = body["next"]
+    sequences = [r["sequence"] for r in seen]
+    assert sequences == sorted(sequences) and len(set(sequences)) == 40
+    assert sorted(r["value"] for r in seen) == sorted(f"v{i}" for i in range(40))
+    per_partition = {}
+    for r in seen:
+        per_partition.setdefault(r["partition"], []).append(r["offset"])
+    assert all(offsets == sorted(offsets) for offsets in per_partition.values())
+
+
+def test_http_appends_are_kafka_records(make_broker, topic_name):
+    broker, base = http_broker(make_broker)
+    create_topic(broker.bootstrap, topic_name, partitions=4)
+    status, body = call(
+        base, "POST", f"/v1/topics/{topic_name}/keys/order-7/records",
+        {"value": "created", "headers": {"source": "http"}, "expected_version": 0},
+    )
+    assert status == 200 and body["version"] == 1
+    # Kafka's default partitioner (Java's, murmur2) would put the key on the same partition.
+    assert body["partition"] == (murmur2(b"order-7") & 0x7FFFFFFF) % 4
+    consumer = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": "http-check"})
+    consumer.assign([TopicPartition(topic_name, body["partition"], 0)])
+    msg = None
+    deadline = time.monotonic() + 10
+    while msg is None and time.monotonic() < deadline:
+        msg = consumer.poll(0.3)
+    consumer.close()
+    assert (msg.key(), msg.value(), msg.headers(), msg.offset()) == (b"order-7", b"created", [("source", b"http")], 0)
+
+    # base64 for binary values, both ways.
+    blob = bytes(range(256))
+    status, body = call(
+        base, "POST", f"/v1/topics/{topic_name}/keys/order-7/records?encoding=base64",
+        {"value": base64.b64encode(blob).decode()},
+    )
+    assert status == 200 and body["version"] == 2
+    status, body = call(base, "GET", f"/v1/topics/{topic_name}/keys/order-7/records?from=1&encoding=base64")
+    assert base64.b64decode(body["records"][0]["value"]) == blob
+    # A null value is a tombstone.
+    status, body = call(base, "POST", f"/v1/topics/{topic_name}/keys/order-7/records", {"value": None})
+    assert status == 200 and body["version"] == 3
+    assert call(base, "GET", f"/v1/topics/{topic_name}/keys/order-7/records?from=2")[1]["records"][0]["value"] is None
+
+
+def test_conditional_appends_have_one_winner_per_version(make_broker, topic_name):
+    broker, base = http_broker(make_broker)
+    create_topic(broker.bootstrap, topic_name, partitions=2)
+    path = f"/v1/topics/{topic_name}/keys/account-1/records"
+    wins, conflicts = [], []
+    lock = threading.Lock()
+
+    def writer(name):
+        for attempt in range(40):
+            current = call(base, "GET", f"/v1/topics/{topic_name}/keys/account-1/count")[1]["count"]
+            status, body = call(base, "POST", path, {"value": f"{name}-{attempt}", "expected_version": current})
+            with lock:
+                if status == 200:
+                    wins.append((body["version"], f"{name}-{attempt}"))
+                else:
+                    assert status == 409 and body["current_version"] > current, body
+                    conflicts.append(body["current_version"])
+
+    threads = [threading.Thread(target=writer, args=(f"w{i}",)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    versions = sorted(v for v, _ in wins)
+    assert versions == list(range(1, len(wins) + 1)), "exactly one winner per version"
+    assert conflicts, "six writers on one key must collide"
+    stream = call(base, "GET", f"{path}?limit=1000")[1]["records"]
+    assert [r["value"] for r in stream] == [value for _, value in sorted(wins)]
+
+    # A Kafka producer writing the key moves its version too.
+    produce(broker.bootstrap, topic_name, [(None, b"account-1", b"from-kafka", None, None)])
+    status, body = call(base, "POST", path, {"value": "stale", "expected_version": len(wins)})
+    assert status == 409 and body["current_version"] == len(wins) + 1
+
+
+def test_reads_follow_the_tail_and_survive_a_restart(make_broker, topic_name):
+    broker, base = http_broker(make_broker)
+    create_topic(broker.bootstrap, topic_name)
+    call(base, "POST", f"/v1/topics/{topic_name}/keys/k/records", {"value": "one"})
+    result = {}
+
+    def wait_for_second():
+        started = time.monotonic()
+        result["key"] = call(base, "GET", f"/v1/topics/{topic_name}/keys/k/records?from=1&wait_ms=10000")
+        result["key_elapsed"] = time.monotonic() - started
+
+    def wait_on_log():
+        result["log"] = call(base, "GET", "/v1/log?from=1&wait_ms=10000")
+
+    waiters = [threading.Thread(target=wait_for_second), threading.Thread(target=wait_on_log)]
+    for w in waiters:
+        w.start()
+    time.sleep(0.5)
+    produce(broker.bootstrap, topic_name, [(0, b"k", b"two", None, None)])
+    for w in waiters:
+        w.join()
+    assert [r["value"] for r in result["key"][1]["records"]] == ["two"]
+    assert result["key_elapsed"] < 5
+    assert [r["value"] for r in result["log"][1]["records"]] == ["two"]
+    # Nothing new: an empty answer after wait_ms.
+    started = time.monotonic()
+    assert call(base, "GET", f"/v1/topics/{topic_name}/keys/k/records?from=2&wait_ms=300")[1]["records"] == []
+    assert time.monotonic() - started >= 0.3
+
+    broker.kill()
+    broker.restart()
+    base = http_base(broker)
+    status, body = call(base, "GET", f"/v1/topics/{topic_name}/keys/k/records")
+    assert [r["value"] for r in body["records"]] == ["one", "two"]
+    assert call(base, "POST", f"/v1/topics/{topic_name}/keys/k/records", {"value": "three", "expected_version": 2})[1]["version"] == 3
+
+
+def test_bad_requests_get_json_errors(make_broker, topic_name):
+    broker, base = http_broker(make_broker)
+    create_topic(broker.bootstrap, topic_name)
+    create_topic(broker.bootstrap, topic_name + "-plain", config={"shale.key.index": "false"})
+    path = f"/v1/topics/{topic_name}/keys/k/records"
+    assert call(base, "GET", "/v1/nowhere")[0] == 404
+    assert call(base, "GET", "/v1/topics/no-such-topic/keys/k/records")[0] == 404
+    assert call(base, "GET", f"/v1/topics/{topic_name}-plain/keys/k/records")[0] == 400
+    assert call(base, "GET", f"{path}?limit=0")[0] == 400
+    assert call(base, "GET", f"{path}?from=-1")[0] == 400
+    assert call(base, "GET", f"{path}?encoding=rot13")[0] == 400
+    for bad in [b"{", b"[1,2]", b'"text"', b'{"value": 5}', b'{"value": "x", "expected_version": -1}',
+                b'{"value": "x", "headers": [1]}', b'{"valeu": "x"}']:
+        status, body = call(base, "POST", path, raw=bad, headers={"Content-Type": "application/json"})
+        assert 400 <= status < 500 and "error" in body, (bad, status, body)
+    status, body = call(base, "POST", f"{path}?encoding=base64", {"value": "***"})
+    assert status == 400 and "base64" in body["error"]
+    huge = json.dumps({"value": "x" * (3 << 20)}).encode()
+    assert call(base, "POST", path, raw=huge, headers={"Content-Type": "application/json"})[0] == 413
+    # Nothing was half-written.
+    assert call(base, "GET", f"/v1/topics/{topic_name}/keys/k/count")[1]["count"] == 0
+    assert broker.running()
