@@ -98,6 +98,54 @@ impl<'a> BatchView<'a> {
     }
 }
 
+/// The keys of an uncompressed batch's records, as `(offset delta, key)`, read straight
+/// from the record encoding without decoding values or headers: the key index's fast path.
+/// `None` for a compressed batch (or a malformed one), which callers decode in full.
+pub fn record_keys(batch: &Bytes) -> Option<Vec<(i64, Option<Bytes>)>> {
+    let view = BatchView::new(batch)?;
+    if view.attributes() & 0x07 != 0 {
+        return None;
+    }
+    let mut keys = Vec::with_capacity(view.record_count().max(0) as usize);
+    let mut at = HEADER_LEN;
+    for _ in 0..view.record_count() {
+        let (length, after_length) = varint(batch, at)?;
+        let end = after_length.checked_add(usize::try_from(length).ok()?)?;
+        if end > batch.len() {
+            return None;
+        }
+        let mut cursor = after_length + 1; // attributes
+        let (_timestamp_delta, next) = varint(batch, cursor)?;
+        let (offset_delta, next) = varint(batch, next)?;
+        let (key_length, next) = varint(batch, next)?;
+        cursor = next;
+        let key = match key_length {
+            -1 => None,
+            n if n >= 0 && cursor + n as usize <= end => {
+                Some(batch.slice(cursor..cursor + n as usize))
+            }
+            _ => return None,
+        };
+        keys.push((offset_delta, key));
+        at = end;
+    }
+    Some(keys)
+}
+
+/// A zigzag varint (Kafka's record fields) at `at`: its value and the position after it.
+fn varint(bytes: &[u8], mut at: usize) -> Option<(i64, usize)> {
+    let mut raw: u64 = 0;
+    for shift in (0..64).step_by(7) {
+        let byte = *bytes.get(at)?;
+        at += 1;
+        raw |= u64::from(byte & 0x7f) << shift;
+        if byte & 0x80 == 0 {
+            return Some((((raw >> 1) as i64) ^ -((raw & 1) as i64), at));
+        }
+    }
+    None
+}
+
 /// A transaction marker: the control batch that ends a producer's transaction on one
 /// partition. Its one record has key `version i16 = 0 | type i16` (0 abort, 1 commit) and
 /// value `version i16 = 0 | coordinator epoch i32`, as Kafka's consumers expect.
@@ -307,6 +355,24 @@ pub(crate) mod tests {
             })
         );
         assert!(split_and_validate(&Bytes::new(), 1 << 20).is_err());
+    }
+
+    #[test]
+    fn record_keys_match_the_decoder_and_compressed_batches_fall_back() {
+        let batch = encode_batch(&["a", "bb", "ccc"], Compression::None);
+        let keys = record_keys(&batch).unwrap();
+        assert_eq!(
+            keys,
+            vec![
+                (0, Some(Bytes::from("k0"))),
+                (1, Some(Bytes::from("k1"))),
+                (2, Some(Bytes::from("k2")))
+            ]
+        );
+        assert_eq!(record_keys(&encode_batch(&["a"], Compression::Lz4)), None);
+        assert_eq!(record_keys(&batch.slice(..batch.len() - 2)), None);
+        assert_eq!(varint(&[0x01], 0), Some((-1, 1)));
+        assert_eq!(varint(&[0xac, 0x02], 0), Some((150, 2)));
     }
 
     #[test]

@@ -719,18 +719,29 @@ fn index_record_keys(
     first_sequence: u64,
     puts: &mut Vec<(Bytes, Bytes)>,
 ) -> Result<(), LogError> {
-    let mut buf = stored.clone();
-    let decoded = RecordBatchDecoder::decode(&mut buf)
-        .map_err(|e| LogError::Corrupt(format!("record batch to index: {e}")))?;
+    let keys = match batch::record_keys(stored) {
+        Some(keys) => keys,
+        None => {
+            let mut buf = stored.clone();
+            let decoded = RecordBatchDecoder::decode(&mut buf)
+                .map_err(|e| LogError::Corrupt(format!("record batch to index: {e}")))?;
+            let base_offset = BatchView::new(stored).map_or(0, |v| v.base_offset());
+            decoded
+                .records
+                .into_iter()
+                .map(|r| (r.offset - base_offset, r.key))
+                .collect()
+        }
+    };
     let base_offset = BatchView::new(stored).map_or(0, |v| v.base_offset());
-    for record in &decoded.records {
-        if let Some(key) = &record.key {
+    for (delta, key) in keys {
+        if let Some(key) = key {
             let entry = KeyIndexEntry {
-                sequence: first_sequence + (record.offset - base_offset) as u64,
+                sequence: first_sequence + delta as u64,
                 partition,
-                offset: record.offset,
+                offset: base_offset + delta,
             };
-            puts.push(entry.encode(segment, topic_id, key));
+            puts.push(entry.encode(segment, topic_id, &key));
         }
     }
     Ok(())
