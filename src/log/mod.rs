@@ -733,15 +733,19 @@ fn index_record_keys(
                 .collect()
         }
     };
-    let base_offset = BatchView::new(stored).map_or(0, |v| v.base_offset());
+    let Some(view) = BatchView::new(stored) else {
+        return Ok(());
+    };
     for (delta, key) in keys {
         if let Some(key) = key {
             let entry = KeyIndexEntry {
+                segment,
                 sequence: first_sequence + delta as u64,
                 partition,
-                offset: base_offset + delta,
+                offset: view.base_offset() + delta,
+                batch_last_offset: view.last_offset(),
             };
-            puts.push(entry.encode(segment, topic_id, &key));
+            puts.push(entry.encode(topic_id, &key));
         }
     }
     Ok(())

@@ -237,7 +237,8 @@ impl LogStore {
             let Some(stats) = stats.as_ref().filter(|_| *sealed) else {
                 break;
             };
-            let expired = policy.retention_ms >= 0
+            let expired = policy.delete
+                && policy.retention_ms >= 0
                 && stats.max_timestamp < now.saturating_sub(policy.retention_ms);
             let later_bytes = |partition: i32| -> u64 {
                 chain[index + 1..]
@@ -246,7 +247,8 @@ impl LogStore {
                     .map(|span| span.bytes)
                     .sum()
             };
-            let oversized = policy.retention_bytes >= 0
+            let oversized = policy.delete
+                && policy.retention_bytes >= 0
                 && stats
                     .partitions
                     .keys()

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
 use kafka_protocol::records::{Record, RecordBatchDecoder};
 use slatedb::IterationOrder;
 use uuid::Uuid;
@@ -14,6 +15,9 @@ use super::batch::BatchView;
 use super::read::prefix_range;
 use super::{LogError, LogStore, PartitionAppend, PartitionLog, Topic};
 use crate::storage::keys::{self, BatchKey, KeyIndexEntry, SequenceEntry};
+
+/// Batch look-ups a key-stream read keeps in flight.
+const CONCURRENT_LOOKUPS: usize = 16;
 
 /// One record as the HTTP API shows it.
 #[derive(Debug, Clone)]
@@ -111,10 +115,8 @@ impl LogStore {
         from: u64,
         limit: usize,
     ) -> Result<Vec<StreamRecord>, LogError> {
-        let entries = self.key_entries(topic.id, key, from, limit).await?;
-        let mut records = Vec::with_capacity(entries.len());
-        let mut batches: HashMap<(i32, i64), Vec<Record>> = HashMap::new();
-        for entry in entries {
+        let mut entries = Vec::new();
+        for entry in self.key_entries(topic.id, key, from, limit).await? {
             let Some(partition) = topic.partition(entry.partition) else {
                 continue;
             };
@@ -122,44 +124,57 @@ impl LogStore {
             if entry.offset >= offsets.high_watermark {
                 break;
             }
-            if entry.offset < offsets.log_start_offset {
-                continue;
+            if entry.offset >= offsets.log_start_offset {
+                entries.push(entry);
             }
-            let found = self
-                .record_at(partition, entry.offset, &mut batches)
-                .await?;
-            if let Some(record) = found {
-                records.push(stream_record(
+        }
+        // One point look-up per batch, several in flight: the entries name their batches.
+        let mut wanted: Vec<(u32, i32, i64)> = entries
+            .iter()
+            .map(|e| (e.segment, e.partition, e.batch_last_offset))
+            .collect();
+        wanted.dedup();
+        let lookups: Vec<_> = wanted
+            .iter()
+            .map(|&(segment, partition, last_offset)| {
+                let key = BatchKey {
+                    segment,
+                    topic_id: topic.id,
+                    partition,
+                    last_offset,
+                };
+                self.batch_records(key.encode())
+            })
+            .collect();
+        let fetched: Vec<Vec<Record>> = futures::stream::iter(lookups)
+            .buffered(CONCURRENT_LOOKUPS)
+            .try_collect()
+            .await?;
+        let batches: HashMap<(u32, i32, i64), Vec<Record>> =
+            wanted.into_iter().zip(fetched).collect();
+        let records = entries
+            .iter()
+            .filter_map(|entry| {
+                let batch = &batches[&(entry.segment, entry.partition, entry.batch_last_offset)];
+                // Gone when compaction removed the record.
+                let record = batch.iter().find(|r| r.offset == entry.offset)?;
+                Some(stream_record(
                     &topic.name,
                     entry.partition,
                     entry.sequence,
-                    &record,
-                ));
-            }
-        }
+                    record,
+                ))
+            })
+            .collect();
         Ok(records)
     }
 
-    /// The record at `offset`, decoding its batch once for neighbouring look-ups.
-    async fn record_at(
-        &self,
-        partition: &PartitionLog,
-        offset: i64,
-        batches: &mut HashMap<(i32, i64), Vec<Record>>,
-    ) -> Result<Option<Record>, LogError> {
-        if let Some(record) = batches.values().flatten().find(|r| r.offset == offset) {
-            return Ok(Some(record.clone()));
+    /// The records of the batch stored under `key` (none if compaction removed it).
+    async fn batch_records(&self, key: Bytes) -> Result<Vec<Record>, LogError> {
+        match self.db.get(key).await? {
+            Some(batch) => decode(&batch),
+            None => Ok(Vec::new()),
         }
-        let fetched = self
-            .read(partition, offset, 1, super::Isolation::ReadUncommitted)
-            .await?;
-        let Some(view) = BatchView::new(&fetched.records) else {
-            return Ok(None);
-        };
-        let records = decode(&fetched.records)?;
-        let found = records.iter().find(|r| r.offset == offset).cloned();
-        batches.insert((partition.index, view.base_offset()), records);
-        Ok(found)
     }
 
     /// Durable records of every topic in global-sequence order, from sequence `from`.

@@ -35,10 +35,21 @@ pub struct TopicPolicy {
     pub retention_bytes: i64,
     /// `cleanup.policy` includes `compact`.
     pub compact: bool,
+    /// `cleanup.policy` includes `delete` (the default): time and size retention apply.
+    pub delete: bool,
     /// `delete.retention.ms`: how long compaction keeps a tombstone.
     pub delete_retention_ms: i64,
     /// `shale.key.index`: records are indexed by message key as they are appended.
     pub key_index: bool,
+}
+
+/// The `cleanup.policy` values set on a topic (Kafka's default: `delete`).
+fn cleanup_policy(configs: &BTreeMap<String, String>) -> impl Iterator<Item = &str> {
+    configs
+        .get("cleanup.policy")
+        .map_or("delete", String::as_str)
+        .split(',')
+        .map(str::trim)
 }
 
 impl TopicPolicy {
@@ -56,9 +67,8 @@ impl TopicPolicy {
             },
             retention_ms: number("retention.ms", defaults.retention_ms),
             retention_bytes: number("retention.bytes", defaults.retention_bytes),
-            compact: configs
-                .get("cleanup.policy")
-                .is_some_and(|p| p.split(',').any(|p| p.trim() == "compact")),
+            compact: cleanup_policy(configs).any(|p| p == "compact"),
+            delete: cleanup_policy(configs).any(|p| p == "delete"),
             delete_retention_ms: number("delete.retention.ms", 86_400_000),
             key_index: !configs
                 .get("shale.key.index")
@@ -127,6 +137,15 @@ mod tests {
         let topic = Topic::from_record(back, &defaults);
         assert_eq!(topic.policy.retention_ms, 1000);
         assert_eq!(topic.policy.retention_bytes, defaults.retention_bytes);
+        assert!(topic.policy.delete && !topic.policy.compact && topic.policy.key_index);
+        let policy = |value: &str| {
+            let configs = BTreeMap::from([("cleanup.policy".to_string(), value.to_string())]);
+            let policy = TopicPolicy::from_configs(&configs, &defaults);
+            (policy.compact, policy.delete)
+        };
+        assert_eq!(policy("compact"), (true, false));
+        assert_eq!(policy("compact, delete"), (true, true));
+        assert_eq!(policy("delete"), (false, true));
         assert_eq!(topic.partitions.len(), 3);
         assert_eq!(topic.partition(2).unwrap().index, 2);
         assert!(topic.partition(3).is_none());

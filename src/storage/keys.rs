@@ -403,31 +403,40 @@ pub fn key_index_prefix(segment: u32, topic_id: Uuid, key: &[u8]) -> BytesMut {
 /// Where one record of a message key is: an index entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KeyIndexEntry {
+    /// The segment holding the entry, and so the record's batch.
+    pub segment: u32,
     pub sequence: u64,
     pub partition: i32,
     pub offset: i64,
+    /// The last offset of the record's batch: with the segment, the batch's key, so a
+    /// key-stream read is a point look-up per batch.
+    pub batch_last_offset: i64,
 }
 
 impl KeyIndexEntry {
-    /// Key `key_index_prefix | sequence u64`; value `partition u32 | offset u64`.
-    pub fn encode(&self, segment: u32, topic_id: Uuid, key: &[u8]) -> (Bytes, Bytes) {
-        let mut index_key = key_index_prefix(segment, topic_id, key);
+    /// Key `key_index_prefix | sequence u64`; value `partition u32 | offset u64 | batch
+    /// last offset u64`.
+    pub fn encode(&self, topic_id: Uuid, key: &[u8]) -> (Bytes, Bytes) {
+        let mut index_key = key_index_prefix(self.segment, topic_id, key);
         index_key.put_u64(self.sequence);
-        let mut value = BytesMut::with_capacity(12);
+        let mut value = BytesMut::with_capacity(20);
         value.put_u32(self.partition as u32);
         value.put_u64(self.offset as u64);
+        value.put_u64(self.batch_last_offset as u64);
         (index_key.freeze(), value.freeze())
     }
 
     pub fn decode(key: &[u8], value: &[u8]) -> Option<KeyIndexEntry> {
         body(key, KeyType::KeyIndex)?;
-        if value.len() != 12 || key.len() < HEADER_LEN + 16 + 4 + 8 {
+        if value.len() != 20 || key.len() < HEADER_LEN + 16 + 4 + 8 {
             return None;
         }
         Some(KeyIndexEntry {
+            segment: segment_of(key)?,
             sequence: u64::from_be_bytes(key[key.len() - 8..].try_into().ok()?),
             partition: i32::from_be_bytes(value[..4].try_into().ok()?),
-            offset: i64::from_be_bytes(value[4..].try_into().ok()?),
+            offset: i64::from_be_bytes(value[4..12].try_into().ok()?),
+            batch_last_offset: i64::from_be_bytes(value[12..].try_into().ok()?),
         })
     }
 }
@@ -561,15 +570,17 @@ mod tests {
     fn key_index_entries_round_trip_and_keys_never_share_prefixes() {
         let topic = Uuid::new_v4();
         let entry = KeyIndexEntry {
+            segment: 5,
             sequence: 99,
             partition: 2,
             offset: 1234,
+            batch_last_offset: 1240,
         };
-        let (key, value) = entry.encode(5, topic, b"order-1");
+        let (key, value) = entry.encode(topic, b"order-1");
         assert_eq!(KeyIndexEntry::decode(&key, &value), Some(entry));
         assert!(key.starts_with(&key_index_prefix(5, topic, b"order-1")));
         assert!(!key.starts_with(&key_index_prefix(5, topic, b"order-")));
-        let (longer, _) = entry.encode(5, topic, b"order-10");
+        let (longer, _) = entry.encode(topic, b"order-10");
         assert!(!longer.starts_with(&key_index_prefix(5, topic, b"order-1")));
     }
 
