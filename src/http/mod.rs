@@ -7,6 +7,10 @@
 //! - `POST /v1/topics/{topic}/keys/{key}/records`: append, optionally if the key's version is
 //!   `expected_version` (409 with the current version otherwise)
 //! - `GET /v1/log?from=&limit=&wait_ms=`: every topic's records in global-sequence order
+//! - `GET /v1/topics/{topic}/count?partition=&since_ms=&until_ms=`: records in a topic or
+//!   partition, optionally in a time range
+//!
+//! Reads take `since_ms`/`until_ms` to keep only records with timestamps in that range.
 
 mod murmur2;
 
@@ -30,7 +34,7 @@ use serde_json::{json, Value};
 use tokio::net::TcpListener;
 
 use crate::broker::Broker;
-use crate::log::streams::StreamRecord;
+use crate::log::streams::{StreamPage, StreamRecord};
 use crate::log::{now_ms, LogError, Topic};
 
 /// Largest request body: one record of up to Kafka's default `max.message.bytes`, as JSON.
@@ -48,6 +52,7 @@ pub async fn serve(broker: Arc<Broker>, listener: TcpListener) -> std::io::Resul
             get(key_records).post(append),
         )
         .route("/v1/topics/{topic}/keys/{key}/count", get(key_count))
+        .route("/v1/topics/{topic}/count", get(topic_count))
         .route("/v1/log", get(global_log))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint") })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
@@ -102,6 +107,33 @@ struct ReadParams {
     #[serde(default)]
     wait_ms: u64,
     encoding: Option<String>,
+    since_ms: Option<i64>,
+    until_ms: Option<i64>,
+}
+
+#[derive(Debug, Deserialize)]
+struct CountParams {
+    since_ms: Option<i64>,
+    until_ms: Option<i64>,
+    partition: Option<i32>,
+}
+
+/// Record timestamps from `since_ms` (inclusive) to `until_ms` (exclusive).
+#[derive(Debug, Default, Clone, Copy)]
+struct TimeRange {
+    since_ms: Option<i64>,
+    until_ms: Option<i64>,
+}
+
+impl TimeRange {
+    fn contains(&self, timestamp: i64) -> bool {
+        self.since_ms.is_none_or(|since| timestamp >= since)
+            && self.until_ms.is_none_or(|until| timestamp < until)
+    }
+
+    fn is_set(&self) -> bool {
+        self.since_ms.is_some() || self.until_ms.is_some()
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -209,26 +241,38 @@ async fn read_waiting<F, Fut>(
     broker: &Broker,
     wait_ms: u64,
     read: F,
-) -> Result<Vec<StreamRecord>, ApiError>
+) -> Result<StreamPage, ApiError>
 where
     F: Fn() -> Fut,
-    Fut: std::future::Future<Output = Result<Vec<StreamRecord>, LogError>>,
+    Fut: std::future::Future<Output = Result<StreamPage, LogError>>,
 {
     let deadline = tokio::time::Instant::now() + Duration::from_millis(wait_ms.min(MAX_WAIT_MS));
     let mut appended = broker.log.watch_appends();
     loop {
         appended.borrow_and_update();
-        let records = read().await?;
-        if !records.is_empty() || tokio::time::Instant::now() >= deadline {
-            return Ok(records);
+        let page = read().await?;
+        if !page.records.is_empty() || tokio::time::Instant::now() >= deadline {
+            return Ok(page);
         }
         if tokio::time::timeout_at(deadline, appended.changed())
             .await
             .is_err()
         {
-            return Ok(records);
+            return Ok(page);
         }
     }
+}
+
+/// A page as JSON, keeping only records in the time range (`next` still moves past the
+/// others, so paging goes on).
+fn page_json(page: StreamPage, time: TimeRange, encoding: Encoding) -> Json<Value> {
+    let records: Vec<Value> = page
+        .records
+        .iter()
+        .filter(|r| time.contains(r.timestamp))
+        .map(|r| record_json(r, encoding))
+        .collect();
+    Json(json!({ "records": records, "next": page.next }))
 }
 
 async fn key_records(
@@ -241,26 +285,112 @@ async fn key_records(
     let encoding = Encoding::parse(params.encoding.as_deref())?;
     let limit = limit(&params)?;
     let topic = indexed_topic(&broker, &topic)?;
-    let records = read_waiting(&broker, params.wait_ms, || {
+    let page = read_waiting(&broker, params.wait_ms, || {
         broker
             .log
             .key_records(&topic, key.as_bytes(), params.from, limit)
     })
     .await?;
-    let next = params.from + records.len() as u64;
-    let records: Vec<Value> = records.iter().map(|r| record_json(r, encoding)).collect();
-    Ok(Json(json!({ "records": records, "next": next })))
+    Ok(page_json(page, time_range(&params), encoding))
 }
 
+fn time_range(params: &ReadParams) -> TimeRange {
+    TimeRange {
+        since_ms: params.since_ms,
+        until_ms: params.until_ms,
+    }
+}
+
+/// A key's version (its record count), or with `since_ms`/`until_ms` how many of its
+/// records have timestamps in that range (which reads them).
 async fn key_count(
     State(broker): State<Arc<Broker>>,
     path: Result<Path<(String, String)>, PathRejection>,
+    params: Result<Query<CountParams>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let Path((topic, key)) = path.map_err(|e| ApiError::new(e.status(), e.body_text()))?;
+    let Query(params) = params.map_err(|e| ApiError::new(e.status(), e.body_text()))?;
     let topic = indexed_topic(&broker, &topic)?;
-    let count = broker.log.key_version(&topic, key.as_bytes()).await?;
+    let time = TimeRange {
+        since_ms: params.since_ms,
+        until_ms: params.until_ms,
+    };
+    let count = if time.is_set() {
+        let mut count = 0u64;
+        let mut from = 0;
+        loop {
+            let page = broker
+                .log
+                .key_records(&topic, key.as_bytes(), from, MAX_LIMIT)
+                .await?;
+            count += page
+                .records
+                .iter()
+                .filter(|r| time.contains(r.timestamp))
+                .count() as u64;
+            if page.next == from {
+                break;
+            }
+            from = page.next;
+        }
+        count
+    } else {
+        broker.log.key_version(&topic, key.as_bytes()).await?
+    };
     Ok(Json(
         json!({ "topic": topic.name, "key": key, "count": count }),
+    ))
+}
+
+/// Records in a topic (or one `partition`), optionally with timestamps in a range: offsets
+/// from the log start (or the first record at `since_ms`) to the high watermark (or the
+/// first record at `until_ms`), found from batch headers without reading records.
+async fn topic_count(
+    State(broker): State<Arc<Broker>>,
+    path: Result<Path<String>, PathRejection>,
+    params: Result<Query<CountParams>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Path(name) = path.map_err(|e| ApiError::new(e.status(), e.body_text()))?;
+    let Query(params) = params.map_err(|e| ApiError::new(e.status(), e.body_text()))?;
+    let topic = broker
+        .log
+        .topic(&name)
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("unknown topic {name:?}")))?;
+    let partitions: Vec<_> = match params.partition {
+        Some(index) => vec![topic.partition(index).cloned().ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("no partition {index} in {name:?}"),
+            )
+        })?],
+        None => topic.partitions.clone(),
+    };
+    let mut counts = serde_json::Map::new();
+    let mut total = 0i64;
+    for partition in partitions {
+        let offsets = broker.log.offsets(&partition).await?;
+        let at = |timestamp: Option<i64>, default: i64| {
+            let broker = &broker;
+            let partition = &partition;
+            async move {
+                match timestamp {
+                    None => Ok::<i64, LogError>(default),
+                    Some(ts) => Ok(broker
+                        .log
+                        .offset_for_timestamp(partition, ts)
+                        .await?
+                        .map_or(offsets.high_watermark, |(offset, _)| offset)),
+                }
+            }
+        };
+        let start = at(params.since_ms, offsets.log_start_offset).await?;
+        let end = at(params.until_ms, offsets.high_watermark).await?;
+        let count = (end - start).max(0);
+        total += count;
+        counts.insert(partition.index.to_string(), json!(count));
+    }
+    Ok(Json(
+        json!({ "topic": topic.name, "count": total, "partitions": counts }),
     ))
 }
 
@@ -271,13 +401,11 @@ async fn global_log(
     let Query(params) = params.map_err(|e| ApiError::new(e.status(), e.body_text()))?;
     let encoding = Encoding::parse(params.encoding.as_deref())?;
     let limit = limit(&params)?;
-    let records = read_waiting(&broker, params.wait_ms, || {
+    let page = read_waiting(&broker, params.wait_ms, || {
         broker.log.global_records(params.from, limit)
     })
     .await?;
-    let next = records.last().map_or(params.from, |r| r.sequence + 1);
-    let records: Vec<Value> = records.iter().map(|r| record_json(r, encoding)).collect();
-    Ok(Json(json!({ "records": records, "next": next })))
+    Ok(page_json(page, time_range(&params), encoding))
 }
 
 async fn append(

@@ -32,6 +32,16 @@ pub struct StreamRecord {
     pub headers: Vec<(String, Option<Bytes>)>,
 }
 
+/// A page of a key stream or of the global log, and where the next page starts.
+#[derive(Debug, Clone)]
+pub struct StreamPage {
+    pub records: Vec<StreamRecord>,
+    /// For a key stream, the position after the last index entry read (records that
+    /// compaction removed are skipped but counted); for the global log, the sequence after
+    /// the last record.
+    pub next: u64,
+}
+
 /// Where a conditional append landed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KeyAppend {
@@ -114,7 +124,7 @@ impl LogStore {
         key: &[u8],
         from: u64,
         limit: usize,
-    ) -> Result<Vec<StreamRecord>, LogError> {
+    ) -> Result<StreamPage, LogError> {
         let mut entries = Vec::new();
         for entry in self.key_entries(topic.id, key, from, limit).await? {
             let Some(partition) = topic.partition(entry.partition) else {
@@ -152,6 +162,7 @@ impl LogStore {
             .await?;
         let batches: HashMap<(u32, i32, i64), Vec<Record>> =
             wanted.into_iter().zip(fetched).collect();
+        let next = from + entries.len() as u64;
         let records = entries
             .iter()
             .filter_map(|entry| {
@@ -166,7 +177,7 @@ impl LogStore {
                 ))
             })
             .collect();
-        Ok(records)
+        Ok(StreamPage { records, next })
     }
 
     /// The records of the batch stored under `key` (none if compaction removed it).
@@ -178,11 +189,7 @@ impl LogStore {
     }
 
     /// Durable records of every topic in global-sequence order, from sequence `from`.
-    pub async fn global_records(
-        &self,
-        from: u64,
-        limit: usize,
-    ) -> Result<Vec<StreamRecord>, LogError> {
+    pub async fn global_records(&self, from: u64, limit: usize) -> Result<StreamPage, LogError> {
         let mut entries: Vec<(u32, u64, SequenceEntry)> = Vec::new();
         let segments = self.read_segments().all();
         for segment in segments {
@@ -257,7 +264,10 @@ impl LogStore {
                 }
             }
         }
-        Ok(records)
+        let next = records
+            .last()
+            .map_or(from, |r: &StreamRecord| r.sequence + 1);
+        Ok(StreamPage { records, next })
     }
 
     /// Appends one keyed batch if the key's version is `expected` (any version when

@@ -218,3 +218,28 @@ def test_bad_requests_get_json_errors(make_broker, topic_name):
     # Nothing was half-written.
     assert call(base, "GET", f"/v1/topics/{topic_name}/keys/k/count")[1]["count"] == 0
     assert broker.running()
+
+
+def test_counts_and_time_ranges(make_broker, topic_name):
+    broker, base = http_broker(make_broker)
+    create_topic(broker.bootstrap, topic_name, partitions=2)
+    start = 1_700_000_000_000
+    sent = [(i % 2, f"k{i % 2}".encode(), f"v{i}".encode(), None, start + i * 1000) for i in range(20)]
+    assert all(err is None for *_, err in produce(broker.bootstrap, topic_name, sent))
+    window = f"since_ms={start + 5000}&until_ms={start + 15000}"
+
+    status, body = call(base, "GET", f"/v1/topics/{topic_name}/count")
+    assert status == 200 and body["count"] == 20 and body["partitions"] == {"0": 10, "1": 10}
+    assert call(base, "GET", f"/v1/topics/{topic_name}/count?partition=1")[1]["count"] == 10
+    assert call(base, "GET", f"/v1/topics/{topic_name}/count?{window}")[1]["count"] == 10
+    assert call(base, "GET", f"/v1/topics/{topic_name}/count?partition=0&{window}")[1]["count"] == 5
+    assert call(base, "GET", f"/v1/topics/{topic_name}/count?partition=7")[0] == 404
+
+    assert call(base, "GET", f"/v1/topics/{topic_name}/keys/k0/count")[1]["count"] == 10
+    assert call(base, "GET", f"/v1/topics/{topic_name}/keys/k0/count?{window}")[1]["count"] == 5
+    status, body = call(base, "GET", f"/v1/topics/{topic_name}/keys/k0/records?{window}")
+    assert [r["value"] for r in body["records"]] == ["v6", "v8", "v10", "v12", "v14"]
+    assert [r["timestamp"] for r in body["records"]] == [start + i * 1000 for i in (6, 8, 10, 12, 14)]
+    assert body["next"] == 10  # paging moves past the records outside the range
+    status, body = call(base, "GET", f"/v1/log?{window}&limit=1000")
+    assert sorted(int(r["value"][1:]) for r in body["records"]) == list(range(5, 15))
