@@ -17,6 +17,7 @@ mod delete_topics;
 mod describe_cluster;
 mod describe_configs;
 mod describe_groups;
+mod describe_log_dirs;
 mod describe_producers;
 mod describe_transactions;
 mod end_txn;
@@ -128,6 +129,9 @@ impl Broker {
             RequestKind::IncrementalAlterConfigs(r) => ResponseKind::IncrementalAlterConfigs(
                 incremental_alter_configs::handle(self, r).await,
             ),
+            RequestKind::DescribeLogDirs(r) => {
+                ResponseKind::DescribeLogDirs(describe_log_dirs::handle(self, r))
+            }
             RequestKind::DescribeCluster(_) => {
                 ResponseKind::DescribeCluster(describe_cluster::handle(self))
             }

@@ -433,6 +433,12 @@ impl LogStore {
         Ok(state.log_start_offset())
     }
 
+    /// A partition's stored size in bytes (see `Segments::partition_bytes`).
+    pub fn partition_bytes(&self, partition: &PartitionLog) -> u64 {
+        self.read_segments()
+            .partition_bytes(partition.topic_id, partition.index)
+    }
+
     /// The producers with state on a partition, by producer id.
     pub async fn producers(
         &self,
@@ -587,11 +593,11 @@ impl LogStore {
             let _ = done.send(());
             return Ok((AppendReceipt { outcomes, durable }, version));
         }
-        let appended: Vec<(Uuid, u64)> = appends
+        let appended: Vec<(Uuid, i32, u64)> = appends
             .iter()
             .map(|(a, _)| {
                 let bytes = a.batches.iter().map(|b| b.len() as u64).sum();
-                (a.partition.topic_id, bytes)
+                (a.partition.topic_id, a.partition.index, bytes)
             })
             .collect();
         let handle = self.db.write(write).await?;
@@ -600,8 +606,8 @@ impl LogStore {
             for (topic_id, id, record) in rolled {
                 segments.push(topic_id, id, record);
             }
-            for (topic_id, bytes) in appended {
-                segments.add_appended(topic_id, targets[&topic_id], bytes);
+            for (topic_id, partition, bytes) in appended {
+                segments.add_appended(topic_id, targets[&topic_id], partition, bytes);
             }
         }
         guard.next_sequence = sequence;

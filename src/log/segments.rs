@@ -55,6 +55,8 @@ pub(super) struct Segment {
     /// Bytes appended since the broker started (the roll-by-size check; a restart resets
     /// it, so a segment may grow past `segment.bytes` once).
     pub appended_bytes: u64,
+    /// The same per partition, for partition sizes until the segment's stats exist.
+    pub appended_by_partition: HashMap<i32, u64>,
 }
 
 /// All segments of a store.
@@ -81,6 +83,7 @@ impl Segments {
                     id,
                     record,
                     appended_bytes: 0,
+                    appended_by_partition: HashMap::new(),
                 }),
             }
         }
@@ -127,18 +130,39 @@ impl Segments {
             id,
             record,
             appended_bytes: 0,
+            appended_by_partition: HashMap::new(),
         });
         self.next_id = self.next_id.max(id + 1);
     }
 
-    pub fn add_appended(&mut self, topic_id: Uuid, id: u32, bytes: u64) {
+    pub fn add_appended(&mut self, topic_id: Uuid, id: u32, partition: i32, bytes: u64) {
         if let Some(segment) = self
             .chains
             .get_mut(&topic_id)
             .and_then(|c| c.iter_mut().rev().find(|s| s.id == id))
         {
             segment.appended_bytes += bytes;
+            *segment.appended_by_partition.entry(partition).or_default() += bytes;
         }
+    }
+
+    /// A partition's stored bytes: sealed segments' stats, and what was appended since
+    /// start to segments without stats yet (so it undercounts an active segment after a
+    /// restart).
+    pub fn partition_bytes(&self, topic_id: Uuid, partition: i32) -> u64 {
+        self.chains
+            .get(&topic_id)
+            .into_iter()
+            .flatten()
+            .map(|s| match &s.record.stats {
+                Some(stats) => stats.partitions.get(&partition).map_or(0, |p| p.bytes),
+                None => s
+                    .appended_by_partition
+                    .get(&partition)
+                    .copied()
+                    .unwrap_or(0),
+            })
+            .sum()
     }
 }
 
@@ -178,7 +202,8 @@ mod tests {
         };
         assert_eq!(segments.active(topic, &roll, 1_000), Some(4));
         assert_eq!(segments.active(topic, &roll, 60_100), None);
-        segments.add_appended(topic, 4, 1000);
+        segments.add_appended(topic, 4, 0, 1000);
+        assert_eq!(segments.partition_bytes(topic, 0), 1000);
         assert_eq!(segments.active(topic, &roll, 1_000), None);
         segments.push(topic, 5, record(2_000));
         assert_eq!(segments.active(topic, &roll, 2_000), Some(5));

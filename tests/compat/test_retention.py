@@ -25,6 +25,24 @@ def watermarks(broker, topic, partition=0):
         consumer.close()
 
 
+def partition_size(broker, topic, partition=0):
+    """The partition's stored bytes as DescribeLogDirs (kafka-log-dirs) reports them."""
+    from kafka.admin import KafkaAdminClient
+
+    client = KafkaAdminClient(bootstrap_servers=broker.bootstrap)
+    try:
+        dirs = client.describe_log_dirs()[0]["log_dirs"]
+    finally:
+        client.close()
+    sizes = {
+        (t["name"], p["partition_index"]): p["partition_size"]
+        for d in dirs
+        for t in d["topics"]
+        for p in t["partitions"]
+    }
+    return sizes[(topic, partition)]
+
+
 def produce_rounds(broker, topic, rounds, per_round=200, size=500, partition=0, start=0):
     """Produces `rounds` separate flushes (so segments roll between them); each value is
     its sequence number padded to `size` bytes."""
@@ -86,9 +104,11 @@ def test_time_retention_drops_old_segments_and_reclaims_space(make_broker, topic
     end = produce_rounds(broker, topic_name, rounds=10)
     full = folder_bytes(broker)
     assert full > 1_000_000
+    assert partition_size(broker, topic_name) > 1_000_000
 
     # Everything expires; the offsets go on where they were.
     wait_for(lambda: watermarks(broker, topic_name) == (end, end), what="log start to reach the end")
+    assert partition_size(broker, topic_name) == 0
     wait_for(lambda: folder_bytes(broker) < full // 3, what="the data folder to shrink")
     assert "dropping segment" in broker.log()
 
@@ -107,6 +127,7 @@ def test_size_retention_keeps_the_newest_bytes(make_broker, topic_name):
     assert 0 < start < end
     # Kept: at least retention.bytes of the newest records (~560 bytes each in batches).
     assert (end - start) * 500 >= 300_000
+    assert 300_000 <= partition_size(broker, topic_name) < end * 500
     got = read_from_earliest(broker, topic_name, end - start)
     assert got == [(o, o) for o in range(start, end)]
 
