@@ -7,6 +7,8 @@
 //! - `POST /v1/topics/{topic}/keys/{key}/records`: append, optionally if the key's version is
 //!   `expected_version` (409 with the current version otherwise)
 //! - `GET /v1/log?from=&limit=&wait_ms=`: every topic's records in global-sequence order
+//! - `GET /v1/topics/{topic}/records?from=&limit=&since_ms=&until_ms=`: one topic's
+//!   records in global-sequence order, or looked up by time range
 //! - `GET /v1/topics/{topic}/count?partition=&since_ms=&until_ms=`: records in a topic or
 //!   partition, optionally in a time range
 //!
@@ -53,6 +55,7 @@ pub async fn serve(broker: Arc<Broker>, listener: TcpListener) -> std::io::Resul
         )
         .route("/v1/topics/{topic}/keys/{key}/count", get(key_count))
         .route("/v1/topics/{topic}/count", get(topic_count))
+        .route("/v1/topics/{topic}/records", get(topic_records))
         .route("/v1/log", get(global_log))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint") })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
@@ -394,6 +397,30 @@ async fn topic_count(
     ))
 }
 
+/// One topic's records in global-sequence order, paged like the global log; with
+/// `since_ms`/`until_ms`, a look-up by time that skips the topic's older sealed segments.
+async fn topic_records(
+    State(broker): State<Arc<Broker>>,
+    path: Result<Path<String>, PathRejection>,
+    params: Result<Query<ReadParams>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Path(name) = path.map_err(|e| ApiError::new(e.status(), e.body_text()))?;
+    let Query(params) = params.map_err(|e| ApiError::new(e.status(), e.body_text()))?;
+    let encoding = Encoding::parse(params.encoding.as_deref())?;
+    let limit = limit(&params)?;
+    let topic = broker
+        .log
+        .topic(&name)
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("unknown topic {name:?}")))?;
+    let page = read_waiting(&broker, params.wait_ms, || {
+        broker
+            .log
+            .sequence_records(Some(&topic), params.from, limit, params.since_ms)
+    })
+    .await?;
+    Ok(page_json(page, time_range(&params), encoding))
+}
+
 async fn global_log(
     State(broker): State<Arc<Broker>>,
     params: Result<Query<ReadParams>, QueryRejection>,
@@ -402,7 +429,7 @@ async fn global_log(
     let encoding = Encoding::parse(params.encoding.as_deref())?;
     let limit = limit(&params)?;
     let page = read_waiting(&broker, params.wait_ms, || {
-        broker.log.global_records(params.from, limit)
+        broker.log.sequence_records(None, params.from, limit, None)
     })
     .await?;
     Ok(page_json(page, time_range(&params), encoding))

@@ -111,6 +111,26 @@ impl Segments {
             .collect()
     }
 
+    /// The segments of `topic_id` that may hold records at or after `since_ms`: sealed
+    /// segments known to be older are left out.
+    pub fn of_topic_since(&self, topic_id: Uuid, since_ms: Option<i64>) -> Vec<u32> {
+        let Some(since) = since_ms else {
+            return self.of_topic(topic_id);
+        };
+        let chain = self.chains.get(&topic_id).into_iter().flatten();
+        let recent = chain.filter(|s| {
+            s.record
+                .stats
+                .as_ref()
+                .is_none_or(|stats| stats.max_timestamp >= since)
+        });
+        self.shared
+            .iter()
+            .copied()
+            .chain(recent.map(|s| s.id))
+            .collect()
+    }
+
     /// The segment appends to `topic_id` go to now, if it may take more records.
     pub fn active(&self, topic_id: Uuid, roll: &RollPolicy, now_ms: i64) -> Option<u32> {
         let segment = self.chains.get(&topic_id)?.last()?;

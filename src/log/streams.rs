@@ -188,10 +188,21 @@ impl LogStore {
         }
     }
 
-    /// Durable records of every topic in global-sequence order, from sequence `from`.
-    pub async fn global_records(&self, from: u64, limit: usize) -> Result<StreamPage, LogError> {
+    /// Durable records in global-sequence order from sequence `from`: of every topic, or
+    /// of one. With `since_ms`, a topic's sealed segments whose newest record is older are
+    /// skipped without being read.
+    pub async fn sequence_records(
+        &self,
+        topic: Option<&Topic>,
+        from: u64,
+        limit: usize,
+        since_ms: Option<i64>,
+    ) -> Result<StreamPage, LogError> {
         let mut entries: Vec<(u32, u64, SequenceEntry)> = Vec::new();
-        let segments = self.read_segments().all();
+        let segments = match topic {
+            None => self.read_segments().all(),
+            Some(topic) => self.read_segments().of_topic_since(topic.id, since_ms),
+        };
         for segment in segments {
             let prefix = keys::sequence_prefix(segment);
             let range = prefix_range(&prefix);
@@ -218,7 +229,8 @@ impl LogStore {
                     .ok_or_else(|| LogError::Corrupt("global sequence key".into()))?;
                 let stored = SequenceEntry::decode(&entry.value)
                     .ok_or_else(|| LogError::Corrupt("global sequence entry".into()))?;
-                if first + u64::from(stored.record_count) > from {
+                let in_scope = topic.is_none_or(|t| t.id == stored.topic_id);
+                if in_scope && first + u64::from(stored.record_count) > from {
                     entries.push((segment, first, stored));
                 }
             }

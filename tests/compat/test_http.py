@@ -243,3 +243,17 @@ def test_counts_and_time_ranges(make_broker, topic_name):
     assert body["next"] == 10  # paging moves past the records outside the range
     status, body = call(base, "GET", f"/v1/log?{window}&limit=1000")
     assert sorted(int(r["value"][1:]) for r in body["records"]) == list(range(5, 15))
+
+    # One topic's records by time, in sequence order; another topic's stay out.
+    produce(broker.bootstrap, topic_name + "-other", [(None, b"k0", b"elsewhere", None, start + 6000)])
+    status, body = call(base, "GET", f"/v1/topics/{topic_name}/records?{window}")
+    assert status == 200
+    assert sorted(int(r["value"][1:]) for r in body["records"]) == list(range(5, 15))
+    assert {r["topic"] for r in body["records"]} == {topic_name}
+    sequences = [r["sequence"] for r in body["records"]]
+    assert sequences == sorted(sequences)
+    status, body = call(base, "GET", f"/v1/topics/{topic_name}/records?limit=7")
+    assert len(body["records"]) == 7
+    rest = call(base, "GET", f"/v1/topics/{topic_name}/records?from={body['next']}")[1]["records"]
+    assert len(rest) == 13
+    assert call(base, "GET", "/v1/topics/no-such-topic/records")[0] == 404
