@@ -414,6 +414,14 @@ pub const TOPIC_CONFIGS: &[TopicConfigDef] = &[
         "Shale: index records by message key, for key streams and conditional appends over HTTP.",
     ),
     def(
+        "shale.key.index.copy.max.bytes",
+        "256",
+        T::Int,
+        0,
+        &[],
+        "Shale: keyed records whose value and headers fit are copied into the key index, so key streams read without batch look-ups.",
+    ),
+    def(
         "unclean.leader.election.enable",
         "false",
         T::Boolean,

@@ -9,7 +9,7 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::records::{
-    Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+    Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
 };
 
 pub const HEADER_LEN: usize = 61;
@@ -18,6 +18,7 @@ const MAGIC: usize = 16;
 const CRC: usize = 17;
 const ATTRIBUTES: usize = 21;
 const LAST_OFFSET_DELTA: usize = 23;
+const BASE_TIMESTAMP: usize = 27;
 const MAX_TIMESTAMP: usize = 35;
 const PRODUCER_ID: usize = 43;
 const PRODUCER_EPOCH: usize = 51;
@@ -98,15 +99,58 @@ impl<'a> BatchView<'a> {
     }
 }
 
-/// The keys of an uncompressed batch's records, as `(offset delta, key)`, read straight
-/// from the record encoding without decoding values or headers: the key index's fast path.
-/// `None` for a compressed batch (or a malformed one), which callers decode in full.
-pub fn record_keys(batch: &Bytes) -> Option<Vec<(i64, Option<Bytes>)>> {
-    let view = BatchView::new(batch)?;
-    if view.attributes() & 0x07 != 0 {
-        return None;
+/// One record of a stored batch, its fields sliced out of the batch (or the decoder's
+/// output for a compressed batch): what the key index needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordFields {
+    pub offset_delta: i64,
+    /// The record's timestamp as consumers see it (the batch's for log-append time).
+    pub timestamp: i64,
+    pub key: Option<Bytes>,
+    pub value: Option<Bytes>,
+    pub headers: Vec<(Bytes, Option<Bytes>)>,
+}
+
+/// The records of a stored batch. Uncompressed batches are read straight from the record
+/// encoding, each field a slice of `batch` (the key index's fast path); compressed ones go
+/// through the decoder.
+pub fn record_fields(batch: &Bytes) -> Result<Vec<RecordFields>, String> {
+    let view = BatchView::new(batch).ok_or("short record batch")?;
+    let log_append_time = view.is_log_append_time().then(|| view.max_timestamp());
+    let mut records = if view.attributes() & 0x07 == 0 {
+        uncompressed_fields(batch).ok_or("malformed record")?
+    } else {
+        let mut buf = batch.clone();
+        let decoded = RecordBatchDecoder::decode(&mut buf).map_err(|e| e.to_string())?;
+        decoded
+            .records
+            .into_iter()
+            .map(|r| RecordFields {
+                offset_delta: r.offset - view.base_offset(),
+                timestamp: r.timestamp,
+                key: r.key,
+                value: r.value,
+                headers: r
+                    .headers
+                    .into_iter()
+                    .map(|(k, v)| (Bytes::from(k.to_string()), v))
+                    .collect(),
+            })
+            .collect()
+    };
+    if let Some(timestamp) = log_append_time {
+        for record in &mut records {
+            record.timestamp = timestamp;
+        }
     }
-    let mut keys = Vec::with_capacity(view.record_count().max(0) as usize);
+    Ok(records)
+}
+
+/// Record fields of an uncompressed batch, `None` if any record is malformed.
+fn uncompressed_fields(batch: &Bytes) -> Option<Vec<RecordFields>> {
+    let view = BatchView::new(batch)?;
+    let base_timestamp = i64_at(batch, BASE_TIMESTAMP);
+    let mut records = Vec::with_capacity(view.record_count().max(0) as usize);
     let mut at = HEADER_LEN;
     for _ in 0..view.record_count() {
         let (length, after_length) = varint(batch, at)?;
@@ -114,22 +158,42 @@ pub fn record_keys(batch: &Bytes) -> Option<Vec<(i64, Option<Bytes>)>> {
         if end > batch.len() {
             return None;
         }
-        let mut cursor = after_length + 1; // attributes
-        let (_timestamp_delta, next) = varint(batch, cursor)?;
-        let (offset_delta, next) = varint(batch, next)?;
-        let (key_length, next) = varint(batch, next)?;
-        cursor = next;
-        let key = match key_length {
-            -1 => None,
-            n if n >= 0 && cursor + n as usize <= end => {
-                Some(batch.slice(cursor..cursor + n as usize))
-            }
-            _ => return None,
-        };
-        keys.push((offset_delta, key));
+        let record = batch.slice(..end);
+        let (timestamp_delta, next) = varint(&record, after_length + 1)?; // after attributes
+        let (offset_delta, next) = varint(&record, next)?;
+        let (key, next) = length_prefixed(&record, next)?;
+        let (value, next) = length_prefixed(&record, next)?;
+        let (header_count, mut next) = varint(&record, next)?;
+        let mut headers = Vec::with_capacity(header_count.clamp(0, 64) as usize);
+        for _ in 0..header_count {
+            let (name, after_name) = length_prefixed(&record, next)?;
+            let (value, after_value) = length_prefixed(&record, after_name)?;
+            headers.push((name?, value));
+            next = after_value;
+        }
+        records.push(RecordFields {
+            offset_delta,
+            timestamp: base_timestamp.wrapping_add(timestamp_delta),
+            key,
+            value,
+            headers,
+        });
         at = end;
     }
-    Some(keys)
+    Some(records)
+}
+
+/// A varint-length-prefixed field at `at` (length -1 is null) and the position after it.
+fn length_prefixed(bytes: &Bytes, at: usize) -> Option<(Option<Bytes>, usize)> {
+    let (length, start) = varint(bytes, at)?;
+    match length {
+        -1 => Some((None, start)),
+        n if n >= 0 && start + n as usize <= bytes.len() => Some((
+            Some(bytes.slice(start..start + n as usize)),
+            start + n as usize,
+        )),
+        _ => None,
+    }
 }
 
 /// A zigzag varint (Kafka's record fields) at `at`: its value and the position after it.
@@ -259,7 +323,7 @@ pub fn stamp_log_append_time(batch: &Bytes, now_ms: i64) -> Bytes {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use kafka_protocol::records::RecordBatchDecoder;
+    use kafka_protocol::protocol::StrBytes;
 
     pub(crate) fn encode_batch(values: &[&str], compression: Compression) -> Bytes {
         let records: Vec<Record> = values
@@ -277,7 +341,13 @@ pub(crate) mod tests {
                 timestamp: 1_000 + i as i64,
                 key: Some(Bytes::from(format!("k{i}"))),
                 value: Some(Bytes::from(v.to_string())),
-                headers: Default::default(),
+                // No header, then a null one, then one with a value.
+                headers: (0..i.min(1))
+                    .map(|_| {
+                        let value = (i > 1).then(|| Bytes::from(format!("v{i}")));
+                        (StrBytes::from_static_str("h"), value)
+                    })
+                    .collect(),
                 delete_horizon: false,
             })
             .collect();
@@ -358,19 +428,28 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn record_keys_match_the_decoder_and_compressed_batches_fall_back() {
-        let batch = encode_batch(&["a", "bb", "ccc"], Compression::None);
-        let keys = record_keys(&batch).unwrap();
-        assert_eq!(
-            keys,
-            vec![
-                (0, Some(Bytes::from("k0"))),
-                (1, Some(Bytes::from("k1"))),
-                (2, Some(Bytes::from("k2")))
-            ]
-        );
-        assert_eq!(record_keys(&encode_batch(&["a"], Compression::Lz4)), None);
-        assert_eq!(record_keys(&batch.slice(..batch.len() - 2)), None);
+    fn record_fields_match_the_decoder_for_every_codec() {
+        for compression in [Compression::None, Compression::Lz4, Compression::Gzip] {
+            let batch = with_base_offset(&encode_batch(&["a", "bb", "ccc"], compression), 40);
+            let fields = record_fields(&batch).unwrap();
+            let mut buf = batch.clone();
+            let decoded = RecordBatchDecoder::decode(&mut buf).unwrap().records;
+            assert_eq!(fields.len(), 3);
+            for (field, record) in fields.iter().zip(&decoded) {
+                assert_eq!(40 + field.offset_delta, record.offset);
+                assert_eq!(field.timestamp, record.timestamp);
+                assert_eq!(field.key, record.key);
+                assert_eq!(field.value, record.value);
+                assert_eq!(field.headers.len(), record.headers.len());
+            }
+            assert_eq!(fields[1].headers[0].0, Bytes::from("h"));
+            assert_eq!(fields[1].headers[0].1, None);
+            assert_eq!(fields[2].headers[0].1, Some(Bytes::from("v2")));
+        }
+        let batch = encode_batch(&["a"], Compression::None);
+        assert!(record_fields(&batch.slice(..batch.len() - 2)).is_err());
+        let stamped = stamp_log_append_time(&batch, 77);
+        assert_eq!(record_fields(&stamped).unwrap()[0].timestamp, 77);
         assert_eq!(varint(&[0x01], 0), Some((-1, 1)));
         assert_eq!(varint(&[0xac, 0x02], 0), Some((150, 2)));
     }

@@ -9,7 +9,7 @@
 //! This is the one place Shale rewrites stored batches: compaction exists to drop records
 //! from the middle of a log, which dropping whole segments cannot do.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::records::{
@@ -20,7 +20,7 @@ use slatedb::WriteBatch;
 use super::batch::BatchView;
 use super::read::prefix_range;
 use super::{now_ms, LogError, LogStore, PartitionLog, Topic};
-use crate::storage::keys::{self, BatchKey};
+use crate::storage::keys::{self, BatchKey, KeyIndexEntry};
 
 impl LogStore {
     /// Compacts a topic's sealed segments if a segment was sealed since its last compaction.
@@ -82,6 +82,7 @@ impl LogStore {
         .await?;
         let mut write = WriteBatch::new();
         let mut removed = 0;
+        let mut removed_by_key: HashMap<(u32, Bytes), HashSet<i64>> = HashMap::new();
         self.for_each_batch(partition, sealed, |key, batch, records| {
             let Some(records) = records else {
                 return;
@@ -103,6 +104,18 @@ impl LogStore {
                 return;
             }
             removed += records.len() - kept.len();
+            let segment = BatchKey::decode(key).map_or(0, |k| k.segment);
+            let kept_offsets: HashSet<i64> = kept.iter().map(|r| r.offset).collect();
+            for record in records {
+                if let Some(k) = &record.key {
+                    if !kept_offsets.contains(&record.offset) {
+                        removed_by_key
+                            .entry((segment, k.clone()))
+                            .or_default()
+                            .insert(record.offset);
+                    }
+                }
+            }
             if kept.is_empty() {
                 write.delete(key.clone());
                 return;
@@ -118,10 +131,41 @@ impl LogStore {
             }
         })
         .await?;
+        for ((segment, key), offsets) in removed_by_key {
+            self.drop_index_copies(partition, segment, &key, &offsets, &mut write)
+                .await?;
+        }
         if removed > 0 {
             self.db.write(write).await?;
         }
         Ok(removed)
+    }
+
+    /// Removes the record copies from the key-index entries of removed records. The
+    /// entries stay (a key's version is its entry count and never drops); key-stream reads
+    /// fall back to the batch and find the record gone.
+    async fn drop_index_copies(
+        &self,
+        partition: &PartitionLog,
+        segment: u32,
+        key: &[u8],
+        offsets: &HashSet<i64>,
+        write: &mut WriteBatch,
+    ) -> Result<(), LogError> {
+        let prefix = keys::key_index_prefix(segment, partition.topic_id, key);
+        let mut scan = self.db.scan(prefix_range(&prefix)).await?;
+        while let Some(stored) = scan.next().await? {
+            let entry = KeyIndexEntry::decode(&stored.key, &stored.value)
+                .ok_or_else(|| LogError::Corrupt("key index entry".into()))?;
+            if entry.record.is_some()
+                && entry.partition == partition.index
+                && offsets.contains(&entry.offset)
+            {
+                let (index_key, value) = entry.without_record(partition.topic_id, key);
+                write.put(index_key, value);
+            }
+        }
+        Ok(())
     }
 
     /// Calls `visit` with each stored batch of `partition` in `segments`: its key, bytes,

@@ -18,7 +18,7 @@ pub mod streams;
 mod topic;
 pub mod transactions;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
 
@@ -33,10 +33,11 @@ pub use read::{FetchedRecords, Isolation};
 pub use retention::RetentionDefaults;
 pub use topic::Topic;
 
-use crate::storage::keys::{self, AbortedTxn, BatchKey, KeyIndexEntry, SequenceEntry};
+use crate::storage::keys::{
+    self, AbortedTxn, BatchKey, IndexedRecord, KeyIndexEntry, SequenceEntry,
+};
 use batch::BatchView;
 use durability::DurabilityQueue;
-use kafka_protocol::records::RecordBatchDecoder;
 use partition::{PartitionState, TxnEvent};
 use producers::{ProducerEntry, SequenceCheck, SequenceError, SequencedBatch};
 use segments::{SegmentRecord, Segments};
@@ -527,10 +528,10 @@ impl LogStore {
         // Every earlier append is in SlateDB's memtable by now, so the count is exact.
         let version = match &condition {
             Some(condition) => {
-                let current = self
-                    .key_entries(condition.topic_id, &condition.key, 0, usize::MAX)
-                    .await?
-                    .len() as u64;
+                let current = match self.topic_by_id(condition.topic_id) {
+                    Some(topic) => self.key_version(&topic, &condition.key).await?,
+                    None => 0,
+                };
                 if condition.expected.is_some_and(|e| e != current) {
                     return Err(LogError::VersionConflict { current });
                 }
@@ -557,8 +558,8 @@ impl LogStore {
             let planned = match marker {
                 Some(marker) => plan_marker(append, *marker, state, segment, base_offset, sequence),
                 None => {
-                    let index_keys = indexed.contains(&append.partition.topic_id);
-                    plan_partition(append, state, segment, base_offset, sequence, index_keys)?
+                    let key_copy = indexed.get(&append.partition.topic_id).copied();
+                    plan_partition(append, state, segment, base_offset, sequence, key_copy)?
                 }
             };
             match planned {
@@ -637,7 +638,7 @@ impl LogStore {
         let segments = self.read_segments();
         let mut targets = HashMap::new();
         let mut rolled = Vec::new();
-        let mut indexed = HashSet::new();
+        let mut indexed = HashMap::new();
         for (append, _) in appends {
             let topic_id = append.partition.topic_id;
             if targets.contains_key(&topic_id) {
@@ -646,7 +647,7 @@ impl LogStore {
             let roll = match self.topic_by_id(topic_id) {
                 Some(topic) => {
                     if topic.policy.key_index {
-                        indexed.insert(topic_id);
+                        indexed.insert(topic_id, topic.policy.key_copy_max_bytes);
                     }
                     topic.policy.roll
                 }
@@ -698,8 +699,9 @@ impl LogStore {
 struct SegmentPlan {
     targets: HashMap<Uuid, u32>,
     rolled: Vec<(Uuid, u32, SegmentRecord)>,
-    /// Topics whose records are indexed by message key.
-    indexed: HashSet<Uuid>,
+    /// Topics whose records are indexed by message key, with the size up to which a record
+    /// is copied into its index entry.
+    indexed: HashMap<Uuid, usize>,
 }
 
 /// How one partition's batches fit into an append.
@@ -715,44 +717,53 @@ enum Planned {
     Skip(AppendOutcome),
 }
 
-/// Adds a key-index entry for every keyed record of a stored batch (decompressing it if
-/// needed): record `i` of the batch has global sequence `first_sequence + i`.
-fn index_record_keys(
-    stored: &Bytes,
+/// Where a batch's key-index entries go.
+struct IndexAt {
     segment: u32,
     topic_id: Uuid,
     partition: i32,
+    /// The batch's first global sequence: record `i` has `first_sequence + i`.
     first_sequence: u64,
+    /// Records whose value and headers fit are copied into their entries.
+    copy_max_bytes: usize,
+}
+
+/// Adds a key-index entry for every keyed record of a stored batch.
+fn index_record_keys(
+    stored: &Bytes,
+    at: &IndexAt,
     puts: &mut Vec<(Bytes, Bytes)>,
 ) -> Result<(), LogError> {
-    let keys = match batch::record_keys(stored) {
-        Some(keys) => keys,
-        None => {
-            let mut buf = stored.clone();
-            let decoded = RecordBatchDecoder::decode(&mut buf)
-                .map_err(|e| LogError::Corrupt(format!("record batch to index: {e}")))?;
-            let base_offset = BatchView::new(stored).map_or(0, |v| v.base_offset());
-            decoded
-                .records
-                .into_iter()
-                .map(|r| (r.offset - base_offset, r.key))
-                .collect()
-        }
-    };
     let Some(view) = BatchView::new(stored) else {
         return Ok(());
     };
-    for (delta, key) in keys {
-        if let Some(key) = key {
-            let entry = KeyIndexEntry {
-                segment,
-                sequence: first_sequence + delta as u64,
-                partition,
-                offset: view.base_offset() + delta,
-                batch_last_offset: view.last_offset(),
-            };
-            puts.push(entry.encode(topic_id, &key));
-        }
+    let records = batch::record_fields(stored)
+        .map_err(|e| LogError::Corrupt(format!("record batch to index: {e}")))?;
+    let transactional_producer = view.is_transactional().then(|| view.producer_id());
+    for record in records {
+        let Some(key) = record.key else {
+            continue;
+        };
+        let size = record.value.as_ref().map_or(0, Bytes::len)
+            + record
+                .headers
+                .iter()
+                .map(|(name, value)| name.len() + value.as_ref().map_or(0, Bytes::len))
+                .sum::<usize>();
+        let entry = KeyIndexEntry {
+            segment: at.segment,
+            sequence: at.first_sequence + record.offset_delta as u64,
+            partition: at.partition,
+            offset: view.base_offset() + record.offset_delta,
+            batch_last_offset: view.last_offset(),
+            transactional_producer,
+            record: (size <= at.copy_max_bytes).then(|| IndexedRecord {
+                timestamp: record.timestamp,
+                value: record.value,
+                headers: record.headers,
+            }),
+        };
+        puts.push(entry.encode(at.topic_id, &key));
     }
     Ok(())
 }
@@ -826,7 +837,7 @@ fn plan_partition(
     segment: u32,
     base_offset: i64,
     first_sequence: u64,
-    index_keys: bool,
+    key_copy_max_bytes: Option<usize>,
 ) -> Result<Planned, LogError> {
     let topic_id = append.partition.topic_id;
     let partition = append.partition.index;
@@ -890,8 +901,15 @@ fn plan_partition(
             last_offset: next_offset + i64::from(count) - 1,
         };
         let stored = batch::with_base_offset(batch, next_offset);
-        if index_keys {
-            index_record_keys(&stored, segment, topic_id, partition, sequence, &mut puts)?;
+        if let Some(copy_max_bytes) = key_copy_max_bytes {
+            let at = IndexAt {
+                segment,
+                topic_id,
+                partition,
+                first_sequence: sequence,
+                copy_max_bytes,
+            };
+            index_record_keys(&stored, &at, &mut puts)?;
         }
         puts.push((key.encode(), stored));
         let entry = SequenceEntry {

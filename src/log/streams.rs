@@ -83,7 +83,7 @@ impl LogStore {
     }
 
     /// Index entries of `key` in `topic`, in sequence order, from position `from`.
-    pub(super) async fn key_entries(
+    async fn key_entries(
         &self,
         topic_id: Uuid,
         key: &[u8],
@@ -112,12 +112,27 @@ impl LogStore {
         Ok(entries)
     }
 
-    /// How many records `key` has in `topic` (its version), durable or not.
+    /// How many records `key` has in `topic` (its version), durable or not, less those of
+    /// aborted transactions (a transaction still open counts: it may commit).
     pub async fn key_version(&self, topic: &Topic, key: &[u8]) -> Result<u64, LogError> {
-        Ok(self.key_entries(topic.id, key, 0, usize::MAX).await?.len() as u64)
+        let mut version = 0;
+        for entry in self.key_entries(topic.id, key, 0, usize::MAX).await? {
+            let aborted = match topic.partition(entry.partition) {
+                Some(partition) => {
+                    self.is_aborted(partition, entry.transactional_producer, entry.offset)
+                        .await?
+                }
+                None => false,
+            };
+            version += u64::from(!aborted);
+        }
+        Ok(version)
     }
 
-    /// Durable records of `key` in `topic`, from position `from` (0 is the first).
+    /// Committed records of `key` in `topic`, from position `from` (0 is the first): durable,
+    /// below the last stable offset, and not in an aborted transaction. Entries holding a
+    /// copy of their record are served from the index alone; the rest cost one point
+    /// look-up per batch. A page is empty only at the end of what is readable.
     pub async fn key_records(
         &self,
         topic: &Topic,
@@ -125,22 +140,55 @@ impl LogStore {
         from: u64,
         limit: usize,
     ) -> Result<StreamPage, LogError> {
+        let mut from = from;
+        loop {
+            let page = self.key_page(topic, key, from, limit).await?;
+            // Only skipped entries (aborted, removed, below the log start) so far: read on.
+            if !page.records.is_empty() || page.next == from {
+                return Ok(page);
+            }
+            from = page.next;
+        }
+    }
+
+    async fn key_page(
+        &self,
+        topic: &Topic,
+        key: &[u8],
+        from: u64,
+        limit: usize,
+    ) -> Result<StreamPage, LogError> {
         let mut entries = Vec::new();
+        let mut next = from;
+        let mut offsets = HashMap::new();
         for entry in self.key_entries(topic.id, key, from, limit).await? {
             let Some(partition) = topic.partition(entry.partition) else {
+                next += 1;
                 continue;
             };
-            let offsets = self.offsets(partition).await?;
-            if entry.offset >= offsets.high_watermark {
+            let bounds = match offsets.get(&entry.partition) {
+                Some(bounds) => *bounds,
+                None => *offsets
+                    .entry(entry.partition)
+                    .or_insert(self.offsets(partition).await?),
+            };
+            if entry.offset >= bounds.last_stable_offset {
                 break;
             }
-            if entry.offset >= offsets.log_start_offset {
+            next += 1;
+            if entry.offset >= bounds.log_start_offset
+                && !self
+                    .is_aborted(partition, entry.transactional_producer, entry.offset)
+                    .await?
+            {
                 entries.push(entry);
             }
         }
-        // One point look-up per batch, several in flight: the entries name their batches.
+        // The entries without a copy name their batches: one point look-up per batch,
+        // several in flight.
         let mut wanted: Vec<(u32, i32, i64)> = entries
             .iter()
+            .filter(|e| e.record.is_none())
             .map(|e| (e.segment, e.partition, e.batch_last_offset))
             .collect();
         wanted.dedup();
@@ -162,22 +210,58 @@ impl LogStore {
             .await?;
         let batches: HashMap<(u32, i32, i64), Vec<Record>> =
             wanted.into_iter().zip(fetched).collect();
-        let next = from + entries.len() as u64;
+        let key = Bytes::copy_from_slice(key);
         let records = entries
-            .iter()
-            .filter_map(|entry| {
-                let batch = &batches[&(entry.segment, entry.partition, entry.batch_last_offset)];
-                // Gone when compaction removed the record.
-                let record = batch.iter().find(|r| r.offset == entry.offset)?;
-                Some(stream_record(
-                    &topic.name,
-                    entry.partition,
-                    entry.sequence,
-                    record,
-                ))
+            .into_iter()
+            .filter_map(|entry| match entry.record {
+                Some(copy) => Some(StreamRecord {
+                    topic: topic.name.clone(),
+                    partition: entry.partition,
+                    offset: entry.offset,
+                    sequence: entry.sequence,
+                    timestamp: copy.timestamp,
+                    key: Some(key.clone()),
+                    value: copy.value,
+                    headers: copy
+                        .headers
+                        .into_iter()
+                        .map(|(name, value)| (String::from_utf8_lossy(&name).into_owned(), value))
+                        .collect(),
+                }),
+                None => {
+                    let batch =
+                        &batches[&(entry.segment, entry.partition, entry.batch_last_offset)];
+                    // Gone when compaction removed the record.
+                    let record = batch.iter().find(|r| r.offset == entry.offset)?;
+                    Some(stream_record(
+                        &topic.name,
+                        entry.partition,
+                        entry.sequence,
+                        record,
+                    ))
+                }
             })
             .collect();
         Ok(StreamPage { records, next })
+    }
+
+    /// Whether the record at `offset` of a transactional producer (`None`: not
+    /// transactional) belongs to a transaction that was aborted.
+    async fn is_aborted(
+        &self,
+        partition: &PartitionLog,
+        transactional_producer: Option<i64>,
+        offset: i64,
+    ) -> Result<bool, LogError> {
+        let Some(producer_id) = transactional_producer else {
+            return Ok(false);
+        };
+        Ok(self
+            .state(partition)
+            .await?
+            .aborted_transactions(offset, offset + 1)
+            .iter()
+            .any(|a| a.producer_id == producer_id && a.first_offset <= offset))
     }
 
     /// The records of the batch stored under `key` (none if compaction removed it).
@@ -188,10 +272,28 @@ impl LogStore {
         }
     }
 
-    /// Durable records in global-sequence order from sequence `from`: of every topic, or
+    /// Committed records in global-sequence order from sequence `from`: of every topic, or
     /// of one. With `since_ms`, a topic's sealed segments whose newest record is older are
-    /// skipped without being read.
+    /// skipped without being read. A page is empty only at the end of what is readable.
     pub async fn sequence_records(
+        &self,
+        topic: Option<&Topic>,
+        from: u64,
+        limit: usize,
+        since_ms: Option<i64>,
+    ) -> Result<StreamPage, LogError> {
+        let mut from = from;
+        loop {
+            let page = self.sequence_page(topic, from, limit, since_ms).await?;
+            // Only skipped batches (markers, aborted transactions) so far: read on.
+            if !page.records.is_empty() || page.next == from {
+                return Ok(page);
+            }
+            from = page.next;
+        }
+    }
+
+    async fn sequence_page(
         &self,
         topic: Option<&Topic>,
         from: u64,
@@ -237,21 +339,29 @@ impl LogStore {
         }
         entries.sort_by_key(|(_, first, _)| *first);
         let mut records = Vec::new();
+        // Moves past skipped batches too (control, aborted, removed), so a page of them
+        // alone still advances the reader.
+        let mut next = from;
         for (segment, first, entry) in entries {
             if records.len() >= limit {
                 break;
             }
+            let after_batch = first + u64::from(entry.record_count);
             let Some(topic) = self.topic_by_id(entry.topic_id) else {
+                next = after_batch;
                 continue;
             };
             let Some(partition) = topic.partition(entry.partition) else {
+                next = after_batch;
                 continue;
             };
             let last_offset = entry.base_offset + i64::from(entry.record_count) - 1;
-            if last_offset >= self.offsets(partition).await?.high_watermark {
-                // Not durable yet: the log stops here so readers never skip a record.
+            if last_offset >= self.offsets(partition).await?.last_stable_offset {
+                // Not durable or in an undecided transaction: the log stops here so
+                // readers never skip a record that may yet be committed.
                 break;
             }
+            next = after_batch;
             let key = BatchKey {
                 segment,
                 topic_id: entry.topic_id,
@@ -261,24 +371,34 @@ impl LogStore {
             let Some(batch) = self.db.get(key.encode()).await? else {
                 continue;
             };
-            if BatchView::new(&batch).is_some_and(|v| v.is_control()) {
+            let Some(view) = BatchView::new(&batch) else {
+                continue;
+            };
+            let producer = view.is_transactional().then(|| view.producer_id());
+            if view.is_control()
+                || self
+                    .is_aborted(partition, producer, view.base_offset())
+                    .await?
+            {
                 continue;
             }
             for record in decode(&batch)? {
                 let sequence = first + (record.offset - entry.base_offset) as u64;
-                if sequence >= from && records.len() < limit {
-                    records.push(stream_record(
-                        &topic.name,
-                        entry.partition,
-                        sequence,
-                        &record,
-                    ));
+                if sequence < from {
+                    continue;
                 }
+                if records.len() == limit {
+                    next = sequence;
+                    break;
+                }
+                records.push(stream_record(
+                    &topic.name,
+                    entry.partition,
+                    sequence,
+                    &record,
+                ));
             }
         }
-        let next = records
-            .last()
-            .map_or(from, |r: &StreamRecord| r.sequence + 1);
         Ok(StreamPage { records, next })
     }
 

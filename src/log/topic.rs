@@ -41,6 +41,9 @@ pub struct TopicPolicy {
     pub delete_retention_ms: i64,
     /// `shale.key.index`: records are indexed by message key as they are appended.
     pub key_index: bool,
+    /// `shale.key.index.copy.max.bytes`: a keyed record whose value and headers fit is
+    /// copied into its index entry, so reading its key stream needs no batch look-up.
+    pub key_copy_max_bytes: usize,
 }
 
 /// The `cleanup.policy` values set on a topic (Kafka's default: `delete`).
@@ -73,6 +76,7 @@ impl TopicPolicy {
             key_index: !configs
                 .get("shale.key.index")
                 .is_some_and(|v| v.eq_ignore_ascii_case("false")),
+            key_copy_max_bytes: number("shale.key.index.copy.max.bytes", 256).max(0) as usize,
         }
     }
 }
@@ -138,6 +142,7 @@ mod tests {
         assert_eq!(topic.policy.retention_ms, 1000);
         assert_eq!(topic.policy.retention_bytes, defaults.retention_bytes);
         assert!(topic.policy.delete && !topic.policy.compact && topic.policy.key_index);
+        assert_eq!(topic.policy.key_copy_max_bytes, 256);
         let policy = |value: &str| {
             let configs = BTreeMap::from([("cleanup.policy".to_string(), value.to_string())]);
             let policy = TopicPolicy::from_configs(&configs, &defaults);

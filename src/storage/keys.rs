@@ -29,7 +29,7 @@
 //! in a topic in global-sequence order (the key's length comes first, so one key's entries
 //! share a prefix no other key has).
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use uuid::Uuid;
 
 /// The segment that holds metadata; retention never drops it.
@@ -401,7 +401,7 @@ pub fn key_index_prefix(segment: u32, topic_id: Uuid, key: &[u8]) -> BytesMut {
 }
 
 /// Where one record of a message key is: an index entry.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyIndexEntry {
     /// The segment holding the entry, and so the record's batch.
     pub segment: u32,
@@ -409,26 +409,108 @@ pub struct KeyIndexEntry {
     pub partition: i32,
     pub offset: i64,
     /// The last offset of the record's batch: with the segment, the batch's key, so a
-    /// key-stream read is a point look-up per batch.
+    /// key-stream read is a point look-up per batch when the entry has no copy.
     pub batch_last_offset: i64,
+    /// The producer of a transactional record: readers skip the record if that producer's
+    /// transaction on the partition was aborted.
+    pub transactional_producer: Option<i64>,
+    /// A copy of the record, so a key-stream read needs no batch look-up. Absent for
+    /// records over the topic's `shale.key.index.copy.max.bytes`, and removed when
+    /// compaction removes the record.
+    pub record: Option<IndexedRecord>,
 }
+
+/// The parts of a record its index entry does not already hold.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IndexedRecord {
+    pub timestamp: i64,
+    pub value: Option<Bytes>,
+    pub headers: Vec<(Bytes, Option<Bytes>)>,
+}
+
+const ENTRY_POINTER_LEN: usize = 20;
+const ENTRY_TRANSACTIONAL: u8 = 1;
+const ENTRY_RECORD: u8 = 2;
 
 impl KeyIndexEntry {
     /// Key `key_index_prefix | sequence u64`; value `partition u32 | offset u64 | batch
-    /// last offset u64`.
+    /// last offset u64`, then, if the entry has either, `flags u8 | [producer id u64] |
+    /// [record]` with the record as `timestamp u64 | value | header count u32 | (name |
+    /// value)*`, each value or name `length i32 (-1 null) | bytes`.
     pub fn encode(&self, topic_id: Uuid, key: &[u8]) -> (Bytes, Bytes) {
         let mut index_key = key_index_prefix(self.segment, topic_id, key);
         index_key.put_u64(self.sequence);
-        let mut value = BytesMut::with_capacity(20);
+        let record_len = self.record.as_ref().map_or(0, |r| {
+            let field = |b: &Option<Bytes>| 4 + b.as_ref().map_or(0, Bytes::len);
+            12 + field(&r.value)
+                + r.headers
+                    .iter()
+                    .map(|(name, value)| 4 + name.len() + field(value))
+                    .sum::<usize>()
+        });
+        let mut value = BytesMut::with_capacity(ENTRY_POINTER_LEN + 9 + record_len);
         value.put_u32(self.partition as u32);
         value.put_u64(self.offset as u64);
         value.put_u64(self.batch_last_offset as u64);
+        let flags = self
+            .transactional_producer
+            .map_or(0, |_| ENTRY_TRANSACTIONAL)
+            | self.record.as_ref().map_or(0, |_| ENTRY_RECORD);
+        if flags != 0 {
+            value.put_u8(flags);
+        }
+        if let Some(producer_id) = self.transactional_producer {
+            value.put_u64(producer_id as u64);
+        }
+        if let Some(record) = &self.record {
+            let put_field = |value: &mut BytesMut, field: Option<&[u8]>| match field {
+                Some(bytes) => {
+                    value.put_i32(bytes.len() as i32);
+                    value.put_slice(bytes);
+                }
+                None => value.put_i32(-1),
+            };
+            value.put_u64(record.timestamp as u64);
+            put_field(&mut value, record.value.as_deref());
+            value.put_u32(record.headers.len() as u32);
+            for (name, header) in &record.headers {
+                put_field(&mut value, Some(name));
+                put_field(&mut value, header.as_deref());
+            }
+        }
         (index_key.freeze(), value.freeze())
     }
 
-    pub fn decode(key: &[u8], value: &[u8]) -> Option<KeyIndexEntry> {
+    pub fn decode(key: &[u8], value: &Bytes) -> Option<KeyIndexEntry> {
         body(key, KeyType::KeyIndex)?;
-        if value.len() != 20 || key.len() < HEADER_LEN + 16 + 4 + 8 {
+        if value.len() < ENTRY_POINTER_LEN || key.len() < HEADER_LEN + 16 + 4 + 8 {
+            return None;
+        }
+        let mut rest = value.slice(ENTRY_POINTER_LEN..);
+        let flags = take_u8(&mut rest).unwrap_or(0);
+        let transactional_producer = if flags & ENTRY_TRANSACTIONAL != 0 {
+            Some(take_u64(&mut rest)? as i64)
+        } else {
+            None
+        };
+        let record = if flags & ENTRY_RECORD != 0 {
+            let timestamp = take_u64(&mut rest)? as i64;
+            let value = take_field(&mut rest)?;
+            let count = take_u32(&mut rest)?;
+            let mut headers = Vec::with_capacity(count.min(64) as usize);
+            for _ in 0..count {
+                let name = take_field(&mut rest)??;
+                headers.push((name, take_field(&mut rest)?));
+            }
+            Some(IndexedRecord {
+                timestamp,
+                value,
+                headers,
+            })
+        } else {
+            None
+        };
+        if !rest.is_empty() {
             return None;
         }
         Some(KeyIndexEntry {
@@ -436,9 +518,49 @@ impl KeyIndexEntry {
             sequence: u64::from_be_bytes(key[key.len() - 8..].try_into().ok()?),
             partition: i32::from_be_bytes(value[..4].try_into().ok()?),
             offset: i64::from_be_bytes(value[4..12].try_into().ok()?),
-            batch_last_offset: i64::from_be_bytes(value[12..].try_into().ok()?),
+            batch_last_offset: i64::from_be_bytes(value[12..20].try_into().ok()?),
+            transactional_producer,
+            record,
         })
     }
+
+    /// The entry's stored value without its copy of the record: what compaction leaves
+    /// when it removes the record, so the key's version (its entry count) never drops.
+    pub fn without_record(&self, topic_id: Uuid, key: &[u8]) -> (Bytes, Bytes) {
+        KeyIndexEntry {
+            record: None,
+            ..self.clone()
+        }
+        .encode(topic_id, key)
+    }
+}
+
+fn take_u8(rest: &mut Bytes) -> Option<u8> {
+    let byte = *rest.first()?;
+    rest.advance(1);
+    Some(byte)
+}
+
+fn take_u32(rest: &mut Bytes) -> Option<u32> {
+    let bytes = rest.get(..4)?.try_into().ok()?;
+    rest.advance(4);
+    Some(u32::from_be_bytes(bytes))
+}
+
+fn take_u64(rest: &mut Bytes) -> Option<u64> {
+    let bytes = rest.get(..8)?.try_into().ok()?;
+    rest.advance(8);
+    Some(u64::from_be_bytes(bytes))
+}
+
+/// A length-prefixed field; the outer `None` when the bytes run out.
+fn take_field(rest: &mut Bytes) -> Option<Option<Bytes>> {
+    let length = take_u32(rest)? as i32;
+    if length < 0 {
+        return Some(None);
+    }
+    let length = length as usize;
+    (rest.len() >= length).then(|| Some(rest.split_to(length)))
 }
 
 /// The smallest key strictly greater than every key starting with `prefix`.
@@ -575,9 +697,33 @@ mod tests {
             partition: 2,
             offset: 1234,
             batch_last_offset: 1240,
+            transactional_producer: None,
+            record: None,
         };
         let (key, value) = entry.encode(topic, b"order-1");
-        assert_eq!(KeyIndexEntry::decode(&key, &value), Some(entry));
+        assert_eq!(value.len(), 20);
+        assert_eq!(KeyIndexEntry::decode(&key, &value), Some(entry.clone()));
+        let full = KeyIndexEntry {
+            transactional_producer: Some(7),
+            record: Some(IndexedRecord {
+                timestamp: -3,
+                value: Some(Bytes::from("placed")),
+                headers: vec![
+                    (Bytes::from("a"), None),
+                    (Bytes::from("b"), Some(Bytes::new())),
+                ],
+            }),
+            ..entry.clone()
+        };
+        let (full_key, full_value) = full.encode(topic, b"order-1");
+        assert_eq!(full_key, key);
+        assert_eq!(KeyIndexEntry::decode(&key, &full_value), Some(full.clone()));
+        for cut in 21..full_value.len() {
+            assert_eq!(KeyIndexEntry::decode(&key, &full_value.slice(..cut)), None);
+        }
+        let (_, bare) = full.without_record(topic, b"order-1");
+        let bare = KeyIndexEntry::decode(&key, &bare).unwrap();
+        assert_eq!((bare.transactional_producer, bare.record), (Some(7), None));
         assert!(key.starts_with(&key_index_prefix(5, topic, b"order-1")));
         assert!(!key.starts_with(&key_index_prefix(5, topic, b"order-")));
         let (longer, _) = entry.encode(topic, b"order-10");

@@ -257,3 +257,87 @@ def test_counts_and_time_ranges(make_broker, topic_name):
     rest = call(base, "GET", f"/v1/topics/{topic_name}/records?from={body['next']}")[1]["records"]
     assert len(rest) == 13
     assert call(base, "GET", "/v1/topics/no-such-topic/records")[0] == 404
+
+
+def test_key_streams_read_the_same_from_index_copies_and_from_batches(make_broker, topic_name):
+    """Records up to shale.key.index.copy.max.bytes are served from their index entries,
+    bigger ones from their batches: a reader cannot tell which."""
+    broker, base = http_broker(make_broker)
+    copied, uncopied = topic_name + "-copied", topic_name + "-batches"
+    create_topic(broker.bootstrap, copied, partitions=2)
+    create_topic(broker.bootstrap, uncopied, partitions=2, config={"shale.key.index.copy.max.bytes": "0"})
+    values = [f"v{i}".encode() * (1 + i * 3) for i in range(30)]
+    for topic in (copied, uncopied):
+        sent = [(None, b"key", value, [("n", str(i).encode()), ("empty", None)], 1_700_000_000_000 + i)
+                for i, value in enumerate(values)]
+        codec = {"compression.type": "zstd" if topic == copied else "none"}
+        assert all(err is None for *_, err in produce(broker.bootstrap, topic, sent, **codec))
+    pages = {}
+    for topic in (copied, uncopied):
+        status, body = call(base, "GET", f"/v1/topics/{topic}/keys/key/records?limit=100")
+        assert status == 200 and body["next"] == 30
+        pages[topic] = body["records"]
+    for a, b in zip(pages[copied], pages[uncopied], strict=True):
+        for field in ("partition", "offset", "timestamp", "key", "value", "headers"):
+            assert a[field] == b[field], (field, a, b)
+    assert [r["value"].encode() for r in pages[copied]] == values
+    assert [r["timestamp"] for r in pages[copied]] == [1_700_000_000_000 + i for i in range(30)]
+    assert pages[copied][4]["headers"] == {"n": "4", "empty": None}
+
+
+def test_key_streams_and_the_global_log_show_committed_transactions_only(make_broker, topic_name):
+    from confluent_kafka import Producer
+
+    broker, base = http_broker(make_broker)
+    create_topic(broker.bootstrap, topic_name, partitions=2)
+    producer = Producer({"bootstrap.servers": broker.bootstrap, "transactional.id": "http-" + topic_name})
+    producer.init_transactions(15)
+
+    def in_transaction(values, commit):
+        producer.begin_transaction()
+        for value in values:
+            producer.produce(topic_name, key=b"acct", value=value.encode())
+        producer.flush(10)
+        if commit:
+            producer.commit_transaction(15)
+        elif commit is False:
+            producer.abort_transaction(15)
+
+    in_transaction(["a1", "a2"], commit=False)
+    in_transaction(["c1", "c2"], commit=True)
+    in_transaction(["open"], commit=None)  # left open: nothing after it may show yet
+
+    def key_values():
+        return [r["value"] for r in call(base, "GET", f"/v1/topics/{topic_name}/keys/acct/records")[1]["records"]]
+
+    def log_values(limit):
+        seen, start = [], 0
+        while True:
+            body = call(base, "GET", f"/v1/log?from={start}&limit={limit}")[1]
+            if not body["records"]:
+                return seen, start
+            seen += [r["value"] for r in body["records"]]
+            start = body["next"]
+
+    assert key_values() == ["c1", "c2"]
+    # One record per page: pages of aborted records and markers alone still move on.
+    assert log_values(1)[0] == ["c1", "c2"]
+    # The key's version leaves out aborted records and counts the open one: it may commit.
+    assert call(base, "GET", f"/v1/topics/{topic_name}/keys/acct/count")[1]["count"] == 3
+    status, body = call(base, "POST", f"/v1/topics/{topic_name}/keys/acct/records", {"value": "x", "expected_version": 5})
+    assert (status, body.get("current_version")) == (409, 3)
+
+    producer.commit_transaction(15)
+    assert key_values() == ["c1", "c2", "open"]
+    seen, end = log_values(1)
+    assert seen == ["c1", "c2", "open"]
+    # Following the log's tail from its end: the next committed record wakes the reader.
+    waiter = {}
+    thread = threading.Thread(
+        target=lambda: waiter.update(body=call(base, "GET", f"/v1/log?from={end}&wait_ms=10000")[1])
+    )
+    thread.start()
+    time.sleep(0.3)
+    in_transaction(["late"], commit=True)
+    thread.join(15)
+    assert [r["value"] for r in waiter["body"]["records"]] == ["late"]

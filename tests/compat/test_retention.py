@@ -7,6 +7,7 @@ import time
 import pytest
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
+from test_http import call, http_base
 from clients import admin, create_topic, produce
 
 # Retention checks every 200 ms and deletes drained files 300 ms later.
@@ -190,7 +191,7 @@ def test_kill_during_retention_keeps_what_should_stay(make_broker, topic_name):
 
 
 def test_compacted_topic_keeps_the_latest_value_per_key(make_broker, topic_name):
-    broker = make_broker(*FAST)
+    broker = make_broker(*FAST, "--http", "127.0.0.1:0")
     config = {
         "cleanup.policy": "compact",
         "segment.bytes": "2000",
@@ -239,3 +240,11 @@ def test_compacted_topic_keeps_the_latest_value_per_key(make_broker, topic_name)
     assert offsets == sorted(offsets) and offsets[-1] == end - 1
     assert watermarks(broker, topic_name) == (0, end)
     assert "compacted topic" in broker.log()
+    # Key streams lose the removed records too, while a key's version (its record count)
+    # stays what it was.
+    base = http_base(broker)
+    status, body = call(base, "GET", f"/v1/topics/{topic_name}/keys/k0/records")
+    assert status == 200 and [r["value"] for r in body["records"]] == ["v4-0"]
+    assert body["records"][0]["offset"] == dict((k, o) for o, k, _ in got)[b"k0"]
+    assert call(base, "GET", f"/v1/topics/{topic_name}/keys/k3/records")[1]["records"] == []
+    assert call(base, "GET", f"/v1/topics/{topic_name}/keys/k3/count")[1]["count"] == 6
