@@ -731,7 +731,8 @@ impl Report {
              (see README). Each figure is the median of several runs against a fresh broker. On a \
              shared VM the same command has given figures 2-3x apart from one invocation to the \
              next (the machine limits below move with them): compare runs made on the same \
-             machine at the same time, and read the ratios to the machine limits.\n\n{}",
+             machine at the same time, and read the ratios to the machine limits. Where the \
+             targets are out of reach, and why: `docs/performance.md`.\n\n{}",
             self.text
         )
     }

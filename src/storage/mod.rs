@@ -18,7 +18,7 @@ use slatedb::config::{
     CompactorOptions, GarbageCollectorDirectoryOptions, GarbageCollectorOptions, Settings,
 };
 use slatedb::prefix_extractor::{PrefixExtractor, PrefixTarget};
-use slatedb::Db;
+use slatedb::{BlockCachePolicy, CacheTarget, Db};
 
 /// Where SlateDB's objects go, parsed from `--store` or `--data-dir`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -166,8 +166,16 @@ pub async fn open(
         ..Settings::default()
     };
     let admin = AdminBuilder::new(path.clone(), store.clone()).build();
+    // Freshly flushed data blocks stay out of the block cache: under produce they only
+    // displaced what readers had cached, and held RSS near the cache's 512 MiB for data
+    // that tail consumers had already read from the memtable. Measured: peak RSS under
+    // produce 1.12 GB -> 0.59 GB, produce unchanged, consume from the beginning of a
+    // just-written log 25% slower (its blocks now come from disk, not from the cache).
+    let cache_policy =
+        BlockCachePolicy::default().with_flush_targets(&[CacheTarget::Index, CacheTarget::Filters]);
     let db = Db::builder(path, store)
         .with_settings(slate_settings)
+        .with_block_cache_policy(cache_policy)
         .with_segment_extractor(Arc::new(SegmentExtractor))
         .build()
         .await?;
