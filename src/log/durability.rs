@@ -9,8 +9,8 @@
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
-use slatedb::{CloseReason, DbStatus};
-use tokio::sync::{oneshot, watch};
+use slatedb::{CloseReason, Db, DbStatus};
+use tokio::sync::{oneshot, watch, Notify};
 
 use super::partition::PartitionLog;
 
@@ -74,6 +74,35 @@ impl DurabilityQueue {
     fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<PendingWrite>> {
         // The queue holds plain data; a panic elsewhere cannot leave it half-updated.
         self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Starts a WAL write as soon as an append waits for one, rather than at SlateDB's next
+/// flush tick: at most one write in flight and one more requested, so appends that arrive
+/// during a write share the next one (group commit). The tick stays as a backstop.
+pub(super) struct WalFlusher {
+    wanted: Arc<Notify>,
+}
+
+impl WalFlusher {
+    pub fn spawn(db: Db) -> Self {
+        let wanted = Arc::new(Notify::new());
+        let requests = wanted.clone();
+        tokio::spawn(async move {
+            loop {
+                requests.notified().await;
+                if let Err(e) = db.flush().await {
+                    // Closed or failing: the status follower reports it and the broker stops.
+                    tracing::debug!(error = %e, "WAL flush on request failed");
+                }
+            }
+        });
+        WalFlusher { wanted }
+    }
+
+    /// Asks for a WAL write; requests made while one is in flight fold into the next.
+    pub fn request(&self) {
+        self.wanted.notify_one();
     }
 }
 

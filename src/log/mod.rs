@@ -37,7 +37,7 @@ use crate::storage::keys::{
     self, AbortedTxn, BatchKey, IndexedRecord, KeyIndexEntry, SequenceEntry,
 };
 use batch::BatchView;
-use durability::DurabilityQueue;
+use durability::{DurabilityQueue, WalFlusher};
 use partition::{PartitionState, TxnEvent};
 use producers::{ProducerEntry, SequenceCheck, SequenceError, SequencedBatch};
 use segments::{SegmentRecord, Segments};
@@ -161,6 +161,7 @@ pub struct LogStore {
     /// The last producer id handed out; ids are never reused, even across restarts.
     last_producer_id: Mutex<i64>,
     durability: Arc<DurabilityQueue>,
+    wal_flusher: WalFlusher,
     follower: std::sync::Mutex<Option<tokio::task::JoinHandle<Option<CloseReason>>>>,
 }
 
@@ -213,6 +214,7 @@ impl LogStore {
         };
         let durability = Arc::new(DurabilityQueue::default());
         let follower = tokio::spawn(durability::follow(db.subscribe(), durability.clone()));
+        let wal_flusher = WalFlusher::spawn(db.clone());
         Ok(Arc::new(LogStore {
             db,
             cluster_id,
@@ -226,6 +228,7 @@ impl LogStore {
             append: Mutex::new(AppendState { next_sequence }),
             last_producer_id: Mutex::new(last_producer_id),
             durability,
+            wal_flusher,
             follower: std::sync::Mutex::new(Some(follower)),
         }))
     }
@@ -620,6 +623,7 @@ impl LogStore {
             state.apply_txn_events(&txn_events);
         }
         let durable = self.durability.push(handle.seqnum(), advances);
+        self.wal_flusher.request();
         drop(guard);
         // The write may have become durable before it was queued.
         self.durability.release(self.db.status().durable_seq);
