@@ -46,8 +46,9 @@ pub struct ServeArgs {
           value_parser = clap::value_parser!(u32).range(1..))]
     pub max_connections: u32,
 
-    /// How often the write-ahead log is made durable, in milliseconds. Bounds the latency
-    /// of acks=all produce; smaller writes more, smaller objects.
+    /// The longest a write waits for the write-ahead log to be made durable, in
+    /// milliseconds. Produce requests start a WAL write at once; offset commits and other
+    /// metadata writes wait for this tick. Smaller writes more, smaller objects.
     #[arg(long, env = "SHALE_FLUSH_INTERVAL_MS", default_value_t = 2,
           value_parser = clap::value_parser!(u64).range(1..=10_000))]
     pub flush_interval_ms: u64,
