@@ -47,7 +47,7 @@ struct Args {
     /// Seconds per fixed-rate latency run.
     #[arg(long, default_value_t = 10)]
     latency_secs: u64,
-    /// Largest partition count for the metadata test.
+    /// Largest partition count for the metadata test (a multiple of 1000).
     #[arg(long, default_value_t = 100_000)]
     max_partitions: i32,
     /// Do not pin the broker and the client to different cores.
@@ -452,7 +452,12 @@ impl Bench {
         let mut created = 0;
         let mut results = Vec::new();
         let consumer: BaseConsumer = consumer_config(&broker.bootstrap).create()?;
-        for target in [10_000, self.args.max_partitions] {
+        let mut targets = vec![
+            10_000.min(self.args.max_partitions),
+            self.args.max_partitions,
+        ];
+        targets.dedup();
+        for target in targets {
             let topics: Vec<(String, i32)> = (created / per_topic..target / per_topic)
                 .map(|t| (format!("many-{t:04}"), per_topic))
                 .collect();
