@@ -47,8 +47,8 @@ pub struct ServeArgs {
     pub max_connections: u32,
 
     /// The longest a write waits for the write-ahead log to be made durable, in
-    /// milliseconds. Produce requests start a WAL write at once; offset commits and other
-    /// metadata writes wait for this tick. Smaller writes more, smaller objects.
+    /// milliseconds. Appends, offset commits and coordinator records start a WAL write at
+    /// once; this tick is the backstop. Smaller writes more, smaller objects.
     #[arg(long, env = "SHALE_FLUSH_INTERVAL_MS", default_value_t = 2,
           value_parser = clap::value_parser!(u64).range(1..=10_000))]
     pub flush_interval_ms: u64,

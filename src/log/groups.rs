@@ -38,10 +38,6 @@ pub struct StoredGroups {
 pub struct PendingWrite(Option<WriteHandle>);
 
 impl PendingWrite {
-    pub(super) fn new(handle: WriteHandle) -> Self {
-        PendingWrite(Some(handle))
-    }
-
     pub async fn durable(self) -> Result<(), LogError> {
         if let Some(handle) = self.0 {
             handle.await_durable().await?;
@@ -51,6 +47,13 @@ impl PendingWrite {
 }
 
 impl LogStore {
+    /// A metadata write on its way to durability, which asks for a WAL write at once (as
+    /// appends do) so offset commits and coordinator records need not wait for the tick.
+    pub(super) fn pending_write(&self, handle: WriteHandle) -> PendingWrite {
+        self.wal_flusher.request();
+        PendingWrite(Some(handle))
+    }
+
     pub async fn load_groups(&self) -> Result<StoredGroups, LogError> {
         let mut stored = StoredGroups::default();
         let mut scan = self.db.scan(prefix_range(&keys::group_prefix())).await?;
@@ -105,6 +108,6 @@ impl LogStore {
                 }
             }
         }
-        Ok(PendingWrite(Some(self.db.write(batch).await?)))
+        Ok(self.pending_write(self.db.write(batch).await?))
     }
 }

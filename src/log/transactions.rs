@@ -46,7 +46,7 @@ impl LogStore {
     ) -> Result<PendingWrite, LogError> {
         let mut batch = WriteBatch::new();
         batch.put(keys::transaction_key(transactional_id), record);
-        Ok(PendingWrite::new(self.db.write(batch).await?))
+        Ok(self.pending_write(self.db.write(batch).await?))
     }
 
     /// Ends a transaction: markers on `partitions`, the transaction's new `record`, and on
