@@ -3,6 +3,7 @@
 //! key's version (its record count). Only durable records are returned, as with Fetch.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -75,6 +76,23 @@ fn decode(batch: &Bytes) -> Result<Vec<Record>, LogError> {
         .map_err(|e| LogError::Corrupt(format!("stored record batch: {e}")))
 }
 
+/// Reads pages from `from` on until one has records or `next` stops moving, so a page that
+/// held only skipped entries (transaction markers, aborted or removed records, records below
+/// the log start) never reaches the reader as an empty page in the middle of a stream.
+async fn first_filled_page<F, Fut>(mut from: u64, mut page: F) -> Result<StreamPage, LogError>
+where
+    F: FnMut(u64) -> Fut,
+    Fut: Future<Output = Result<StreamPage, LogError>>,
+{
+    loop {
+        let read = page(from).await?;
+        if !read.records.is_empty() || read.next == from {
+            return Ok(read);
+        }
+        from = read.next;
+    }
+}
+
 impl LogStore {
     /// A receiver that changes whenever appended records become durable: how key-stream
     /// and global-log readers wait at the tail.
@@ -140,15 +158,7 @@ impl LogStore {
         from: u64,
         limit: usize,
     ) -> Result<StreamPage, LogError> {
-        let mut from = from;
-        loop {
-            let page = self.key_page(topic, key, from, limit).await?;
-            // Only skipped entries (aborted, removed, below the log start) so far: read on.
-            if !page.records.is_empty() || page.next == from {
-                return Ok(page);
-            }
-            from = page.next;
-        }
+        first_filled_page(from, |from| self.key_page(topic, key, from, limit)).await
     }
 
     async fn key_page(
@@ -282,15 +292,10 @@ impl LogStore {
         limit: usize,
         since_ms: Option<i64>,
     ) -> Result<StreamPage, LogError> {
-        let mut from = from;
-        loop {
-            let page = self.sequence_page(topic, from, limit, since_ms).await?;
-            // Only skipped batches (markers, aborted transactions) so far: read on.
-            if !page.records.is_empty() || page.next == from {
-                return Ok(page);
-            }
-            from = page.next;
-        }
+        first_filled_page(from, |from| {
+            self.sequence_page(topic, from, limit, since_ms)
+        })
+        .await
     }
 
     async fn sequence_page(
