@@ -225,12 +225,13 @@ def test_a_second_producer_with_the_same_transactional_id_fences_the_first(broke
 
 def test_the_broker_aborts_a_transaction_past_its_timeout(broker, topic_name):
     create_topic(broker.bootstrap, topic_name)
-    producer = txn_producer(broker.bootstrap, "tx-" + topic_name, **{"transaction.timeout.ms": 1500})
+    # Long enough that a slow machine still sees the transaction open before it times out.
+    producer = txn_producer(broker.bootstrap, "tx-" + topic_name, **{"transaction.timeout.ms": 4000})
     producer.begin_transaction()
     producer.produce(topic_name, value=b"slow")
     producer.flush(15)
     assert latest_offsets(broker.bootstrap, topic_name, 0) == (1, 0)
-    time.sleep(3)
+    time.sleep(5)
     # Aborted: the marker moved the last stable offset past the record, which stays hidden.
     assert latest_offsets(broker.bootstrap, topic_name, 0) == (2, 2)
     assert read_all(broker.bootstrap, topic_name, [0], "read_committed", timeout=2) == []
