@@ -48,6 +48,7 @@ use std::sync::Arc;
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::{RequestHeader, RequestKind, ResponseKind};
 use kafka_protocol::protocol::StrBytes;
+use tokio::sync::oneshot;
 
 use crate::log::{LogError, LogStore, Topic};
 use config::{validate_topic_name, BrokerConfig};
@@ -62,10 +63,55 @@ pub struct Broker {
     pub config: BrokerConfig,
 }
 
-/// Who sent a request.
+/// Who sent a request, and where it stands among its connection's produce requests.
 pub struct RequestContext {
     pub client_id: String,
     pub peer: std::net::SocketAddr,
+    pub append_turn: AppendTurn,
+}
+
+/// A produce request's turn to append. Requests on one connection are handled
+/// concurrently, but Kafka appends a connection's produce requests in the order they were
+/// sent: a client with several requests in flight to one partition (librdkafka's default)
+/// relies on it for record order. Each produce request waits for the previous one on its
+/// connection to have appended (or to have finished without appending) before it appends.
+#[derive(Default)]
+pub struct AppendTurn {
+    previous: std::sync::Mutex<Option<oneshot::Receiver<()>>>,
+    done: std::sync::Mutex<Option<oneshot::Sender<()>>>,
+}
+
+impl AppendTurn {
+    /// The turn of the next produce request after `previous` (the receiver of the last
+    /// produce request's turn), and the receiver the request after it waits on.
+    pub fn after(previous: Option<oneshot::Receiver<()>>) -> (AppendTurn, oneshot::Receiver<()>) {
+        let (done, next) = oneshot::channel();
+        let turn = AppendTurn {
+            previous: std::sync::Mutex::new(previous),
+            done: std::sync::Mutex::new(Some(done)),
+        };
+        (turn, next)
+    }
+
+    /// Waits until the previous produce request of the connection has appended.
+    async fn wait(&self) {
+        let previous = self
+            .previous
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(previous) = previous {
+            // A dropped sender means that request finished without appending.
+            let _ = previous.await;
+        }
+    }
+
+    /// Lets the next produce request append. Dropping the turn does the same.
+    fn appended(&self) {
+        if let Some(done) = self.done.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let _ = done.send(());
+        }
+    }
 }
 
 impl RequestContext {
@@ -103,7 +149,9 @@ impl Broker {
             RequestKind::Metadata(r) => {
                 ResponseKind::Metadata(metadata::handle(self, version, r).await)
             }
-            RequestKind::Produce(r) => ResponseKind::Produce(produce::handle(self, r).await?),
+            RequestKind::Produce(r) => {
+                ResponseKind::Produce(produce::handle(self, &context.append_turn, r).await?)
+            }
             RequestKind::Fetch(r) => ResponseKind::Fetch(fetch::handle(self, version, r).await),
             RequestKind::ListOffsets(r) => {
                 ResponseKind::ListOffsets(list_offsets::handle(self, version, r).await)

@@ -14,7 +14,7 @@ use kafka_protocol::messages::produce_response::{PartitionProduceResponse, Topic
 use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
 
 use super::config::topic_config_value;
-use super::{storage_error, str_bytes, Broker};
+use super::{storage_error, str_bytes, AppendTurn, Broker};
 use crate::log::batch::{self, BatchError, BatchView};
 use crate::log::producers::SequenceError;
 use crate::log::{now_ms, AppendOutcome, AppendReceipt, PartitionAppend, PartitionLog};
@@ -30,7 +30,11 @@ enum Outcome {
     },
 }
 
-pub async fn handle(broker: &Broker, request: ProduceRequest) -> Option<ProduceResponse> {
+pub async fn handle(
+    broker: &Broker,
+    turn: &AppendTurn,
+    request: ProduceRequest,
+) -> Option<ProduceResponse> {
     let acks = request.acks;
     let mut appends: Vec<PartitionAppend> = Vec::new();
     let mut submitted: HashSet<(uuid::Uuid, i32)> = HashSet::new();
@@ -87,7 +91,10 @@ pub async fn handle(broker: &Broker, request: ProduceRequest) -> Option<ProduceR
     let appended = if appends.is_empty() {
         Ok(Vec::new())
     } else {
-        match broker.log.append(appends).await {
+        turn.wait().await;
+        let appended = broker.log.append(appends).await;
+        turn.appended();
+        match appended {
             Ok(receipt) => {
                 let outcomes = receipt.outcomes.clone();
                 let durable = match acks {

@@ -13,11 +13,11 @@ use futures::stream::FuturesOrdered;
 use futures::{FutureExt, StreamExt};
 use tokio::io::{AsyncWriteExt, BufWriter};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{oneshot, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_util::codec::FramedRead;
 
-use super::{Broker, RequestContext};
+use super::{AppendTurn, Broker, RequestContext};
 use crate::protocol::{self, frame, Incoming};
 
 /// Requests one connection may have in progress; Kafka clients send at most 5 by default.
@@ -75,13 +75,22 @@ async fn run_connection(
     let mut frames = FramedRead::new(reader, codec);
     let mut writer = BufWriter::new(writer);
     let mut in_flight: FuturesOrdered<JoinHandle<Response>> = FuturesOrdered::new();
+    // What the next produce request waits on before it appends: the last one's turn.
+    let mut last_produce: Option<oneshot::Receiver<()>> = None;
     let mut reading = true;
     loop {
         tokio::select! {
             frame = frames.next(), if reading && in_flight.len() < MAX_IN_FLIGHT => match frame {
                 Some(Ok(frame)) => {
                     let incoming = protocol::decode_request(frame.freeze()).map_err(|e| e.to_string())?;
-                    in_flight.push_back(tokio::spawn(respond(broker.clone(), incoming, peer)));
+                    let turn = if incoming.is_produce() {
+                        let (turn, next) = AppendTurn::after(last_produce.take());
+                        last_produce = Some(next);
+                        turn
+                    } else {
+                        AppendTurn::default()
+                    };
+                    in_flight.push_back(tokio::spawn(respond(broker.clone(), incoming, peer, turn)));
                 }
                 Some(Err(e)) => return Err(format!("bad frame: {e}")),
                 // The client is done sending; answer what it already asked.
@@ -111,7 +120,12 @@ async fn write_response(
     Ok(())
 }
 
-async fn respond(broker: Arc<Broker>, incoming: Incoming, peer: SocketAddr) -> Response {
+async fn respond(
+    broker: Arc<Broker>,
+    incoming: Incoming,
+    peer: SocketAddr,
+    append_turn: AppendTurn,
+) -> Response {
     match incoming {
         Incoming::ApiVersionsTooNew { correlation_id } => {
             protocol::encode_api_versions_too_new(correlation_id)
@@ -128,6 +142,7 @@ async fn respond(broker: Arc<Broker>, incoming: Incoming, peer: SocketAddr) -> R
                     .map(|c| c.to_string())
                     .unwrap_or_default(),
                 peer,
+                append_turn,
             };
             let Some(response) = broker.handle(&context, &header, *body).await else {
                 return Ok(None);

@@ -23,6 +23,12 @@ pub enum Incoming {
     ApiVersionsTooNew { correlation_id: i32 },
 }
 
+impl Incoming {
+    pub fn is_produce(&self) -> bool {
+        matches!(self, Incoming::Request { body, .. } if matches!(**body, RequestKind::Produce(_)))
+    }
+}
+
 /// Why a frame cannot be served; the connection is closed, as Kafka does.
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {

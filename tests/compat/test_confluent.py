@@ -249,3 +249,29 @@ def test_a_batch_larger_than_the_fetch_limits_is_still_delivered(broker, topic_n
         **{"max.partition.fetch.bytes": 1000, "fetch.max.bytes": 1000, "message.max.bytes": 1000},
     )
     assert [m.value() for m in got] == [big, b"next"]
+
+
+def test_pipelined_produce_requests_keep_their_order(broker, topic_name):
+    """librdkafka keeps several produce requests in flight on one connection (not idempotent
+    here, so nothing on the broker re-checks sequences): the partition must hold the records
+    in the order they were sent."""
+    create_topic(broker.bootstrap, topic_name)
+    producer = Producer({
+        "bootstrap.servers": broker.bootstrap, "acks": "all", "linger.ms": 0,
+        "batch.num.messages": 5, "max.in.flight.requests.per.connection": 20,
+    })
+    count = 20_000
+    for i in range(count):
+        while True:
+            try:
+                producer.produce(topic_name, value=str(i).encode())
+                break
+            except BufferError:
+                producer.poll(0.01)
+        if i % 500 == 0:
+            producer.poll(0)
+    assert producer.flush(60) == 0
+    got = [int(m.value()) for m in consume(broker.bootstrap, topic_name, 0, count)]
+    assert len(got) == count
+    out_of_order = [(a, b) for a, b in zip(got, got[1:]) if b != a + 1]
+    assert out_of_order == [], f"{len(out_of_order)} places out of order, first {out_of_order[:5]}"
