@@ -50,12 +50,31 @@ struct Args {
     /// Largest partition count for the metadata test (a multiple of 1000).
     #[arg(long, default_value_t = 100_000)]
     max_partitions: i32,
+    /// Run only these sections (comma-separated: limits, startup, throughput, latency,
+    /// metadata); all of them by default. For quick before/after comparisons.
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<Section>,
     /// Do not pin the broker and the client to different cores.
     #[arg(long)]
     no_pin: bool,
     /// Where to write the report.
     #[arg(long, default_value = "docs/benchmarks.md")]
     out: PathBuf,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum Section {
+    Limits,
+    Startup,
+    Throughput,
+    Latency,
+    Metadata,
+}
+
+impl Args {
+    fn runs(&self, section: Section) -> bool {
+        self.only.is_empty() || self.only.contains(&section)
+    }
 }
 
 fn main() -> Result<()> {
@@ -84,16 +103,47 @@ fn main() -> Result<()> {
     let mut report = Report::default();
     report.line(&machine_description(cores, pin));
 
-    report.section("Machine limits");
-    let loopback = median(bench.args.runs, || loopback_gbps(2 << 30));
-    let disk = median(bench.args.runs, || disk_gbps(512 << 20));
-    report.line(&format!(
-        "- loopback TCP, one connection: **{loopback:.2} GB/s**"
-    ));
-    report.line(&format!(
-        "- disk, 1 MiB write + fdatasync: **{disk:.2} GB/s**"
-    ));
+    let mut limits = None;
+    if bench.args.runs(Section::Limits) {
+        report.section("Machine limits");
+        let loopback = median(bench.args.runs, || loopback_gbps(2 << 30));
+        let disk = median(bench.args.runs, || disk_gbps(512 << 20));
+        report.line(&format!(
+            "- loopback TCP, one connection: **{loopback:.2} GB/s**"
+        ));
+        report.line(&format!(
+            "- disk, 1 MiB write + fdatasync: **{disk:.2} GB/s**"
+        ));
+        limits = Some((loopback, disk));
+    }
+    if bench.args.runs(Section::Startup) {
+        startup_and_memory(&bench, &mut report)?;
+    }
+    if bench.args.runs(Section::Throughput) {
+        throughput(&bench, &mut report, limits)?;
+    }
+    if bench.args.runs(Section::Latency) {
+        latency(&bench, &mut report)?;
+    }
+    if bench.args.runs(Section::Metadata) {
+        report.section("Metadata with many partitions");
+        report.line("| partitions | Metadata (all topics) ms | broker RSS MB |");
+        report.line("|---|---|---|");
+        for (total, ms, rss) in bench.metadata()? {
+            report.line(&format!("| {total} | {ms:.1} | {rss:.0} |"));
+        }
+    }
 
+    print!("{}", report.text);
+    if let Some(dir) = bench.args.out.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(&bench.args.out, report.render())?;
+    eprintln!("wrote {}", bench.args.out.display());
+    Ok(())
+}
+
+fn startup_and_memory(bench: &Bench, report: &mut Report) -> Result<()> {
     report.section("Startup and memory");
     let mut startups = Vec::new();
     let mut idle_rss = Vec::new();
@@ -109,7 +159,11 @@ fn main() -> Result<()> {
         "- startup (process start to accepting connections): **{startup:.1} ms**"
     ));
     report.line(&format!("- idle RSS: **{idle:.1} MB**"));
+    Ok(())
+}
 
+/// `limits`: loopback and disk speed in GB/s, when measured, to put produce against.
+fn throughput(bench: &Bench, report: &mut Report, limits: Option<(f64, f64)>) -> Result<()> {
     report.section(&format!(
         "Throughput ({} records of {} B, acks=all, linger.ms=5, no compression)",
         bench.args.records, bench.args.record_bytes
@@ -133,12 +187,17 @@ fn main() -> Result<()> {
             pick(|t| t.peak_rss_mb),
         ));
     }
-    report.line(&format!(
-        "\nThe best produce figure is {:.0}% of loopback TCP and {:.0}% of the disk's write+fdatasync rate.",
-        100.0 * best_produce_mbps / (loopback * 1000.0),
-        100.0 * best_produce_mbps / (disk * 1000.0)
-    ));
+    if let Some((loopback, disk)) = limits {
+        report.line(&format!(
+            "\nThe best produce figure is {:.0}% of loopback TCP and {:.0}% of the disk's write+fdatasync rate.",
+            100.0 * best_produce_mbps / (loopback * 1000.0),
+            100.0 * best_produce_mbps / (disk * 1000.0)
+        ));
+    }
+    Ok(())
+}
 
+fn latency(bench: &Bench, report: &mut Report) -> Result<()> {
     report.section(&format!(
         "Latency (open loop, 1 partition, {} s per rate, from the scheduled send time)",
         bench.args.latency_secs
@@ -168,20 +227,6 @@ fn main() -> Result<()> {
             pick(|l| l.e2e[3]),
         ));
     }
-
-    report.section("Metadata with many partitions");
-    report.line("| partitions | Metadata (all topics) ms | broker RSS MB |");
-    report.line("|---|---|---|");
-    for (total, ms, rss) in bench.metadata()? {
-        report.line(&format!("| {total} | {ms:.1} | {rss:.0} |"));
-    }
-
-    print!("{}", report.text);
-    if let Some(dir) = bench.args.out.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    std::fs::write(&bench.args.out, report.render())?;
-    eprintln!("wrote {}", bench.args.out.display());
     Ok(())
 }
 
