@@ -165,6 +165,8 @@ pub async fn open(
         }),
         ..Settings::default()
     };
+    // Any SlateDB setting can be overridden with a `SLATEDB_` variable, for tuning.
+    let slate_settings = Settings::from_env_with_default("SLATEDB_", slate_settings)?;
     let admin = AdminBuilder::new(path.clone(), store.clone()).build();
     // Freshly flushed data blocks stay out of the block cache: under produce they only
     // displaced what readers had cached, and held RSS near the cache's 512 MiB for data
