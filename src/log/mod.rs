@@ -12,6 +12,7 @@ pub mod groups;
 mod partition;
 pub mod producers;
 mod read;
+mod read_ahead;
 pub mod retention;
 mod segments;
 pub mod streams;
@@ -40,8 +41,12 @@ use batch::BatchView;
 use durability::{DurabilityQueue, WalFlusher};
 use partition::{PartitionState, TxnEvent};
 use producers::{ProducerEntry, SequenceCheck, SequenceError, SequencedBatch};
+use read_ahead::ReadAhead;
 use segments::{SegmentRecord, Segments};
 use topic::TopicRecord;
+
+/// Bytes of chunks read ahead for catching-up consumers, held at once over all partitions.
+const READ_AHEAD_BUDGET: usize = 64 << 20;
 
 /// The first segment that holds record data (segment 0 holds metadata).
 const FIRST_DATA_SEGMENT: u32 = 1;
@@ -162,6 +167,7 @@ pub struct LogStore {
     last_producer_id: Mutex<i64>,
     durability: Arc<DurabilityQueue>,
     wal_flusher: WalFlusher,
+    read_ahead: ReadAhead,
     follower: std::sync::Mutex<Option<tokio::task::JoinHandle<Option<CloseReason>>>>,
 }
 
@@ -229,6 +235,7 @@ impl LogStore {
             last_producer_id: Mutex::new(last_producer_id),
             durability,
             wal_flusher,
+            read_ahead: ReadAhead::new(READ_AHEAD_BUDGET),
             follower: std::sync::Mutex::new(Some(follower)),
         }))
     }

@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::ops::Range;
+use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::records::RecordBatchDecoder;
@@ -10,6 +11,7 @@ use slatedb::{DbIterator, IterationOrder};
 use super::batch::BatchView;
 use super::partition::{PartitionLog, PartitionOffsets, PartitionState, TxnIndex};
 use super::producers::ProducerEntry;
+use super::read_ahead::{Chunk, ChunkRequest};
 use super::{LogError, LogStore};
 use crate::storage::keys::{self, AbortedTxn, BatchKey};
 
@@ -27,7 +29,7 @@ pub struct FetchedRecords {
 }
 
 /// Which records a fetch may see.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Isolation {
     /// Everything durable, up to the high watermark.
     ReadUncommitted,
@@ -41,36 +43,55 @@ pub(super) fn prefix_range(prefix: &[u8]) -> Range<Bytes> {
 }
 
 /// Walks one partition's batches in offset order, across segments, below an end offset.
-struct BatchCursor<'a> {
-    store: &'a LogStore,
-    partition: &'a PartitionLog,
+/// It owns what it reads from, so the cursor of one read can carry on in the read-ahead of
+/// the next (see `read_ahead`) without seeking again.
+pub(super) struct BatchCursor {
+    db: slatedb::Db,
+    topic_id: uuid::Uuid,
+    partition: i32,
     /// Segments not yet opened, oldest first.
     segments: std::vec::IntoIter<u32>,
     scan: Option<DbIterator>,
+    /// A batch read from the scan and not returned yet: it starts at or past the end
+    /// offset, or did not fit in a chunk.
+    held: Option<Bytes>,
     from_offset: i64,
     end_offset: i64,
     read_ahead: usize,
+    cache_blocks: bool,
 }
 
-impl<'a> BatchCursor<'a> {
+impl BatchCursor {
     fn new(
-        store: &'a LogStore,
-        partition: &'a PartitionLog,
+        store: &LogStore,
+        partition: &PartitionLog,
         from_offset: i64,
         end_offset: i64,
         read_ahead: usize,
     ) -> Self {
         BatchCursor {
-            store,
-            partition,
+            db: store.db.clone(),
+            topic_id: partition.topic_id,
+            partition: partition.index,
             segments: store
                 .read_segments()
                 .of_topic(partition.topic_id)
                 .into_iter(),
             scan: None,
+            held: None,
             from_offset,
             end_offset,
             read_ahead,
+            cache_blocks: true,
+        }
+    }
+
+    /// For reads that carry on where the last one stopped: the scan reads ahead, so
+    /// caching its data blocks would only displace other readers' blocks.
+    fn sequential(self) -> Self {
+        BatchCursor {
+            cache_blocks: false,
+            ..self
         }
     }
 
@@ -78,15 +99,20 @@ impl<'a> BatchCursor<'a> {
     /// `end_offset`, or `None` at the end.
     async fn next(&mut self) -> Result<Option<Bytes>, LogError> {
         loop {
+            if let Some(batch) = self.held.take() {
+                let view = BatchView::new(&batch)
+                    .ok_or_else(|| LogError::Corrupt("short record batch".into()))?;
+                if view.base_offset() >= self.end_offset {
+                    self.held = Some(batch);
+                    return Ok(None);
+                }
+                return Ok(Some(batch));
+            }
             if let Some(scan) = &mut self.scan {
                 match scan.next().await? {
                     Some(entry) => {
-                        let view = BatchView::new(&entry.value)
-                            .ok_or_else(|| LogError::Corrupt("short record batch".into()))?;
-                        if view.base_offset() >= self.end_offset {
-                            return Ok(None);
-                        }
-                        return Ok(Some(entry.value));
+                        self.held = Some(entry.value);
+                        continue;
                     }
                     None => self.scan = None,
                 }
@@ -94,34 +120,40 @@ impl<'a> BatchCursor<'a> {
             let Some(segment) = self.segments.next() else {
                 return Ok(None);
             };
-            let prefix =
-                keys::partition_prefix(segment, self.partition.topic_id, self.partition.index);
+            let prefix = keys::partition_prefix(segment, self.topic_id, self.partition);
             let range = prefix_range(&prefix);
             let start = BatchKey {
                 segment,
-                topic_id: self.partition.topic_id,
-                partition: self.partition.index,
+                topic_id: self.topic_id,
+                partition: self.partition,
                 last_offset: self.from_offset.max(0),
             }
             .encode();
-            let options = LogStore::scan_options(self.read_ahead, IterationOrder::Ascending);
+            let options = LogStore::scan_options(self.read_ahead, IterationOrder::Ascending)
+                .with_cache_blocks(self.cache_blocks);
             self.scan = Some(
-                self.store
-                    .db
+                self.db
                     .scan_with_options(start..range.end, &options)
                     .await?,
             );
         }
+    }
+
+    /// Puts back the batch `next` returned last, to be returned again.
+    fn unread(&mut self, batch: Bytes) {
+        debug_assert!(self.held.is_none());
+        self.held = Some(batch);
     }
 }
 
 impl LogStore {
     /// Reads whole batches from `offset` on, up to `max_bytes` (but always at least one
     /// batch, so a consumer can make progress past a batch larger than its limit). Only
-    /// durable records are returned.
+    /// durable records are returned. A read that stops at its limit starts reading the next
+    /// chunk ahead (see `read_ahead`).
     pub async fn read(
-        &self,
-        partition: &PartitionLog,
+        self: &Arc<Self>,
+        partition: &Arc<PartitionLog>,
         offset: i64,
         max_bytes: usize,
         isolation: Isolation,
@@ -146,19 +178,36 @@ impl LogStore {
                 high_watermark: offsets.high_watermark,
             });
         }
-        let mut records = BytesMut::new();
+        let mut records = Bytes::new();
         if offset < end && max_bytes > 0 {
-            let read_ahead = max_bytes.clamp(64 << 10, MAX_READ_AHEAD);
-            let mut cursor = BatchCursor::new(self, partition, offset, end, read_ahead);
-            while let Some(batch) = cursor.next().await? {
-                if !records.is_empty() && records.len() + batch.len() > max_bytes {
-                    break;
+            let request = ChunkRequest {
+                topic_id: partition.topic_id,
+                partition: partition.index,
+                offset,
+                max_bytes,
+                isolation,
+            };
+            let mut chunk = match self.read_ahead.take(&request).await {
+                Some(chunk) => chunk,
+                None => {
+                    let read_ahead = max_bytes.clamp(64 << 10, MAX_READ_AHEAD);
+                    let cursor =
+                        BatchCursor::new(self, partition, offset, end, read_ahead).sequential();
+                    read_chunk(cursor, max_bytes).await?
                 }
-                records.extend_from_slice(&batch);
-                if records.len() >= max_bytes {
-                    break;
-                }
+            };
+            if chunk.more {
+                let next = ChunkRequest {
+                    offset: chunk.next_offset,
+                    ..request
+                };
+                let (store, partition, cursor) =
+                    (self.clone(), partition.clone(), chunk.cursor.take());
+                self.read_ahead.start(next, || async move {
+                    store.read_chunk_ahead(&partition, next, cursor).await
+                });
             }
+            records = chunk.records;
         }
         let aborted = match isolation {
             Isolation::ReadCommitted if !records.is_empty() => {
@@ -167,10 +216,39 @@ impl LogStore {
             _ => Vec::new(),
         };
         Ok(FetchedRecords {
-            records: records.freeze(),
+            records,
             offsets,
             aborted,
         })
+    }
+
+    /// The chunk `request` asks for, read against the partition's end at the time, with
+    /// the cursor the previous chunk stopped at when there is one.
+    async fn read_chunk_ahead(
+        &self,
+        partition: &PartitionLog,
+        request: ChunkRequest,
+        cursor: Option<BatchCursor>,
+    ) -> Result<Chunk, LogError> {
+        let state = self.state(partition).await?;
+        let end = match request.isolation {
+            Isolation::ReadUncommitted => state.high_watermark(),
+            Isolation::ReadCommitted => state.last_stable_offset(),
+        };
+        let read_ahead = request.max_bytes.clamp(64 << 10, MAX_READ_AHEAD);
+        let fresh =
+            || BatchCursor::new(self, partition, request.offset, end, read_ahead).sequential();
+        let Some(mut cursor) = cursor else {
+            return read_chunk(fresh(), request.max_bytes).await;
+        };
+        cursor.end_offset = cursor.end_offset.max(end);
+        let chunk = read_chunk(cursor, request.max_bytes).await?;
+        if chunk.records.is_empty() {
+            // The cursor's scan reads the store as it was when the scan opened, and the
+            // records after it were appended later.
+            return read_chunk(fresh(), request.max_bytes).await;
+        }
+        Ok(chunk)
     }
 
     /// Rebuilds a partition's offsets from its stored batches.
@@ -299,6 +377,55 @@ impl LogStore {
             None => Ok(None),
         }
     }
+}
+
+/// Whole batches from `cursor` on, up to `max_bytes` (at least one batch). The chunk keeps
+/// the cursor when it stopped at a batch it could not take, so a read of what follows can
+/// carry on from there.
+async fn read_chunk(mut cursor: BatchCursor, max_bytes: usize) -> Result<Chunk, LogError> {
+    let mut batches = Vec::new();
+    let mut bytes = 0;
+    let mut next_offset = cursor.from_offset;
+    let mut positioned = false;
+    while let Some(batch) = cursor.next().await? {
+        if bytes > 0 && bytes + batch.len() > max_bytes {
+            cursor.unread(batch);
+            positioned = true;
+            break;
+        }
+        let view =
+            BatchView::new(&batch).ok_or_else(|| LogError::Corrupt("short record batch".into()))?;
+        next_offset = view.last_offset() + 1;
+        bytes += batch.len();
+        batches.push(batch);
+        if bytes >= max_bytes {
+            positioned = true;
+            break;
+        }
+    }
+    // Stopped at the end offset with the next batch in hand: also where the next read starts.
+    positioned |= cursor.held.is_some();
+    cursor.from_offset = next_offset;
+    let more = next_offset < cursor.end_offset;
+    // A chunk of one batch (the usual case for producers' ~1 MB batches) is passed on
+    // without a copy.
+    let records = match batches.len() {
+        0 => Bytes::new(),
+        1 => batches.swap_remove(0),
+        _ => {
+            let mut records = BytesMut::with_capacity(bytes);
+            for batch in &batches {
+                records.extend_from_slice(batch);
+            }
+            records.freeze()
+        }
+    };
+    Ok(Chunk {
+        records,
+        next_offset,
+        more,
+        cursor: positioned.then_some(cursor),
+    })
 }
 
 /// Decodes one batch (decompressing if needed) and finds the first record whose timestamp

@@ -122,16 +122,6 @@ def test_a_partition_repeated_in_one_produce_request_is_refused(broker, topic_na
     assert wire.produce_v3_error(wire.receive(sock)) == (0, 1), "only one copy was stored"
 
 
-def fetch_v4(topic, offset, max_wait_ms, min_bytes):
-    return (
-        struct.pack(">iiiib", -1, max_wait_ms, min_bytes, 1 << 20, 0)
-        + struct.pack(">i", 1)
-        + wire.string(topic)
-        + struct.pack(">i", 1)
-        + struct.pack(">iqi", 0, offset, 1 << 20)
-    )
-
-
 @pytest.mark.parametrize("min_bytes, answers_at_once", [(0, True), (1, False)])
 def test_fetch_min_bytes_decides_whether_an_empty_fetch_waits(broker, topic_name, min_bytes, answers_at_once):
     import time
@@ -139,7 +129,7 @@ def test_fetch_min_bytes_decides_whether_an_empty_fetch_waits(broker, topic_name
     create_topic(broker.bootstrap, topic_name)
     sock = wire.connect(broker)
     started = time.monotonic()
-    wire.send(sock, wire.header(1, 4) + fetch_v4(topic_name, 0, 1500, min_bytes))
+    wire.send(sock, wire.header(1, 4) + wire.fetch_v4(topic_name, 0, 1500, min_bytes))
     assert wire.receive(sock) is not None
     waited = time.monotonic() - started
     # With nothing to read, min_bytes=0 is answered at once; min_bytes=1 waits for max_wait_ms.

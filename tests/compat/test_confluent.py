@@ -275,3 +275,42 @@ def test_pipelined_produce_requests_keep_their_order(broker, topic_name):
     assert len(got) == count
     out_of_order = [(a, b) for a, b in zip(got, got[1:]) if b != a + 1]
     assert out_of_order == [], f"{len(out_of_order)} places out of order, first {out_of_order[:5]}"
+
+
+SMALL_FETCHES = {"max.partition.fetch.bytes": 4096, "fetch.max.bytes": 8192, "message.max.bytes": 8192}
+
+
+def _sent(partition, i):
+    return f"{partition}-{i:06d}".encode().ljust(100, b".")
+
+
+def test_consumers_catching_up_in_small_fetches_get_every_record_in_order(broker, topic_name):
+    """A backlog spread over several segments, read in small fetches (each one's successor is
+    read ahead by the broker) by two consumers at once while more records are appended:
+    each gets every record once, in order."""
+    create_topic(broker.bootstrap, topic_name, partitions=2, config={"segment.bytes": "20000"})
+    backlog, more = 3000, 1000
+    small_batches = {"linger.ms": 0, "batch.num.messages": 20}
+    produce(broker.bootstrap, topic_name,
+            [(p, None, _sent(p, i), None, None) for i in range(backlog) for p in (0, 1)],
+            **small_batches)
+    appending = threading.Thread(target=produce, args=(
+        broker.bootstrap, topic_name,
+        [(p, None, _sent(p, i), None, None) for i in range(backlog, backlog + more) for p in (0, 1)],
+    ), kwargs=small_batches)
+    got = {}
+
+    def read(partition):
+        got[partition] = consume(broker.bootstrap, topic_name, partition, backlog + more,
+                                 timeout=60, **SMALL_FETCHES)
+
+    readers = [threading.Thread(target=read, args=(p,)) for p in (0, 1)]
+    appending.start()
+    for reader in readers:
+        reader.start()
+    for thread in [appending, *readers]:
+        thread.join()
+    for partition in (0, 1):
+        messages = got[partition]
+        assert [m.offset() for m in messages] == list(range(backlog + more))
+        assert [m.value() for m in messages] == [_sent(partition, i) for i in range(backlog + more)]

@@ -9,6 +9,7 @@ from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from test_http import call, http_base
 from clients import admin, create_topic, produce
+import wire
 
 # Retention checks every 200 ms and deletes drained files 300 ms later.
 FAST = ["--retention-check-interval-ms", "200", "--reclaim-delay-ms", "300"]
@@ -248,3 +249,30 @@ def test_compacted_topic_keeps_the_latest_value_per_key(make_broker, topic_name)
     assert body["records"][0]["offset"] == dict((k, o) for o, k, _ in got)[b"k0"]
     assert call(base, "GET", f"/v1/topics/{topic_name}/keys/k3/records")[1]["records"] == []
     assert call(base, "GET", f"/v1/topics/{topic_name}/keys/k3/count")[1]["count"] == 6
+
+
+def test_a_fetch_below_deleted_records_is_out_of_range_though_read_ahead(broker, topic_name):
+    """A full fetch makes the broker read the next chunk ahead; DeleteRecords past it must
+    still turn the next fetch into OFFSET_OUT_OF_RANGE, not serve the deleted records."""
+    create_topic(broker.bootstrap, topic_name)
+    produce(broker.bootstrap, topic_name, [(0, None, b"v" * 100, None, None) for _ in range(3000)],
+            **{"linger.ms": 0, "batch.num.messages": 20})
+    sock = wire.connect(broker)
+    wire.send(sock, wire.header(1, 4) + wire.fetch_v4(topic_name, 0, 0, 0, partition_max_bytes=4096))
+    error, batches = wire.fetch_v4_result(wire.receive(sock))
+    assert error == 0 and batches[0][0] == 0
+    following = batches[-1][1] + 1
+    # The chunk after `following` is read again, from where the last fetch stopped.
+    wire.send(sock, wire.header(1, 4) + wire.fetch_v4(topic_name, following, 0, 0, partition_max_bytes=4096))
+    error, batches = wire.fetch_v4_result(wire.receive(sock))
+    assert error == 0 and batches[0][0] == following
+    following = batches[-1][1] + 1
+    client = admin(broker.bootstrap)
+    deleted = client.delete_records([TopicPartition(topic_name, 0, 2000)])
+    assert deleted[TopicPartition(topic_name, 0, 2000)].result(10).low_watermark == 2000
+    wire.send(sock, wire.header(1, 4) + wire.fetch_v4(topic_name, following, 0, 0, partition_max_bytes=4096))
+    error, batches = wire.fetch_v4_result(wire.receive(sock))
+    assert (error, batches) == (1, []), "OFFSET_OUT_OF_RANGE"
+    wire.send(sock, wire.header(1, 4) + wire.fetch_v4(topic_name, 2000, 0, 0, partition_max_bytes=4096))
+    error, batches = wire.fetch_v4_result(wire.receive(sock))
+    assert error == 0 and batches[0][0] == 2000
