@@ -8,7 +8,6 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use bytes::Bytes;
 use futures::stream::FuturesOrdered;
 use futures::{FutureExt, StreamExt};
 use tokio::io::{AsyncWriteExt, BufWriter};
@@ -18,7 +17,7 @@ use tokio::task::JoinHandle;
 use tokio_util::codec::FramedRead;
 
 use super::{AppendTurn, Broker, RequestContext};
-use crate::protocol::{self, frame, Incoming};
+use crate::protocol::{self, frame, Incoming, ResponseFrame};
 
 /// Requests one connection may have in progress; Kafka clients send at most 5 by default.
 const MAX_IN_FLIGHT: usize = 32;
@@ -63,7 +62,7 @@ pub async fn serve(
     }
 }
 
-type Response = Result<Option<Bytes>, String>;
+type Response = Result<Option<ResponseFrame>, String>;
 
 async fn run_connection(
     broker: Arc<Broker>,
@@ -114,8 +113,8 @@ async fn write_response(
     done: Result<Response, tokio::task::JoinError>,
 ) -> Result<(), String> {
     let response = done.map_err(|e| format!("request handler failed: {e}"))??;
-    if let Some(bytes) = response {
-        writer.write_all(&bytes).await.map_err(|e| e.to_string())?;
+    for piece in response.iter().flat_map(|frame| &frame.pieces) {
+        writer.write_all(piece).await.map_err(|e| e.to_string())?;
     }
     Ok(())
 }
@@ -151,7 +150,7 @@ async fn respond(
                 header.correlation_id,
                 api,
                 header.request_api_version,
-                &response,
+                response,
             )
             .map(Some)
             .map_err(|e| format!("encoding {api:?} response: {e}"))

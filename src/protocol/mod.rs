@@ -9,4 +9,5 @@ pub mod versions;
 
 pub use codec::{
     decode_request, encode_api_versions_too_new, encode_response, DecodeError, Incoming,
+    ResponseFrame,
 };
