@@ -76,7 +76,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         segment_bytes: args.segment_bytes,
         segment_ms: args.segment_ms,
     };
-    let log = LogStore::open(store.db, store.admin, defaults).await?;
+    let log = LogStore::open(store, defaults).await?;
     retention::spawn(
         &log,
         Duration::from_millis(args.retention_check_interval_ms),

@@ -290,7 +290,10 @@ fn storage_error(e: &LogError) -> ResponseError {
         LogError::UnknownTopic(_) => ResponseError::UnknownTopicOrPartition,
         LogError::OffsetOutOfRange { .. } => ResponseError::OffsetOutOfRange,
         LogError::VersionConflict { .. } => ResponseError::InvalidRequest,
-        LogError::Corrupt(_) | LogError::NotDurable | LogError::Storage(_) => {
+        LogError::Corrupt(_)
+        | LogError::NotDurable
+        | LogError::Storage(_)
+        | LogError::Objects(_) => {
             tracing::error!(error = %e, "storage failure");
             ResponseError::KafkaStorageError
         }

@@ -91,8 +91,14 @@ pub async fn handle(
     let appended = if appends.is_empty() {
         Ok(Vec::new())
     } else {
+        // Large batches are written to their objects before this request's turn, side by
+        // side with the requests ahead of it; only offsets are handed out in order.
+        let staged = broker.log.stage(appends).await;
         turn.wait().await;
-        let appended = broker.log.append(appends).await;
+        let appended = match staged {
+            Ok(staged) => broker.log.append_staged(staged).await,
+            Err(e) => Err(e),
+        };
         turn.appended();
         match appended {
             Ok(receipt) => {

@@ -64,6 +64,10 @@ impl<'a> BatchView<'a> {
     pub fn base_offset(&self) -> i64 {
         i64_at(self.0, 0)
     }
+    /// The batch's whole length as stored: its `batchLength` and the fields before it.
+    pub fn stored_len(&self) -> usize {
+        LENGTH_END + usize::try_from(i32_at(self.0, 8)).unwrap_or(0)
+    }
     pub fn last_offset_delta(&self) -> i32 {
         i32_at(self.0, LAST_OFFSET_DELTA)
     }

@@ -18,6 +18,7 @@ use kafka_protocol::records::{
 use slatedb::WriteBatch;
 
 use super::batch::BatchView;
+use super::batch_objects::ObjectReader;
 use super::read::prefix_range;
 use super::{now_ms, LogError, LogStore, PartitionLog, Topic};
 use crate::storage::keys::{self, BatchKey, KeyIndexEntry};
@@ -184,19 +185,23 @@ impl LogStore {
                 .db
                 .scan_with_options(prefix_range(&prefix), &options)
                 .await?;
+            let mut objects = ObjectReader::new(self.objects.clone());
             while let Some(entry) = scan.next().await? {
                 BatchKey::decode(&entry.key)
                     .ok_or_else(|| LogError::Corrupt("record batch key".into()))?;
-                let view = BatchView::new(&entry.value)
+                let batch = objects
+                    .batch(partition.topic_id, partition.index, entry.value)
+                    .await?;
+                let view = BatchView::new(&batch)
                     .ok_or_else(|| LogError::Corrupt("short record batch".into()))?;
                 if view.is_transactional() || view.is_control() {
-                    visit(&entry.key, &entry.value, None);
+                    visit(&entry.key, &batch, None);
                     continue;
                 }
-                let mut buf = entry.value.clone();
+                let mut buf = batch.clone();
                 let decoded = RecordBatchDecoder::decode(&mut buf)
                     .map_err(|e| LogError::Corrupt(format!("stored record batch: {e}")))?;
-                visit(&entry.key, &entry.value, Some(&decoded.records));
+                visit(&entry.key, &batch, Some(&decoded.records));
             }
         }
         Ok(())

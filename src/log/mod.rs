@@ -6,6 +6,7 @@
 //! stored data's meaning; it knows nothing of the Kafka wire protocol or of topic configs.
 
 pub mod batch;
+mod batch_objects;
 mod compaction;
 mod durability;
 pub mod groups;
@@ -29,6 +30,7 @@ use slatedb::{CloseReason, Db, IterationOrder, WriteBatch};
 use tokio::sync::{oneshot, Mutex};
 use uuid::Uuid;
 
+pub use batch_objects::StagedAppend;
 pub use partition::{PartitionLog, PartitionOffsets};
 pub use read::{FetchedRecords, Isolation};
 pub use retention::RetentionDefaults;
@@ -38,6 +40,7 @@ use crate::storage::keys::{
     self, AbortedTxn, BatchKey, IndexedRecord, KeyIndexEntry, SequenceEntry,
 };
 use batch::BatchView;
+use batch_objects::{BatchObjects, WrittenObject};
 use durability::{DurabilityQueue, WalFlusher};
 use partition::{PartitionState, TxnEvent};
 use producers::{ProducerEntry, SequenceCheck, SequenceError, SequencedBatch};
@@ -71,6 +74,8 @@ pub enum LogError {
     VersionConflict { current: u64 },
     #[error("storage: {0}")]
     Storage(#[from] slatedb::Error),
+    #[error("batch objects: {0}")]
+    Objects(#[from] object_store::Error),
 }
 
 #[derive(Default)]
@@ -168,16 +173,22 @@ pub struct LogStore {
     durability: Arc<DurabilityQueue>,
     wal_flusher: WalFlusher,
     read_ahead: ReadAhead,
+    objects: Arc<BatchObjects>,
     follower: std::sync::Mutex<Option<tokio::task::JoinHandle<Option<CloseReason>>>>,
 }
 
 impl LogStore {
     /// Loads topics and the global sequence from an opened database.
     pub async fn open(
-        db: Db,
-        admin: slatedb::admin::Admin,
+        store: crate::storage::OpenedStore,
         defaults: RetentionDefaults,
     ) -> Result<Arc<Self>, LogError> {
+        let crate::storage::OpenedStore {
+            db,
+            admin,
+            objects,
+            objects_root,
+        } = store;
         let cluster_id = match db.get(keys::cluster_id_key()).await? {
             Some(id) => String::from_utf8_lossy(&id).into_owned(),
             None => {
@@ -221,7 +232,7 @@ impl LogStore {
         let durability = Arc::new(DurabilityQueue::default());
         let follower = tokio::spawn(durability::follow(db.subscribe(), durability.clone()));
         let wal_flusher = WalFlusher::spawn(db.clone());
-        Ok(Arc::new(LogStore {
+        let store = Arc::new(LogStore {
             db,
             cluster_id,
             segments: RwLock::new(segments),
@@ -236,8 +247,19 @@ impl LogStore {
             durability,
             wal_flusher,
             read_ahead: ReadAhead::new(READ_AHEAD_BUDGET),
+            objects: Arc::new(BatchObjects::new(objects, objects_root)),
             follower: std::sync::Mutex::new(Some(follower)),
-        }))
+        });
+        let sweeper = Arc::downgrade(&store);
+        tokio::spawn(async move {
+            let Some(store) = sweeper.upgrade() else {
+                return;
+            };
+            if let Err(e) = store.sweep_orphan_objects().await {
+                tracing::warn!(error = %e, "sweeping unused batch objects failed; the next start retries");
+            }
+        });
+        Ok(store)
     }
 
     /// Resolves when the database closes under the broker (fenced by another broker, or a
@@ -479,8 +501,30 @@ impl LogStore {
     /// checked, and nothing is visible to fetches until the write is durable (see
     /// [`AppendReceipt::durable`]). Each partition may appear at most once in `appends`.
     pub async fn append(&self, appends: Vec<PartitionAppend>) -> Result<AppendReceipt, LogError> {
-        let appends = appends.into_iter().map(|a| (a, None)).collect();
-        Ok(self.append_with(appends, Vec::new(), None).await?.0)
+        let staged = self.stage(appends).await?;
+        self.append_staged(staged).await
+    }
+
+    /// [`LogStore::append`] of appends [`LogStore::stage`] prepared.
+    pub async fn append_staged(&self, mut staged: StagedAppend) -> Result<AppendReceipt, LogError> {
+        let writes: Vec<PartitionWrite> = std::mem::take(&mut staged.appends)
+            .into_iter()
+            .zip(std::mem::take(&mut staged.objects))
+            .map(|(append, object)| PartitionWrite {
+                append,
+                marker: None,
+                object,
+            })
+            .collect();
+        let written = self.append_with(&writes, Vec::new(), None).await;
+        // Objects not referenced (refused batches, a failed write) go back to `staged`,
+        // which deletes them when dropped.
+        staged.objects = writes.into_iter().map(|w| w.object).collect();
+        let (receipt, _) = written?;
+        staged.keep_appended(|index| {
+            matches!(receipt.outcomes[index], AppendOutcome::Appended { .. })
+        });
+        Ok(receipt)
     }
 
     /// Appends one partition's batch (of one keyed record) if the key's version matches;
@@ -490,8 +534,13 @@ impl LogStore {
         append: PartitionAppend,
         condition: KeyCondition,
     ) -> Result<(AppendReceipt, u64), LogError> {
+        let write = PartitionWrite {
+            append,
+            marker: None,
+            object: None,
+        };
         let (receipt, version) = self
-            .append_with(vec![(append, None)], Vec::new(), Some(condition))
+            .append_with(&[write], Vec::new(), Some(condition))
             .await?;
         Ok((receipt, version.unwrap_or_default()))
     }
@@ -505,34 +554,35 @@ impl LogStore {
         marker: TxnMarker,
         metadata: Vec<(Bytes, Bytes)>,
     ) -> Result<AppendReceipt, LogError> {
-        let appends = partitions
+        let writes: Vec<PartitionWrite> = partitions
             .into_iter()
-            .map(|partition| {
-                let append = PartitionAppend {
+            .map(|partition| PartitionWrite {
+                append: PartitionAppend {
                     partition,
                     batches: Vec::new(),
-                };
-                (append, Some(marker))
+                },
+                marker: Some(marker),
+                object: None,
             })
             .collect();
-        Ok(self.append_with(appends, metadata, None).await?.0)
+        Ok(self.append_with(&writes, metadata, None).await?.0)
     }
 
     async fn append_with(
         &self,
-        appends: Vec<(PartitionAppend, Option<TxnMarker>)>,
+        appends: &[PartitionWrite],
         metadata: Vec<(Bytes, Bytes)>,
         condition: Option<KeyCondition>,
     ) -> Result<(AppendReceipt, Option<u64>), LogError> {
         debug_assert!(
-            appends.iter().enumerate().all(|(i, (a, _))| appends[..i]
+            appends.iter().enumerate().all(|(i, a)| appends[..i]
                 .iter()
-                .all(|(b, _)| !Arc::ptr_eq(&a.partition, &b.partition))),
+                .all(|b| !Arc::ptr_eq(&a.append.partition, &b.append.partition))),
             "a partition appended twice in one write would get overlapping offsets"
         );
         let mut states = Vec::with_capacity(appends.len());
-        for (append, _) in &appends {
-            states.push(self.state(&append.partition).await?);
+        for write in appends {
+            states.push(self.state(&write.append.partition).await?);
         }
         let mut guard = self.append.lock().await;
         // Every earlier append is in SlateDB's memtable by now, so the count is exact.
@@ -554,7 +604,7 @@ impl LogStore {
             targets,
             rolled,
             indexed,
-        } = self.plan_segments(&appends, &mut write);
+        } = self.plan_segments(appends, &mut write);
         for (key, value) in metadata.iter() {
             write.put(key, value);
         }
@@ -562,14 +612,20 @@ impl LogStore {
         let mut outcomes = Vec::with_capacity(appends.len());
         let mut advances = Vec::with_capacity(appends.len());
         let mut producer_changes = Vec::new();
-        for ((append, marker), state) in appends.iter().zip(&states) {
+        for (partition_write, state) in appends.iter().zip(&states) {
+            let append = &partition_write.append;
             let segment = targets[&append.partition.topic_id];
             let base_offset = state.next_offset.load(Ordering::Acquire);
-            let planned = match marker {
-                Some(marker) => plan_marker(append, *marker, state, segment, base_offset, sequence),
+            let planned = match partition_write.marker {
+                Some(marker) => plan_marker(append, marker, state, segment, base_offset, sequence),
                 None => {
-                    let key_copy = indexed.get(&append.partition.topic_id).copied();
-                    plan_partition(append, state, segment, base_offset, sequence, key_copy)?
+                    let at = PlanAt {
+                        segment,
+                        base_offset,
+                        first_sequence: sequence,
+                        key_copy_max_bytes: indexed.get(&append.partition.topic_id).copied(),
+                    };
+                    plan_partition(append, partition_write.object.as_ref(), state, at)?
                 }
             };
             match planned {
@@ -606,7 +662,8 @@ impl LogStore {
         }
         let appended: Vec<(Uuid, i32, u64)> = appends
             .iter()
-            .map(|(a, _)| {
+            .map(|w| {
+                let a = &w.append;
                 let bytes = a.batches.iter().map(|b| b.len() as u64).sum();
                 (a.partition.topic_id, a.partition.index, bytes)
             })
@@ -640,18 +697,14 @@ impl LogStore {
     /// The segment each topic in an append writes to, rolling to a new one (recorded in
     /// `write`, so it exists exactly when the records do) where the active one is full or
     /// old. Called under the append lock. Returns the targets and the segments rolled to.
-    fn plan_segments(
-        &self,
-        appends: &[(PartitionAppend, Option<TxnMarker>)],
-        write: &mut WriteBatch,
-    ) -> SegmentPlan {
+    fn plan_segments(&self, appends: &[PartitionWrite], write: &mut WriteBatch) -> SegmentPlan {
         let now = now_ms();
         let segments = self.read_segments();
         let mut targets = HashMap::new();
         let mut rolled = Vec::new();
         let mut indexed = HashMap::new();
-        for (append, _) in appends {
-            let topic_id = append.partition.topic_id;
+        for partition_write in appends {
+            let topic_id = partition_write.append.partition.topic_id;
             if targets.contains_key(&topic_id) {
                 continue;
             }
@@ -704,6 +757,24 @@ impl LogStore {
             ..ScanOptions::default()
         }
     }
+}
+
+/// One partition's part in a write: batches (in a batch object when they were staged into
+/// one), or a transaction marker.
+struct PartitionWrite {
+    append: PartitionAppend,
+    marker: Option<TxnMarker>,
+    object: Option<WrittenObject>,
+}
+
+/// Where a partition's batches go in an append.
+struct PlanAt {
+    segment: u32,
+    base_offset: i64,
+    first_sequence: u64,
+    /// For topics indexed by message key: the size up to which a record is copied into
+    /// its index entry.
+    key_copy_max_bytes: Option<usize>,
 }
 
 /// Where an append's records go: each topic's segment, and the segments rolled to.
@@ -844,12 +915,16 @@ pub fn now_ms() -> i64 {
 /// producers' sequence numbers, without changing anything yet.
 fn plan_partition(
     append: &PartitionAppend,
+    object: Option<&WrittenObject>,
     state: &PartitionState,
-    segment: u32,
-    base_offset: i64,
-    first_sequence: u64,
-    key_copy_max_bytes: Option<usize>,
+    at: PlanAt,
 ) -> Result<Planned, LogError> {
+    let PlanAt {
+        segment,
+        base_offset,
+        first_sequence,
+        key_copy_max_bytes,
+    } = at;
     let topic_id = append.partition.topic_id;
     let partition = append.partition.index;
     let mut puts = Vec::with_capacity(append.batches.len() * 2);
@@ -911,7 +986,11 @@ fn plan_partition(
             partition,
             last_offset: next_offset + i64::from(count) - 1,
         };
-        let stored = batch::with_base_offset(batch, next_offset);
+        // A batch in an object is stored as its location; the object holds it as received.
+        let stored = match object {
+            Some(object) => object.location(index, batch, next_offset).encode(),
+            None => batch::with_base_offset(batch, next_offset),
+        };
         if let Some(copy_max_bytes) = key_copy_max_bytes {
             let at = IndexAt {
                 segment,
@@ -920,7 +999,11 @@ fn plan_partition(
                 first_sequence: sequence,
                 copy_max_bytes,
             };
-            index_record_keys(&stored, &at, &mut puts)?;
+            let indexed = match object {
+                Some(_) => batch::with_base_offset(batch, next_offset),
+                None => stored.clone(),
+            };
+            index_record_keys(&indexed, &at, &mut puts)?;
         }
         puts.push((key.encode(), stored));
         let entry = SequenceEntry {
@@ -932,6 +1015,10 @@ fn plan_partition(
         puts.push((keys::sequence_key(segment, sequence), entry.encode()));
         sequence += count as u64;
         next_offset += i64::from(count);
+    }
+    if let Some(object) = object {
+        let registration = keys::batch_object_value(topic_id, partition);
+        puts.push((keys::batch_object_key(segment, object.id), registration));
     }
     Ok(Planned::Write {
         puts,

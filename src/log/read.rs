@@ -9,6 +9,7 @@ use kafka_protocol::records::RecordBatchDecoder;
 use slatedb::{DbIterator, IterationOrder};
 
 use super::batch::BatchView;
+use super::batch_objects::ObjectReader;
 use super::partition::{PartitionLog, PartitionOffsets, PartitionState, TxnIndex};
 use super::producers::ProducerEntry;
 use super::read_ahead::{Chunk, ChunkRequest};
@@ -59,6 +60,7 @@ pub(super) struct BatchCursor {
     end_offset: i64,
     read_ahead: usize,
     cache_blocks: bool,
+    objects: ObjectReader,
 }
 
 impl BatchCursor {
@@ -83,6 +85,7 @@ impl BatchCursor {
             end_offset,
             read_ahead,
             cache_blocks: true,
+            objects: ObjectReader::new(store.objects.clone()),
         }
     }
 
@@ -111,7 +114,11 @@ impl BatchCursor {
             if let Some(scan) = &mut self.scan {
                 match scan.next().await? {
                     Some(entry) => {
-                        self.held = Some(entry.value);
+                        let batch = self
+                            .objects
+                            .batch(self.topic_id, self.partition, entry.value)
+                            .await?;
+                        self.held = Some(batch);
                         continue;
                     }
                     None => self.scan = None,
@@ -249,6 +256,16 @@ impl LogStore {
             return read_chunk(fresh(), request.max_bytes).await;
         }
         Ok(chunk)
+    }
+
+    /// One stored batch, by its key, with its base offset set.
+    pub(super) async fn stored_batch(&self, key: &BatchKey) -> Result<Option<Bytes>, LogError> {
+        let Some(value) = self.db.get(key.encode()).await? else {
+            return Ok(None);
+        };
+        let mut objects = ObjectReader::new(self.objects.clone());
+        let batch = objects.batch(key.topic_id, key.partition, value).await?;
+        Ok(Some(batch))
     }
 
     /// Rebuilds a partition's offsets from its stored batches.

@@ -21,7 +21,7 @@ use super::batch::BatchView;
 use super::read::prefix_range;
 use super::segments::{self, PartitionSpan, RollPolicy, SegmentRecord, SegmentStats};
 use super::{now_ms, LogError, LogStore, Topic};
-use crate::storage::keys::{self, BatchKey};
+use crate::storage::keys::{self, BatchKey, StoredBatch};
 
 /// A drain is resubmitted only if the segment is still there this much later.
 const DRAIN_RETRY_MS: i64 = 30_000;
@@ -198,9 +198,11 @@ impl LogStore {
         while let Some(entry) = scan.next().await? {
             let key = BatchKey::decode(&entry.key)
                 .ok_or_else(|| LogError::Corrupt("record batch key".into()))?;
-            let view = BatchView::new(&entry.value)
+            let stored = StoredBatch::decode(entry.value)
+                .ok_or_else(|| LogError::Corrupt("batch location".into()))?;
+            let view = BatchView::new(stored.header())
                 .ok_or_else(|| LogError::Corrupt("short record batch".into()))?;
-            let bytes = entry.value.len() as u64;
+            let bytes = view.stored_len() as u64;
             stats.max_timestamp = stats.max_timestamp.max(view.max_timestamp());
             stats.bytes += bytes;
             let span = stats
@@ -351,6 +353,8 @@ impl LogStore {
             .await?;
         let view = self.admin.read_compactor_state_view().await?;
         for id in due {
+            // Deleted first: the drain takes their registrations with it.
+            self.delete_segment_objects(id).await?;
             let prefix = bytes::Bytes::copy_from_slice(&id.to_be_bytes());
             let Some(segment) = view.manifest().segment(&prefix) else {
                 continue;

@@ -211,7 +211,7 @@ impl LogStore {
                     partition,
                     last_offset,
                 };
-                self.batch_records(key.encode())
+                self.batch_records(key)
             })
             .collect();
         let fetched: Vec<Vec<Record>> = futures::stream::iter(lookups)
@@ -275,8 +275,8 @@ impl LogStore {
     }
 
     /// The records of the batch stored under `key` (none if compaction removed it).
-    async fn batch_records(&self, key: Bytes) -> Result<Vec<Record>, LogError> {
-        match self.db.get(key).await? {
+    async fn batch_records(&self, key: BatchKey) -> Result<Vec<Record>, LogError> {
+        match self.stored_batch(&key).await? {
             Some(batch) => decode(&batch),
             None => Ok(Vec::new()),
         }
@@ -373,7 +373,7 @@ impl LogStore {
                 partition: entry.partition,
                 last_offset,
             };
-            let Some(batch) = self.db.get(key.encode()).await? else {
+            let Some(batch) = self.stored_batch(&key).await? else {
                 continue;
             };
             let Some(view) = BatchView::new(&batch) else {

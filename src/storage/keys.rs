@@ -17,8 +17,9 @@
 //! | `ProducerIds` | `0 \| 07` | the last producer id handed out, i64 |
 //! | `Transaction` | `0 \| 08 \| transactional id` | transaction record (JSON, `broker::txn_coordinator`) |
 //! | `PartitionStart` | `0 \| 09 \| topic id (16) \| partition u32` | the partition's log start offset, i64 |
-//! | `RecordBatch` | `seg \| 10 \| topic id (16) \| partition u32 \| last offset u64` | the record batch as received, `baseOffset` set |
+//! | `RecordBatch` | `seg \| 10 \| topic id (16) \| partition u32 \| last offset u64` | [`StoredBatch`]: the record batch as received, `baseOffset` set, or its place in a batch object |
 //! | `AbortedTxn` | `seg \| 11 \| topic id (16) \| partition u32 \| marker offset u64` | [`AbortedTxn`] |
+//! | `BatchObject` | `seg \| 12 \| object id u64` | topic id (16) \| partition u32 (see [`batch_object_key`]) |
 //! | `GlobalSequence` | `seg \| 20 \| first sequence u64` | [`SequenceEntry`] |
 //! | `KeyIndex` | `seg \| 30 \| topic id (16) \| key len u32 \| key \| sequence u64` | [`KeyIndexEntry`] |
 //!
@@ -50,6 +51,7 @@ pub enum KeyType {
     PartitionStart = 0x09,
     RecordBatch = 0x10,
     AbortedTxn = 0x11,
+    BatchObject = 0x12,
     GlobalSequence = 0x20,
     KeyIndex = 0x30,
 }
@@ -335,6 +337,103 @@ pub fn partition_prefix(segment: u32, topic_id: Uuid, partition: i32) -> BytesMu
 /// The prefix shared by all record batches of one segment.
 pub fn segment_batches_prefix(segment: u32) -> Bytes {
     header(segment, KeyType::RecordBatch, 0).freeze()
+}
+
+/// A `RecordBatch` value: the batch itself, or where in a batch object it is.
+///
+/// Large appends are written once, to a batch object of their own (`log::batch_objects`),
+/// and their batch keys hold a location instead of the bytes. A stored batch starts with its
+/// base offset, which is never negative, so a location starts with [`BatchLocation::TAG`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoredBatch {
+    Inline(Bytes),
+    InObject(BatchLocation),
+}
+
+/// One batch in a batch object.
+///
+/// Layout: `0xff | object id u64 | position u64 | object length u64 | batch header`, the
+/// header being the batch's first 61 bytes with its base offset set. The object holds the
+/// batches as received; readers set the base offset (see `log::batch_objects`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchLocation {
+    pub object_id: u64,
+    /// Where the batch starts in the object.
+    pub position: u64,
+    pub object_len: u64,
+    /// The batch's header, so size and timestamp readers need not fetch the object.
+    pub header: Bytes,
+}
+
+impl BatchLocation {
+    pub const TAG: u8 = 0xff;
+    const FIXED_LEN: usize = 1 + 8 + 8 + 8;
+
+    pub fn encode(&self) -> Bytes {
+        let mut value = BytesMut::with_capacity(Self::FIXED_LEN + self.header.len());
+        value.put_u8(Self::TAG);
+        value.put_u64(self.object_id);
+        value.put_u64(self.position);
+        value.put_u64(self.object_len);
+        value.put_slice(&self.header);
+        value.freeze()
+    }
+}
+
+impl StoredBatch {
+    pub fn decode(value: Bytes) -> Option<StoredBatch> {
+        if value.first() != Some(&BatchLocation::TAG) {
+            return Some(StoredBatch::Inline(value));
+        }
+        let fixed = value.get(..BatchLocation::FIXED_LEN)?;
+        let u64_at = |at: usize| u64::from_be_bytes(fixed[at..at + 8].try_into().unwrap());
+        Some(StoredBatch::InObject(BatchLocation {
+            object_id: u64_at(1),
+            position: u64_at(9),
+            object_len: u64_at(17),
+            header: value.slice(BatchLocation::FIXED_LEN..),
+        }))
+    }
+
+    /// The batch's header: its first bytes, with the base offset set.
+    pub fn header(&self) -> &[u8] {
+        match self {
+            StoredBatch::Inline(batch) => batch,
+            StoredBatch::InObject(location) => &location.header,
+        }
+    }
+}
+
+/// Key of a batch object's registration in the segment its batches went to: retention
+/// deletes the object when it drops the segment. Layout `seg | 12 | object id u64`; value
+/// `topic id (16) | partition u32`, which name the object's path.
+pub fn batch_object_key(segment: u32, object_id: u64) -> Bytes {
+    let mut key = header(segment, KeyType::BatchObject, 8);
+    key.put_u64(object_id);
+    key.freeze()
+}
+
+pub fn batch_object_value(topic_id: Uuid, partition: i32) -> Bytes {
+    let mut value = BytesMut::with_capacity(20);
+    value.put_slice(topic_id.as_bytes());
+    value.put_u32(partition as u32);
+    value.freeze()
+}
+
+/// The prefix shared by the batch objects registered in one segment.
+pub fn batch_objects_prefix(segment: u32) -> Bytes {
+    header(segment, KeyType::BatchObject, 0).freeze()
+}
+
+/// `(object id, topic id, partition)` of a batch object's registration.
+pub fn decode_batch_object(key: &[u8], value: &[u8]) -> Option<(u64, Uuid, i32)> {
+    let id = u64::from_be_bytes(body(key, KeyType::BatchObject)?.try_into().ok()?);
+    if value.len() != 20 {
+        return None;
+    }
+    let topic_id = Uuid::from_slice(&value[..16]).ok()?;
+    let partition = i32::from_be_bytes(value[16..].try_into().ok()?);
+    Some((id, topic_id, partition))
 }
 
 /// Key of one global-sequence entry: the first sequence number of a batch.

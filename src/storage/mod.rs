@@ -100,6 +100,9 @@ pub struct StorageSettings {
 pub struct OpenedStore {
     pub db: Db,
     pub admin: Admin,
+    /// Where batch objects go: the same object store, beside SlateDB's files.
+    pub objects: Arc<dyn ObjectStore>,
+    pub objects_root: object_store::path::Path,
 }
 
 /// Routes every key to its segment (the first 4 bytes), so retention can drop whole segments.
@@ -168,6 +171,7 @@ pub async fn open(
     // Any SlateDB setting can be overridden with a `SLATEDB_` variable, for tuning.
     let slate_settings = Settings::from_env_with_default("SLATEDB_", slate_settings)?;
     let admin = AdminBuilder::new(path.clone(), store.clone()).build();
+    let objects_root = object_store::path::Path::from(path.as_str()).join("batches");
     // Freshly flushed data blocks stay out of the block cache: under produce they only
     // displaced what readers had cached, and held RSS near the cache's 512 MiB for data
     // that tail consumers had already read from the memtable. Measured: peak RSS under
@@ -175,13 +179,18 @@ pub async fn open(
     // just-written log 25% slower (its blocks now come from disk, not from the cache).
     let cache_policy =
         BlockCachePolicy::default().with_flush_targets(&[CacheTarget::Index, CacheTarget::Filters]);
-    let db = Db::builder(path, store)
+    let db = Db::builder(path, store.clone())
         .with_settings(slate_settings)
         .with_block_cache_policy(cache_policy)
         .with_segment_extractor(Arc::new(SegmentExtractor))
         .build()
         .await?;
-    Ok(OpenedStore { db, admin })
+    Ok(OpenedStore {
+        db,
+        admin,
+        objects: store,
+        objects_root,
+    })
 }
 
 #[cfg(test)]

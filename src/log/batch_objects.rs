@@ -1,0 +1,463 @@
+//! Batch objects: large appends written once.
+//!
+//! A batch stored in SlateDB reaches the disk three times: in the WAL, in an L0 table when
+//! the memtable flushes, and again when compaction merges tables. Under a heavy produce load
+//! that is the ceiling (docs/performance.md). So one partition's batches in an append of at
+//! least [`OBJECT_MIN_BYTES`] are written, as received, to an object of their own, durable
+//! before the append; their batch keys hold locations ([`StoredBatch::InObject`]) and the
+//! object is registered in the segment its batches went to.
+//!
+//! Objects are written before offsets are assigned, so they hold the base offsets the
+//! producer sent. The batches of one object always get consecutive offsets, so a reader
+//! sets each base offset as it loads a span, counting on from the first batch's.
+//!
+//! An object leaves with its segment: retention deletes the objects registered in a segment
+//! before draining it. An object whose append did not happen is deleted at once; one written
+//! just before a crash, never registered, is deleted by [`LogStore::sweep_orphan_objects`]
+//! after the next start.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use uuid::Uuid;
+
+use super::batch::{BatchView, HEADER_LEN};
+use super::read::prefix_range;
+use super::{LogError, LogStore, PartitionAppend};
+use crate::storage::keys::{self, BatchLocation, StoredBatch};
+
+/// One partition's batches in one append go to a batch object from this size on. Smaller
+/// appends stay in SlateDB, where they cost one small WAL write rather than one object each.
+pub const OBJECT_MIN_BYTES: usize = 256 << 10;
+
+/// A reader loads this much of an object at once (at least the batch it needs), so a
+/// sequential read costs one request per span, not one per batch.
+const READ_SPAN: u64 = 4 << 20;
+
+/// Where batch objects live, and how their ids are made.
+pub(super) struct BatchObjects {
+    store: Arc<dyn ObjectStore>,
+    root: Path,
+    /// Ids are nanoseconds since the epoch when written, kept increasing: unique across
+    /// restarts, and ordered by time, so the sweep can tell this run's objects apart.
+    last_id: AtomicU64,
+    started_id: u64,
+}
+
+/// An object holding one partition's batches of one append.
+#[derive(Debug)]
+pub(super) struct WrittenObject {
+    pub id: u64,
+    pub topic_id: Uuid,
+    pub partition: i32,
+    pub len: u64,
+    /// Where each batch starts, in append order.
+    pub positions: Vec<u64>,
+}
+
+impl WrittenObject {
+    /// The stored location of batch `index`, whose offsets start at `base_offset`.
+    pub fn location(&self, index: usize, batch: &[u8], base_offset: i64) -> BatchLocation {
+        let mut header = BytesMut::from(&batch[..HEADER_LEN]);
+        header[..8].copy_from_slice(&base_offset.to_be_bytes());
+        BatchLocation {
+            object_id: self.id,
+            position: self.positions[index],
+            object_len: self.len,
+            header: header.freeze(),
+        }
+    }
+}
+
+fn now_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+impl BatchObjects {
+    pub fn new(store: Arc<dyn ObjectStore>, root: Path) -> Self {
+        let started_id = now_ns();
+        BatchObjects {
+            store,
+            root,
+            last_id: AtomicU64::new(started_id),
+            started_id,
+        }
+    }
+
+    fn next_id(&self) -> u64 {
+        let now = now_ns();
+        let previous = self
+            .last_id
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |last| {
+                Some(now.max(last + 1))
+            })
+            .unwrap_or_else(|last| last);
+        now.max(previous + 1)
+    }
+
+    fn path(&self, topic_id: Uuid, partition: i32, id: u64) -> Path {
+        self.root
+            .clone()
+            .join(topic_id.simple().to_string())
+            .join(partition.to_string())
+            .join(format!("{id:016x}"))
+    }
+
+    /// Writes `batches` to a new object; returns once it is durable.
+    pub async fn write(
+        &self,
+        topic_id: Uuid,
+        partition: i32,
+        batches: &[Bytes],
+    ) -> Result<WrittenObject, LogError> {
+        let id = self.next_id();
+        let mut positions = Vec::with_capacity(batches.len());
+        let mut len = 0;
+        for batch in batches {
+            positions.push(len);
+            len += batch.len() as u64;
+        }
+        let payload: PutPayload = batches.iter().cloned().collect();
+        self.store
+            .put(&self.path(topic_id, partition, id), payload)
+            .await?;
+        Ok(WrittenObject {
+            id,
+            topic_id,
+            partition,
+            len,
+            positions,
+        })
+    }
+
+    /// Deletes an object; one already gone is not an error.
+    pub async fn delete(&self, topic_id: Uuid, partition: i32, id: u64) -> Result<(), LogError> {
+        match self.store.delete(&self.path(topic_id, partition, id)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Deletes objects no append refers to, in the background.
+    fn discard(self: &Arc<Self>, objects: Vec<WrittenObject>) {
+        if objects.is_empty() {
+            return;
+        }
+        let owner = self.clone();
+        tokio::spawn(async move {
+            for object in objects {
+                if let Err(e) = owner
+                    .delete(object.topic_id, object.partition, object.id)
+                    .await
+                {
+                    tracing::warn!(error = %e, "cannot delete an unused batch object; the next start's sweep will");
+                }
+            }
+        });
+    }
+}
+
+/// Appends whose large batches are already written to batch objects, to be appended with
+/// [`LogStore::append_staged`]. Writing objects is the slow part, so a connection's produce
+/// requests stage side by side and append in order. Objects not appended by the time this
+/// is dropped (a refused batch, a failed write, a cancelled request) are deleted.
+pub struct StagedAppend {
+    pub(super) appends: Vec<PartitionAppend>,
+    /// One per append: the object its batches were written to, if they were.
+    pub(super) objects: Vec<Option<WrittenObject>>,
+    pub(super) owner: Arc<BatchObjects>,
+}
+
+impl StagedAppend {
+    /// Keeps the objects of appends that `appended` says were written; the rest are
+    /// deleted when this is dropped.
+    pub(super) fn keep_appended(&mut self, appended: impl Fn(usize) -> bool) {
+        for (index, object) in self.objects.iter_mut().enumerate() {
+            if appended(index) {
+                object.take();
+            }
+        }
+    }
+}
+
+impl Drop for StagedAppend {
+    fn drop(&mut self) {
+        let unused: Vec<WrittenObject> = self.objects.drain(..).flatten().collect();
+        self.owner.discard(unused);
+    }
+}
+
+impl LogStore {
+    /// Writes each partition's batches of at least [`OBJECT_MIN_BYTES`] to a batch object,
+    /// all at once.
+    pub async fn stage(&self, appends: Vec<PartitionAppend>) -> Result<StagedAppend, LogError> {
+        let writes = appends.iter().map(|append| async move {
+            let bytes: usize = append.batches.iter().map(Bytes::len).sum();
+            if bytes < OBJECT_MIN_BYTES {
+                return Ok(None);
+            }
+            let partition = &append.partition;
+            self.objects
+                .write(partition.topic_id, partition.index, &append.batches)
+                .await
+                .map(Some)
+        });
+        let written = futures::future::join_all(writes).await;
+        let mut staged = StagedAppend {
+            appends,
+            objects: Vec::with_capacity(written.len()),
+            owner: self.objects.clone(),
+        };
+        let mut failure = None;
+        for result in written {
+            match result {
+                Ok(object) => staged.objects.push(object),
+                Err(e) => {
+                    staged.objects.push(None);
+                    failure.get_or_insert(e);
+                }
+            }
+        }
+        match failure {
+            // Dropping the staged append deletes the objects that were written.
+            Some(e) => Err(e),
+            None => Ok(staged),
+        }
+    }
+
+    /// Deletes the batch objects registered in a segment (before it is drained).
+    pub(super) async fn delete_segment_objects(&self, segment: u32) -> Result<(), LogError> {
+        let mut scan = self
+            .db
+            .scan(prefix_range(&keys::batch_objects_prefix(segment)))
+            .await?;
+        let mut deleted = 0;
+        while let Some(entry) = scan.next().await? {
+            let (id, topic_id, partition) = keys::decode_batch_object(&entry.key, &entry.value)
+                .ok_or_else(|| LogError::Corrupt("batch object registration".into()))?;
+            self.objects.delete(topic_id, partition, id).await?;
+            deleted += 1;
+        }
+        if deleted > 0 {
+            tracing::info!(
+                segment,
+                objects = deleted,
+                "deleted the segment's batch objects"
+            );
+        }
+        Ok(())
+    }
+
+    /// Deletes batch objects written before this start that no segment registers: written
+    /// just before a crash, for an append that never became durable. Returns how many.
+    pub async fn sweep_orphan_objects(&self) -> Result<usize, LogError> {
+        let objects = &self.objects;
+        let mut listed: HashMap<Uuid, Vec<(i32, u64)>> = HashMap::new();
+        let mut listing = objects.store.list(Some(&objects.root));
+        while let Some(meta) = listing.next().await {
+            let meta = meta?;
+            let Some(parts) = meta.location.prefix_match(&objects.root) else {
+                continue;
+            };
+            let parts: Vec<String> = parts.map(|p| p.as_ref().to_string()).collect();
+            let [topic, partition, id] = parts.as_slice() else {
+                continue;
+            };
+            let (Ok(topic_id), Ok(partition), Ok(id)) = (
+                Uuid::parse_str(topic),
+                partition.parse::<i32>(),
+                u64::from_str_radix(id, 16),
+            ) else {
+                continue;
+            };
+            if id < objects.started_id {
+                listed.entry(topic_id).or_default().push((partition, id));
+            }
+        }
+        let mut swept = 0;
+        for (topic_id, candidates) in listed {
+            let segments = self.read_segments().of_topic(topic_id);
+            let mut registered = HashSet::new();
+            for segment in segments {
+                let range = prefix_range(&keys::batch_objects_prefix(segment));
+                let mut scan = self.db.scan(range).await?;
+                while let Some(entry) = scan.next().await? {
+                    if let Some((id, _, _)) = keys::decode_batch_object(&entry.key, &entry.value) {
+                        registered.insert(id);
+                    }
+                }
+            }
+            for (partition, id) in candidates {
+                if !registered.contains(&id) {
+                    objects.delete(topic_id, partition, id).await?;
+                    swept += 1;
+                }
+            }
+        }
+        if swept > 0 {
+            tracing::info!(
+                objects = swept,
+                "deleted batch objects left by appends a crash interrupted"
+            );
+        }
+        Ok(swept)
+    }
+}
+
+/// Resolves stored batch values into batches, loading a span of an object once for all
+/// the batches in it. One per reader: it keeps the span it loaded last.
+pub(super) struct ObjectReader {
+    objects: Arc<BatchObjects>,
+    span: Option<LoadedSpan>,
+}
+
+/// Part of an object, base offsets set.
+struct LoadedSpan {
+    object_id: u64,
+    start: u64,
+    bytes: Bytes,
+}
+
+impl ObjectReader {
+    pub fn new(objects: Arc<BatchObjects>) -> Self {
+        ObjectReader {
+            objects,
+            span: None,
+        }
+    }
+
+    /// The batch a stored value holds or points to, with its base offset set.
+    pub async fn batch(
+        &mut self,
+        topic_id: Uuid,
+        partition: i32,
+        value: Bytes,
+    ) -> Result<Bytes, LogError> {
+        let location = match StoredBatch::decode(value) {
+            Some(StoredBatch::Inline(batch)) => return Ok(batch),
+            Some(StoredBatch::InObject(location)) => location,
+            None => return Err(LogError::Corrupt("batch location".into())),
+        };
+        let header = BatchView::new(&location.header)
+            .ok_or_else(|| LogError::Corrupt("batch location header".into()))?;
+        let (len, base_offset) = (header.stored_len() as u64, header.base_offset());
+        let (start, end) = (location.position, location.position + len);
+        if end > location.object_len {
+            return Err(LogError::Corrupt("batch location past its object".into()));
+        }
+        if let Some(span) = &self.span {
+            let span_end = span.start + span.bytes.len() as u64;
+            if span.object_id == location.object_id && span.start <= start && end <= span_end {
+                let at = (start - span.start) as usize;
+                return Ok(span.bytes.slice(at..at + len as usize));
+            }
+        }
+        let span_end = location.object_len.min(start + len.max(READ_SPAN));
+        let path = self.objects.path(topic_id, partition, location.object_id);
+        let loaded = self.objects.store.get_range(&path, start..span_end).await?;
+        let bytes = set_base_offsets(loaded, base_offset, len as usize)?;
+        let batch = bytes.slice(..len as usize);
+        self.span = Some(LoadedSpan {
+            object_id: location.object_id,
+            start,
+            bytes,
+        });
+        Ok(batch)
+    }
+}
+
+/// Sets the base offsets of the whole batches in `span`, the first at `base_offset` and each
+/// next one after the previous one's records; checks the first is `first_len` long.
+fn set_base_offsets(span: Bytes, base_offset: i64, first_len: usize) -> Result<Bytes, LogError> {
+    // Unique after a read, so this takes the buffer over without copying it.
+    let mut owned = BytesMut::from(span);
+    if BatchView::new(&owned).map(|v| v.stored_len()) != Some(first_len) {
+        return Err(LogError::Corrupt(
+            "a batch object does not match its location".into(),
+        ));
+    }
+    let mut at = 0;
+    let mut base = base_offset;
+    while let Some(view) = owned.get(at..).and_then(BatchView::new) {
+        let len = view.stored_len();
+        if len < HEADER_LEN || at + len > owned.len() {
+            break;
+        }
+        let count = i64::from(view.record_count());
+        owned[at..at + 8].copy_from_slice(&base.to_be_bytes());
+        base += count;
+        at += len;
+    }
+    Ok(owned.freeze())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::log::batch::tests::encode_batch;
+    use kafka_protocol::records::Compression;
+    use object_store::memory::InMemory;
+
+    #[tokio::test]
+    async fn objects_hold_batches_as_received_and_readers_set_their_offsets() {
+        let objects = Arc::new(BatchObjects::new(
+            Arc::new(InMemory::new()),
+            Path::from("shale/batches"),
+        ));
+        let batches = vec![
+            encode_batch(&["a", "b", "c"], Compression::None),
+            encode_batch(&["d"], Compression::None),
+            encode_batch(&["e", "f"], Compression::None),
+        ];
+        let topic_id = Uuid::new_v4();
+        let object = objects.write(topic_id, 2, &batches).await.unwrap();
+        assert_eq!(object.positions[0], 0);
+        assert_eq!(
+            object.len as usize,
+            batches.iter().map(Bytes::len).sum::<usize>()
+        );
+        let mut reader = ObjectReader::new(objects.clone());
+        let mut base = 40;
+        for (index, batch) in batches.iter().enumerate() {
+            let value = object.location(index, batch, base).encode();
+            let read = reader.batch(topic_id, 2, value).await.unwrap();
+            let view = BatchView::new(&read).unwrap();
+            assert_eq!(view.base_offset(), base);
+            assert_eq!(
+                &read[8..],
+                &batch[8..],
+                "everything after the base offset as sent"
+            );
+            base += i64::from(view.record_count());
+        }
+        // A value that is a batch is returned as it is.
+        let inline = encode_batch(&["x"], Compression::None);
+        assert_eq!(
+            reader.batch(topic_id, 2, inline.clone()).await.unwrap(),
+            inline
+        );
+        objects.delete(topic_id, 2, object.id).await.unwrap();
+        objects.delete(topic_id, 2, object.id).await.unwrap();
+        let mut fresh = ObjectReader::new(objects);
+        let value = object.location(0, &batches[0], 40).encode();
+        assert!(matches!(
+            fresh.batch(topic_id, 2, value).await,
+            Err(LogError::Objects(object_store::Error::NotFound { .. }))
+        ));
+    }
+
+    #[test]
+    fn object_ids_increase_even_within_one_clock_tick() {
+        let objects = BatchObjects::new(Arc::new(InMemory::new()), Path::from("b"));
+        let ids: Vec<u64> = (0..1000).map(|_| objects.next_id()).collect();
+        assert!(ids.windows(2).all(|w| w[0] < w[1]));
+        assert!(ids[0] > objects.started_id);
+    }
+}

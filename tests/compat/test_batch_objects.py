@@ -1,0 +1,144 @@
+"""Large appends (256 KiB or more of one partition in one request) are written once, to batch
+objects beside SlateDB's files. Consumers see them like any other records, from any offset
+and in any fetch size; acked ones survive SIGKILL; retention and topic deletion delete the
+objects, and objects left by a crash are swept at the next start."""
+
+import threading
+import time
+
+from confluent_kafka import Consumer, Producer, TopicPartition
+
+from clients import admin, consume, create_topic, produce
+from test_confluent import SMALL_FETCHES
+from test_retention import FAST, wait_for, watermarks
+import wire
+
+BIG = 16 << 10
+
+
+def objects(broker):
+    """The batch object files in the broker's data folder."""
+    return [p for p in (broker.data_dir / "shale" / "batches").rglob("*") if p.is_file()]
+
+
+def big_values(first, count):
+    return [str(n).encode().ljust(BIG, b".") for n in range(first, first + count)]
+
+
+def produce_big(broker, topic, first, count, partition=0):
+    """One producer flush of `count` 16 KiB values: ~`count` x 16 KiB in a few requests."""
+    messages = [(partition, None, v, None, None) for v in big_values(first, count)]
+    reports = produce(broker.bootstrap, topic, messages, **{"linger.ms": 50})
+    assert all(err is None for *_, err in reports)
+    return reports
+
+
+def test_records_of_large_and_small_appends_read_back_from_any_offset(broker, topic_name):
+    create_topic(broker.bootstrap, topic_name)
+    produce_big(broker, topic_name, 0, 40)
+    # Several batches of one partition in one Produce request: one object holds them all.
+    sock = wire.connect(broker)
+    batches = b"".join(wire.record_batch(big_values(40 + 30 * i, 30)) for i in range(3))
+    wire.send(sock, wire.header(0, 3) + wire.produce_v3(topic_name, 0, batches))
+    assert wire.produce_v3_error(wire.receive(sock)) == (0, 40)
+    sock.close()
+    # A small append between them stays in SlateDB.
+    small = produce(broker.bootstrap, topic_name, [(0, None, b"small", None, None)])
+    assert small[0][1] == 130
+    produce_big(broker, topic_name, 131, 40)
+    assert len(objects(broker)) >= 3, "large appends should be in batch objects"
+
+    def expected(offset):
+        return b"small" if offset == 130 else str(offset).encode().ljust(BIG, b".")
+
+    for start, fetch in [(0, {}), (55, {}), (100, SMALL_FETCHES)]:
+        got = consume(broker.bootstrap, topic_name, 0, 171 - start, offset=start, **fetch)
+        assert [m.offset() for m in got] == list(range(start, 171)), (start, fetch)
+        assert all(m.value() == expected(m.offset()) for m in got), (start, fetch)
+
+
+def test_acknowledged_large_appends_survive_sigkill(make_broker, topic_name):
+    broker = make_broker()
+    create_topic(broker.bootstrap, topic_name, partitions=2)
+    acked = {}
+    producer = Producer(
+        {"bootstrap.servers": broker.bootstrap, "acks": "all", "linger.ms": 20, "message.timeout.ms": 3000}
+    )
+
+    def delivered(err, msg):
+        if err is None:
+            acked[(msg.partition(), msg.offset())] = msg.value()
+
+    stop = threading.Event()
+
+    def keep_producing():
+        i = 0
+        while not stop.is_set():
+            try:
+                value = str(i).encode().ljust(BIG, b".")
+                producer.produce(topic_name, value=value, partition=i % 2, on_delivery=delivered)
+                i += 1
+            except BufferError:
+                producer.poll(0.01)
+            producer.poll(0)
+
+    writer = threading.Thread(target=keep_producing)
+    writer.start()
+    deadline = time.monotonic() + 20
+    while len(acked) < 3000 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    broker.kill()
+    stop.set()
+    writer.join()
+    producer.flush(5)
+    assert len(acked) >= 3000, "the producer should have had acks before the kill"
+    assert objects(broker), "the load should have gone to batch objects"
+
+    broker.start()
+    for partition in range(2):
+        low, high = watermarks(broker, topic_name, partition)
+        assert low == 0
+        stored = consume(broker.bootstrap, topic_name, partition, high)
+        assert [m.offset() for m in stored] == list(range(high)), "offsets must stay dense"
+        by_offset = {m.offset(): m.value() for m in stored}
+        for (p, offset), value in acked.items():
+            if p == partition:
+                assert by_offset.get(offset) == value, f"acked record {p}/{offset} lost"
+
+
+def test_retention_and_topic_deletion_delete_batch_objects(make_broker, topic_name):
+    broker = make_broker(*FAST)
+    config = {"retention.ms": "2000", "segment.ms": "500"}
+    create_topic(broker.bootstrap, topic_name, config=config)
+    for round in range(3):
+        produce_big(broker, topic_name, 40 * round, 40)
+        time.sleep(0.6)
+    assert len(objects(broker)) >= 3
+    wait_for(lambda: watermarks(broker, topic_name) == (120, 120), what="every record to expire")
+    wait_for(lambda: not objects(broker), what="the expired batch objects to go")
+    assert "deleted the segment's batch objects" in broker.log()
+
+    other = topic_name + "-deleted"
+    create_topic(broker.bootstrap, other)
+    produce_big(broker, other, 0, 40)
+    assert objects(broker)
+    client = admin(broker.bootstrap)
+    client.delete_topics([other])[other].result(10)
+    wait_for(lambda: not objects(broker), what="the deleted topic's batch objects to go")
+
+
+def test_objects_left_by_a_crash_are_swept_at_the_next_start(make_broker, topic_name):
+    broker = make_broker()
+    create_topic(broker.bootstrap, topic_name)
+    produce_big(broker, topic_name, 0, 40)
+    kept = objects(broker)
+    assert kept
+    broker.stop()
+    # What an append interrupted by a crash leaves: an object no batch key refers to.
+    orphan = kept[0].parent / "0000000000000001"
+    orphan.write_bytes(b"never appended")
+    broker.start()
+    wait_for(lambda: not orphan.exists(), what="the orphan object to be swept")
+    assert sorted(objects(broker)) == sorted(kept), "referenced objects stay"
+    got = consume(broker.bootstrap, topic_name, 0, 40)
+    assert [m.value() for m in got] == big_values(0, 40)
