@@ -150,8 +150,12 @@ impl BatchObjects {
         if objects.is_empty() {
             return;
         }
+        // Outside the runtime (shutting down) they are left to the next start's sweep.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
         let owner = self.clone();
-        tokio::spawn(async move {
+        runtime.spawn(async move {
             for object in objects {
                 if let Err(e) = owner
                     .delete(object.topic_id, object.partition, object.id)

@@ -275,4 +275,6 @@ def test_a_fetch_below_deleted_records_is_out_of_range_though_read_ahead(broker,
     assert (error, batches) == (1, []), "OFFSET_OUT_OF_RANGE"
     wire.send(sock, wire.header(1, 4) + wire.fetch_v4(topic_name, 2000, 0, 0, partition_max_bytes=4096))
     error, batches = wire.fetch_v4_result(wire.receive(sock))
-    assert error == 0 and batches[0][0] == 2000
+    # Batches are served whole: the first is the one holding offset 2000, wherever the
+    # producer's batches happened to start.
+    assert error == 0 and batches[0][0] <= 2000 <= batches[0][1]
