@@ -3,13 +3,11 @@ objects beside SlateDB's files. Consumers see them like any other records, from 
 and in any fetch size; acked ones survive SIGKILL; retention and topic deletion delete the
 objects, and objects left by a crash are swept at the next start."""
 
-import threading
 import time
-
-from confluent_kafka import Consumer, Producer, TopicPartition
 
 from clients import admin, consume, create_topic, produce
 from test_confluent import SMALL_FETCHES
+from test_durability import assert_acked_records_survived, produce_until_killed
 from test_retention import FAST, wait_for, watermarks
 import wire
 
@@ -60,50 +58,12 @@ def test_records_of_large_and_small_appends_read_back_from_any_offset(broker, to
 def test_acknowledged_large_appends_survive_sigkill(make_broker, topic_name):
     broker = make_broker()
     create_topic(broker.bootstrap, topic_name, partitions=2)
-    acked = {}
-    producer = Producer(
-        {"bootstrap.servers": broker.bootstrap, "acks": "all", "linger.ms": 20, "message.timeout.ms": 3000}
+    acked = produce_until_killed(
+        broker, topic_name, 2, lambda i: str(i).encode().ljust(BIG, b"."), 3000, **{"linger.ms": 20}
     )
-
-    def delivered(err, msg):
-        if err is None:
-            acked[(msg.partition(), msg.offset())] = msg.value()
-
-    stop = threading.Event()
-
-    def keep_producing():
-        i = 0
-        while not stop.is_set():
-            try:
-                value = str(i).encode().ljust(BIG, b".")
-                producer.produce(topic_name, value=value, partition=i % 2, on_delivery=delivered)
-                i += 1
-            except BufferError:
-                producer.poll(0.01)
-            producer.poll(0)
-
-    writer = threading.Thread(target=keep_producing)
-    writer.start()
-    deadline = time.monotonic() + 20
-    while len(acked) < 3000 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    broker.kill()
-    stop.set()
-    writer.join()
-    producer.flush(5)
-    assert len(acked) >= 3000, "the producer should have had acks before the kill"
     assert objects(broker), "the load should have gone to batch objects"
-
     broker.start()
-    for partition in range(2):
-        low, high = watermarks(broker, topic_name, partition)
-        assert low == 0
-        stored = consume(broker.bootstrap, topic_name, partition, high)
-        assert [m.offset() for m in stored] == list(range(high)), "offsets must stay dense"
-        by_offset = {m.offset(): m.value() for m in stored}
-        for (p, offset), value in acked.items():
-            if p == partition:
-                assert by_offset.get(offset) == value, f"acked record {p}/{offset} lost"
+    assert_acked_records_survived(broker, topic_name, 2, acked)
 
 
 def test_retention_and_topic_deletion_delete_batch_objects(make_broker, topic_name):

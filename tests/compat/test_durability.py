@@ -10,18 +10,13 @@ from confluent_kafka.admin import ConfigResource, ResourceType
 from clients import admin, consume, create_topic, produce
 
 
-def test_acknowledged_records_survive_sigkill(make_broker, topic_name):
-    broker = make_broker()
-    create_topic(broker.bootstrap, topic_name, partitions=2)
+def produce_until_killed(broker, topic, partitions, value_of, min_acked, **config):
+    """Produces `value_of(i)` round-robin over `partitions` with acks=all until `min_acked`
+    records are acknowledged (or 20 s pass), then SIGKILLs the broker mid-stream. Returns the
+    acknowledged values by (partition, offset)."""
     acked = {}
     producer = Producer(
-        {
-            "bootstrap.servers": broker.bootstrap,
-            "acks": "all",
-            "linger.ms": 1,
-            "message.timeout.ms": 3000,
-            "compression.type": "lz4",
-        }
+        {"bootstrap.servers": broker.bootstrap, "acks": "all", "message.timeout.ms": 3000, **config}
     )
 
     def delivered(err, msg):
@@ -34,36 +29,50 @@ def test_acknowledged_records_survive_sigkill(make_broker, topic_name):
         i = 0
         while not stop.is_set():
             try:
-                producer.produce(topic_name, value=f"m{i}".encode(), partition=i % 2, on_delivery=delivered)
+                producer.produce(topic, value=value_of(i), partition=i % partitions, on_delivery=delivered)
                 i += 1
             except BufferError:
-                pass
-            producer.poll(0.0005)
+                producer.poll(0.01)
+            producer.poll(0)
 
     writer = threading.Thread(target=keep_producing)
     writer.start()
     deadline = time.monotonic() + 20
-    while len(acked) < 2000 and time.monotonic() < deadline:
+    while len(acked) < min_acked and time.monotonic() < deadline:
         time.sleep(0.05)
     broker.kill()
     stop.set()
     writer.join()
     producer.flush(5)
-    assert len(acked) >= 2000, "the producer should have had acks before the kill"
+    assert len(acked) >= min_acked, "the producer should have had acks before the kill"
+    return dict(acked)
 
-    broker.start()
+
+def assert_acked_records_survived(broker, topic, partitions, acked):
+    """After a restart: offsets are dense from 0 and every acknowledged record is there.
+    Returns each partition's (low, high) watermarks."""
     consumer = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": "unused"})
-    ends = [consumer.get_watermark_offsets(TopicPartition(topic_name, p), timeout=10) for p in range(2)]
+    ends = [consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10) for p in range(partitions)]
     consumer.close()
     for partition, (low, high) in enumerate(ends):
         assert low == 0
-        stored = consume(broker.bootstrap, topic_name, partition, high)
+        stored = consume(broker.bootstrap, topic, partition, high)
         assert [m.offset() for m in stored] == list(range(high)), "offsets must stay dense"
         by_offset = {m.offset(): m.value() for m in stored}
         for (p, offset), value in acked.items():
             if p == partition:
                 assert by_offset.get(offset) == value, f"acked record {p}/{offset} lost"
+    return ends
 
+
+def test_acknowledged_records_survive_sigkill(make_broker, topic_name):
+    broker = make_broker()
+    create_topic(broker.bootstrap, topic_name, partitions=2)
+    acked = produce_until_killed(
+        broker, topic_name, 2, lambda i: f"m{i}".encode(), 2000, **{"linger.ms": 1, "compression.type": "lz4"}
+    )
+    broker.start()
+    ends = assert_acked_records_survived(broker, topic_name, 2, acked)
     after = produce(broker.bootstrap, topic_name, [(0, None, b"after restart", None, None)])
     assert after[0][1] == ends[0][1], "offsets continue where the durable log ended"
 
