@@ -9,12 +9,13 @@
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
-use slatedb::{CloseReason, Db, DbStatus};
+use slatedb::{CloseReason, Db, DbStatus, WriteHandle};
 use tokio::sync::{oneshot, watch, Notify};
 
 use super::partition::PartitionLog;
+use super::{LogError, LogStore};
 
-struct PendingWrite {
+struct WaitingAppend {
     seq: u64,
     /// Each partition the write touched, with its end offset after the write.
     advances: Vec<(Arc<PartitionLog>, i64)>,
@@ -24,7 +25,7 @@ struct PendingWrite {
 /// Writes waiting for durability, in SlateDB sequence order.
 #[derive(Default)]
 pub(super) struct DurabilityQueue {
-    pending: Mutex<VecDeque<PendingWrite>>,
+    pending: Mutex<VecDeque<WaitingAppend>>,
     /// Counts released writes: key-stream and global-log readers wait on it.
     appended: watch::Sender<u64>,
 }
@@ -33,7 +34,7 @@ impl DurabilityQueue {
     /// Queues a write; must be called in the order the writes were made.
     pub fn push(&self, seq: u64, advances: Vec<(Arc<PartitionLog>, i64)>) -> oneshot::Receiver<()> {
         let (done, receiver) = oneshot::channel();
-        self.lock().push_back(PendingWrite {
+        self.lock().push_back(WaitingAppend {
             seq,
             advances,
             done,
@@ -71,7 +72,7 @@ impl DurabilityQueue {
         self.lock().clear();
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<PendingWrite>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<WaitingAppend>> {
         // The queue holds plain data; a panic elsewhere cannot leave it half-updated.
         self.pending.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -103,6 +104,28 @@ impl WalFlusher {
     /// Asks for a WAL write; requests made while one is in flight fold into the next.
     pub fn request(&self) {
         self.wanted.notify_one();
+    }
+}
+
+/// A metadata write on its way to durability (`None`: nothing was written).
+pub struct PendingWrite(pub(super) Option<WriteHandle>);
+
+impl PendingWrite {
+    pub async fn durable(self) -> Result<(), LogError> {
+        if let Some(handle) = self.0 {
+            handle.await_durable().await?;
+        }
+        Ok(())
+    }
+}
+
+impl LogStore {
+    /// A metadata write (topic records, offset commits, coordinator records, log start
+    /// moves) on its way to durability. It asks for a WAL write at once, as appends do, so
+    /// nothing a client waits on waits for the flush tick.
+    pub(super) fn pending_write(&self, handle: WriteHandle) -> PendingWrite {
+        self.wal_flusher.request();
+        PendingWrite(Some(handle))
     }
 }
 

@@ -5,8 +5,9 @@
 //! many offset commits share one WAL flush and never wait on produce traffic.
 
 use bytes::Bytes;
-use slatedb::{WriteBatch, WriteHandle};
+use slatedb::WriteBatch;
 
+use super::durability::PendingWrite;
 use super::read::prefix_range;
 use super::{LogError, LogStore};
 use crate::storage::keys::{self, OffsetValue};
@@ -34,26 +35,7 @@ pub struct StoredGroups {
     pub offsets: Vec<(String, String, i32, OffsetValue)>,
 }
 
-/// A write on its way to durability (`None`: nothing was written).
-pub struct PendingWrite(Option<WriteHandle>);
-
-impl PendingWrite {
-    pub async fn durable(self) -> Result<(), LogError> {
-        if let Some(handle) = self.0 {
-            handle.await_durable().await?;
-        }
-        Ok(())
-    }
-}
-
 impl LogStore {
-    /// A metadata write on its way to durability, which asks for a WAL write at once (as
-    /// appends do) so offset commits and coordinator records need not wait for the tick.
-    pub(super) fn pending_write(&self, handle: WriteHandle) -> PendingWrite {
-        self.wal_flusher.request();
-        PendingWrite(Some(handle))
-    }
-
     pub async fn load_groups(&self) -> Result<StoredGroups, LogError> {
         let mut stored = StoredGroups::default();
         let mut scan = self.db.scan(prefix_range(&keys::group_prefix())).await?;

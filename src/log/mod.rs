@@ -31,6 +31,7 @@ use tokio::sync::{oneshot, Mutex};
 use uuid::Uuid;
 
 pub use batch_objects::StagedAppend;
+pub use durability::PendingWrite;
 pub use partition::{PartitionLog, PartitionOffsets};
 pub use read::{FetchedRecords, Isolation};
 pub use retention::RetentionDefaults;
@@ -193,10 +194,10 @@ impl LogStore {
             Some(id) => String::from_utf8_lossy(&id).into_owned(),
             None => {
                 let id = Uuid::new_v4().simple().to_string();
-                db.put(keys::cluster_id_key(), id.as_bytes())
-                    .await?
-                    .await_durable()
-                    .await?;
+                let written = db.put(keys::cluster_id_key(), id.as_bytes()).await?;
+                // A first start should not wait for the flush tick.
+                db.flush().await?;
+                written.await_durable().await?;
                 id
             }
         };
@@ -317,12 +318,8 @@ impl LogStore {
     async fn store_topic(&self, topic: &Topic) -> Result<(), LogError> {
         let record = serde_json::to_vec(&topic.to_record())
             .map_err(|e| LogError::Corrupt(format!("topic record: {e}")))?;
-        self.db
-            .put(keys::topic_key(&topic.name), record)
-            .await?
-            .await_durable()
-            .await?;
-        Ok(())
+        let written = self.db.put(keys::topic_key(&topic.name), record).await?;
+        self.pending_write(written).durable().await
     }
 
     /// Creates a topic durably. Names and configs must already be validated.
@@ -357,11 +354,8 @@ impl LogStore {
         let topic = self
             .topic(name)
             .ok_or_else(|| LogError::UnknownTopic(name.to_string()))?;
-        self.db
-            .delete(keys::topic_key(name))
-            .await?
-            .await_durable()
-            .await?;
+        let written = self.db.delete(keys::topic_key(name)).await?;
+        self.pending_write(written).durable().await?;
         let mut catalog = self.write_catalog();
         catalog.by_name.remove(name);
         catalog.by_id.remove(&topic.id);
@@ -402,11 +396,11 @@ impl LogStore {
     pub async fn allocate_producer_id(&self) -> Result<i64, LogError> {
         let mut last = self.last_producer_id.lock().await;
         let id = *last + 1;
-        self.db
+        let written = self
+            .db
             .put(keys::producer_ids_key(), id.to_be_bytes())
-            .await?
-            .await_durable()
             .await?;
+        self.pending_write(written).durable().await?;
         *last = id;
         Ok(id)
     }
@@ -453,14 +447,14 @@ impl LogStore {
             });
         }
         if target > state.log_start_offset() {
-            self.db
+            let written = self
+                .db
                 .put(
                     keys::partition_start_key(partition.topic_id, partition.index),
                     target.to_be_bytes(),
                 )
-                .await?
-                .await_durable()
                 .await?;
+            self.pending_write(written).durable().await?;
             state.advance_log_start(target);
         }
         Ok(state.log_start_offset())

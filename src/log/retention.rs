@@ -311,7 +311,8 @@ impl LogStore {
                     moved.push((log.clone(), start));
                 }
             }
-            self.db.write(write).await?.await_durable().await?;
+            let written = self.db.write(write).await?;
+            self.pending_write(written).durable().await?;
             for (log, start) in moved {
                 self.state(&log).await?.advance_log_start(start);
             }

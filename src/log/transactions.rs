@@ -9,7 +9,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use slatedb::WriteBatch;
 
-use super::groups::PendingWrite;
+use super::durability::PendingWrite;
 use super::read::prefix_range;
 use super::{AppendReceipt, LogError, LogStore, PartitionLog, TxnMarker};
 use crate::storage::keys::{self, OffsetValue};
