@@ -68,6 +68,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let settings = StorageSettings {
         flush_interval: Duration::from_millis(args.flush_interval_ms),
         reclaim_delay: Duration::from_millis(args.reclaim_delay_ms),
+        recent_objects_bytes: args.object_cache_mb.map(|mb| (mb as usize) << 20),
     };
     let store = storage::open(&location, &settings).await?;
     let defaults = RetentionDefaults {

@@ -146,6 +146,13 @@ pub struct ServeArgs {
     )]
     pub reclaim_delay_ms: u64,
 
+    /// MiB of recently written batch objects (large appends) kept in memory, so consumers
+    /// at the tail read them without a request to the store. Default: 64 on `s3://`, none
+    /// on a local folder (the OS page cache does this) or in memory.
+    #[arg(long, env = "SHALE_OBJECT_CACHE_MB",
+          value_parser = clap::value_parser!(u64).range(0..=1 << 20))]
+    pub object_cache_mb: Option<u64>,
+
     /// Address for the HTTP/JSON API (key streams, the global log, conditional appends),
     /// e.g. `127.0.0.1:8082`; off when unset.
     #[arg(long, env = "SHALE_HTTP")]

@@ -15,10 +15,14 @@
 //! before draining it. An object whose append did not happen is deleted at once; one written
 //! just before a crash, never registered, is deleted by [`LogStore::sweep_orphan_objects`]
 //! after the next start.
+//!
+//! On a remote store the objects written last are also kept in memory ([`RecentObjects`]):
+//! consumers at the tail read each new object right after it is written, and would
+//! otherwise each pay a request to the store for it.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
@@ -47,6 +51,78 @@ pub(super) struct BatchObjects {
     /// restarts, and ordered by time, so the sweep can tell this run's objects apart.
     last_id: AtomicU64,
     started_id: u64,
+    recent: RecentObjects,
+}
+
+/// The objects written last, whole and as written, up to a byte budget; the oldest leave
+/// first. Each is one buffer of its own (copied from the request when written), so what is
+/// held is exactly what is counted.
+struct RecentObjects {
+    budget: usize,
+    held: Mutex<RecentHeld>,
+}
+
+#[derive(Default)]
+struct RecentHeld {
+    by_id: HashMap<u64, Bytes>,
+    /// Ids in the order written, for eviction; may still hold some deleted ones.
+    order: VecDeque<u64>,
+    bytes: usize,
+}
+
+impl RecentObjects {
+    fn new(budget: usize) -> Self {
+        RecentObjects {
+            budget,
+            held: Mutex::new(RecentHeld::default()),
+        }
+    }
+
+    fn held(&self) -> std::sync::MutexGuard<'_, RecentHeld> {
+        // Plain data, never left half-updated by a panic.
+        self.held.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether an object of `len` bytes would be kept.
+    fn keeps(&self, len: usize) -> bool {
+        len <= self.budget
+    }
+
+    fn insert(&self, id: u64, object: Bytes) {
+        let mut held = self.held();
+        held.bytes += object.len();
+        held.by_id.insert(id, object);
+        held.order.push_back(id);
+        while held.bytes > self.budget {
+            let Some(oldest) = held.order.pop_front() else {
+                break;
+            };
+            if let Some(evicted) = held.by_id.remove(&oldest) {
+                held.bytes -= evicted.len();
+            }
+        }
+    }
+
+    fn get(&self, id: u64) -> Option<Bytes> {
+        self.held().by_id.get(&id).cloned()
+    }
+
+    fn remove(&self, id: u64) {
+        let mut held = self.held();
+        let RecentHeld {
+            by_id,
+            order,
+            bytes,
+        } = &mut *held;
+        if let Some(removed) = by_id.remove(&id) {
+            *bytes -= removed.len();
+        }
+        // Deleted ids wait in `order` until eviction reaches them; where objects are deleted
+        // faster than they are evicted, drop them here so the queue stays bounded.
+        if order.len() > 2 * by_id.len() + 64 {
+            order.retain(|id| by_id.contains_key(id));
+        }
+    }
 }
 
 /// An object holding one partition's batches of one append.
@@ -81,13 +157,15 @@ fn now_ns() -> u64 {
 }
 
 impl BatchObjects {
-    pub fn new(store: Arc<dyn ObjectStore>, root: Path) -> Self {
+    /// `recent_bytes`: how much of the objects written last to keep in memory (0: none).
+    pub fn new(store: Arc<dyn ObjectStore>, root: Path, recent_bytes: usize) -> Self {
         let started_id = now_ns();
         BatchObjects {
             store,
             root,
             last_id: AtomicU64::new(started_id),
             started_id,
+            recent: RecentObjects::new(recent_bytes),
         }
     }
 
@@ -124,10 +202,19 @@ impl BatchObjects {
             positions.push(len);
             len += batch.len() as u64;
         }
-        let payload: PutPayload = batches.iter().cloned().collect();
-        self.store
-            .put(&self.path(topic_id, partition, id), payload)
-            .await?;
+        let path = self.path(topic_id, partition, id);
+        if self.recent.keeps(len as usize) {
+            let mut whole = BytesMut::with_capacity(len as usize);
+            for batch in batches {
+                whole.extend_from_slice(batch);
+            }
+            let whole = whole.freeze();
+            self.store.put(&path, whole.clone().into()).await?;
+            self.recent.insert(id, whole);
+        } else {
+            let payload: PutPayload = batches.iter().cloned().collect();
+            self.store.put(&path, payload).await?;
+        }
         Ok(WrittenObject {
             id,
             topic_id,
@@ -139,6 +226,7 @@ impl BatchObjects {
 
     /// Deletes an object; one already gone is not an error.
     pub async fn delete(&self, topic_id: Uuid, partition: i32, id: u64) -> Result<(), LogError> {
+        self.recent.remove(id);
         match self.store.delete(&self.path(topic_id, partition, id)).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(e.into()),
@@ -364,8 +452,15 @@ impl ObjectReader {
             }
         }
         let span_end = location.object_len.min(start + len.max(READ_SPAN));
-        let path = self.objects.path(topic_id, partition, location.object_id);
-        let loaded = self.objects.store.get_range(&path, start..span_end).await?;
+        let loaded = match self.objects.recent.get(location.object_id) {
+            Some(object) if object.len() as u64 == location.object_len => {
+                object.slice(start as usize..span_end as usize)
+            }
+            _ => {
+                let path = self.objects.path(topic_id, partition, location.object_id);
+                self.objects.store.get_range(&path, start..span_end).await?
+            }
+        };
         let bytes = set_base_offsets(loaded, base_offset, len as usize)?;
         let batch = bytes.slice(..len as usize);
         self.span = Some(LoadedSpan {
@@ -380,7 +475,9 @@ impl ObjectReader {
 /// Sets the base offsets of the whole batches in `span`, the first at `base_offset` and each
 /// next one after the previous one's records; checks the first is `first_len` long.
 fn set_base_offsets(span: Bytes, base_offset: i64, first_len: usize) -> Result<Bytes, LogError> {
-    // Unique after a read, so this takes the buffer over without copying it.
+    // Unique after a read from the store, so this takes the buffer over without copying
+    // it; a span of a kept recent object is shared, so it is copied and the object stays
+    // as written.
     let mut owned = BytesMut::from(span);
     if BatchView::new(&owned).map(|v| v.stored_len()) != Some(first_len) {
         return Err(LogError::Corrupt(
@@ -414,6 +511,7 @@ mod tests {
         let objects = Arc::new(BatchObjects::new(
             Arc::new(InMemory::new()),
             Path::from("shale/batches"),
+            0,
         ));
         let batches = vec![
             encode_batch(&["a", "b", "c"], Compression::None),
@@ -457,9 +555,60 @@ mod tests {
         ));
     }
 
+    #[tokio::test]
+    async fn recent_objects_are_read_from_memory_until_evicted_or_deleted() {
+        let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+        let batch = encode_batch(&["a", "b"], Compression::None);
+        // Room for two objects of this batch, not three.
+        let objects = Arc::new(BatchObjects::new(
+            store.clone(),
+            Path::from("b"),
+            2 * batch.len() + 1,
+        ));
+        let topic_id = Uuid::new_v4();
+        let mut written = Vec::new();
+        for _ in 0..3 {
+            written.push(
+                objects
+                    .write(topic_id, 0, std::slice::from_ref(&batch))
+                    .await
+                    .unwrap(),
+            );
+        }
+        // Take the objects out of the store behind the cache's back: only kept ones read.
+        for object in &written {
+            store
+                .delete(&objects.path(topic_id, 0, object.id))
+                .await
+                .unwrap();
+        }
+        let read = |object: &WrittenObject, base| {
+            let objects = objects.clone();
+            let value = object.location(0, &batch, base).encode();
+            async move { ObjectReader::new(objects).batch(topic_id, 0, value).await }
+        };
+        assert!(
+            read(&written[0], 0).await.is_err(),
+            "the oldest was evicted"
+        );
+        for (object, base) in written[1..].iter().zip([10, 20]) {
+            let got = read(object, base).await.unwrap();
+            assert_eq!(BatchView::new(&got).unwrap().base_offset(), base);
+            assert_eq!(&got[8..], &batch[8..]);
+        }
+        // Setting offsets copied the span: the kept object is still as written.
+        assert_eq!(objects.recent.get(written[2].id), Some(batch.clone()));
+        objects.delete(topic_id, 0, written[2].id).await.unwrap();
+        assert!(
+            read(&written[2], 30).await.is_err(),
+            "deleted objects leave"
+        );
+        assert!(read(&written[1], 10).await.is_ok());
+    }
+
     #[test]
     fn object_ids_increase_even_within_one_clock_tick() {
-        let objects = BatchObjects::new(Arc::new(InMemory::new()), Path::from("b"));
+        let objects = BatchObjects::new(Arc::new(InMemory::new()), Path::from("b"), 0);
         let ids: Vec<u64> = (0..1000).map(|_| objects.next_id()).collect();
         assert!(ids.windows(2).all(|w| w[0] < w[1]));
         assert!(ids[0] > objects.started_id);

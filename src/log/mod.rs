@@ -189,6 +189,7 @@ impl LogStore {
             admin,
             objects,
             objects_root,
+            recent_objects_bytes,
         } = store;
         let cluster_id = match db.get(keys::cluster_id_key()).await? {
             Some(id) => String::from_utf8_lossy(&id).into_owned(),
@@ -248,7 +249,11 @@ impl LogStore {
             durability,
             wal_flusher,
             read_ahead: ReadAhead::new(READ_AHEAD_BUDGET),
-            objects: Arc::new(BatchObjects::new(objects, objects_root)),
+            objects: Arc::new(BatchObjects::new(
+                objects,
+                objects_root,
+                recent_objects_bytes,
+            )),
             follower: std::sync::Mutex::new(Some(follower)),
         });
         let sweeper = Arc::downgrade(&store);

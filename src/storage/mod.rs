@@ -93,7 +93,15 @@ pub struct StorageSettings {
     /// How long after compaction (or a segment drain) SlateDB's garbage collector deletes
     /// the files no longer needed: retention reclaims space this much later.
     pub reclaim_delay: Duration,
+    /// Bytes of recently written batch objects kept in memory for readers at the tail;
+    /// `None` picks by store (see [`OpenedStore::recent_objects_bytes`]).
+    pub recent_objects_bytes: Option<usize>,
 }
+
+/// Recently written batch objects kept in memory on a remote store, unless configured:
+/// there a tail reader would otherwise pay a GET per object. A local folder has the OS page
+/// cache and the memory store is memory already, so they keep none.
+const REMOTE_RECENT_OBJECTS_BYTES: usize = 64 << 20;
 
 /// An opened store: the database, and the admin handle retention uses to drain dropped
 /// segments.
@@ -103,6 +111,8 @@ pub struct OpenedStore {
     /// Where batch objects go: the same object store, beside SlateDB's files.
     pub objects: Arc<dyn ObjectStore>,
     pub objects_root: object_store::path::Path,
+    /// Bytes of recently written batch objects to keep in memory.
+    pub recent_objects_bytes: usize,
 }
 
 /// Routes every key to its segment (the first 4 bytes), so retention can drop whole segments.
@@ -185,11 +195,16 @@ pub async fn open(
         .with_segment_extractor(Arc::new(SegmentExtractor))
         .build()
         .await?;
+    let recent_objects_bytes = settings.recent_objects_bytes.unwrap_or(match location {
+        StoreLocation::S3 { .. } => REMOTE_RECENT_OBJECTS_BYTES,
+        StoreLocation::Folder(_) | StoreLocation::Memory => 0,
+    });
     Ok(OpenedStore {
         db,
         admin,
         objects: store,
         objects_root,
+        recent_objects_bytes,
     })
 }
 

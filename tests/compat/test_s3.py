@@ -8,9 +8,11 @@ import sys
 import time
 import urllib.request
 
+import boto3
 import pytest
 
 from clients import consume, create_topic, produce
+from test_batch_objects import big_values, produce_big
 
 
 @pytest.fixture
@@ -61,3 +63,45 @@ def test_s3_store_keeps_acked_records_and_fences_a_second_broker(make_broker, s3
     assert "Fenced" in first.log()
     after = produce(second.bootstrap, topic_name, [(0, None, b"second", None, None)])
     assert after[0][3] is None and after[0][1] == 20
+
+
+def bucket(s3_env):
+    """A client for the test bucket, with the broker's credentials."""
+    return boto3.client(
+        "s3",
+        endpoint_url=s3_env["AWS_ENDPOINT"],
+        aws_access_key_id=s3_env["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=s3_env["AWS_SECRET_ACCESS_KEY"],
+        region_name=s3_env["AWS_REGION"],
+    )
+
+
+def bucket_keys(s3_env, prefix):
+    listing = bucket(s3_env).list_objects_v2(Bucket="shale-test", Prefix=prefix)
+    assert not listing["IsTruncated"], "a listing past one page"
+    return {entry["Key"] for entry in listing.get("Contents", [])}
+
+
+def test_large_appends_on_s3_read_back_cold_and_from_recent_objects(make_broker, s3_env, topic_name):
+    first = make_broker("--store", "s3://shale-test/cluster-b", env=s3_env)
+    create_topic(first.bootstrap, topic_name)
+    produce_big(first, topic_name, 0, 40)
+    old = bucket_keys(s3_env, "cluster-b/batches/")
+    assert old, "large appends should be in batch objects in the bucket"
+
+    # After a restart nothing is kept in memory: every object is read from the bucket.
+    first.kill()
+    first.start()
+    got = consume(first.bootstrap, topic_name, 0, 40)
+    assert [m.value() for m in got] == big_values(0, 40)
+
+    # Objects just written are read from memory: take them out of the bucket behind the
+    # broker's back, and a consumer at the tail still gets every record.
+    produce_big(first, topic_name, 40, 40)
+    new = bucket_keys(s3_env, "cluster-b/batches/") - old
+    assert new
+    for key in new:
+        bucket(s3_env).delete_object(Bucket="shale-test", Key=key)
+    got = consume(first.bootstrap, topic_name, 0, 40, offset=40)
+    assert [m.offset() for m in got] == list(range(40, 80))
+    assert [m.value() for m in got] == big_values(40, 40)
