@@ -5,6 +5,9 @@
 //! moves the affected partitions' high watermarks and then completes the waiting acks, in
 //! write order. So a producer with acks=all is answered only once a consumer can read its
 //! records, and a fetch never sees data a crash could take back.
+//!
+//! Every write a client waits on, appends and metadata writes ([`PendingWrite`]) alike,
+//! asks the [`WalFlusher`] for a WAL write, so none waits for SlateDB's flush tick.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
