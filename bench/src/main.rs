@@ -135,7 +135,7 @@ fn main() -> Result<()> {
             "\nThe two disk figures differ by what the page cache costs: new data needs pages \
              of memory, and a VM whose host hands memory over lazily makes the first touch of a \
              page slow (see docs/performance.md). A broker writes new data, so the first figure \
-             is its ceiling.",
+             is its ceiling whenever no recently freed pages are at hand.",
         );
         limits = Some(MachineLimits {
             loopback,
