@@ -39,10 +39,6 @@ use crate::storage::keys::{self, BatchLocation, StoredBatch};
 /// appends stay in SlateDB, where they cost one small WAL write rather than one object each.
 pub const OBJECT_MIN_BYTES: usize = 256 << 10;
 
-/// A reader loads this much of an object at once (at least the batch it needs), so a
-/// sequential read costs one request per span, not one per batch.
-const READ_SPAN: u64 = 4 << 20;
-
 /// Where batch objects live, and how their ids are made.
 pub(super) struct BatchObjects {
     store: Arc<dyn ObjectStore>,
@@ -407,6 +403,10 @@ impl LogStore {
 /// the batches in it. One per reader: it keeps the span it loaded last.
 pub(super) struct ObjectReader {
     objects: Arc<BatchObjects>,
+    /// How much of an object to load at once (at least the batch needed), so a sequential
+    /// read costs one request per span, not one per batch. Readers set it to what they
+    /// read ahead anyway, which is also what they may hold.
+    span_bytes: u64,
     span: Option<LoadedSpan>,
 }
 
@@ -418,9 +418,10 @@ struct LoadedSpan {
 }
 
 impl ObjectReader {
-    pub fn new(objects: Arc<BatchObjects>) -> Self {
+    pub fn new(objects: Arc<BatchObjects>, span_bytes: usize) -> Self {
         ObjectReader {
             objects,
+            span_bytes: span_bytes as u64,
             span: None,
         }
     }
@@ -451,7 +452,7 @@ impl ObjectReader {
                 return Ok(span.bytes.slice(at..at + len as usize));
             }
         }
-        let span_end = location.object_len.min(start + len.max(READ_SPAN));
+        let span_end = location.object_len.min(start + len.max(self.span_bytes));
         let loaded = match self.objects.recent.get(location.object_id) {
             Some(object) if object.len() as u64 == location.object_len => {
                 object.slice(start as usize..span_end as usize)
@@ -525,7 +526,7 @@ mod tests {
             object.len as usize,
             batches.iter().map(Bytes::len).sum::<usize>()
         );
-        let mut reader = ObjectReader::new(objects.clone());
+        let mut reader = ObjectReader::new(objects.clone(), 4 << 20);
         let mut base = 40;
         for (index, batch) in batches.iter().enumerate() {
             let value = object.location(index, batch, base).encode();
@@ -547,7 +548,7 @@ mod tests {
         );
         objects.delete(topic_id, 2, object.id).await.unwrap();
         objects.delete(topic_id, 2, object.id).await.unwrap();
-        let mut fresh = ObjectReader::new(objects);
+        let mut fresh = ObjectReader::new(objects, 4 << 20);
         let value = object.location(0, &batches[0], 40).encode();
         assert!(matches!(
             fresh.batch(topic_id, 2, value).await,
@@ -585,7 +586,11 @@ mod tests {
         let read = |object: &WrittenObject, base| {
             let objects = objects.clone();
             let value = object.location(0, &batch, base).encode();
-            async move { ObjectReader::new(objects).batch(topic_id, 0, value).await }
+            async move {
+                ObjectReader::new(objects, 4 << 20)
+                    .batch(topic_id, 0, value)
+                    .await
+            }
         };
         assert!(
             read(&written[0], 0).await.is_err(),

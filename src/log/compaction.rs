@@ -23,6 +23,10 @@ use super::read::prefix_range;
 use super::{now_ms, LogError, LogStore, PartitionLog, Topic};
 use crate::storage::keys::{self, BatchKey, KeyIndexEntry};
 
+/// Compaction reads a partition from start to end: its scan and batch-object reader read
+/// this far ahead.
+const COMPACTION_READ_AHEAD: usize = 4 << 20;
+
 impl LogStore {
     /// Compacts a topic's sealed segments if a segment was sealed since its last compaction.
     pub(super) async fn compact_topic(&self, topic: &Topic) -> Result<(), LogError> {
@@ -180,12 +184,13 @@ impl LogStore {
     ) -> Result<(), LogError> {
         for &segment in segments {
             let prefix = keys::partition_prefix(segment, partition.topic_id, partition.index);
-            let options = LogStore::scan_options(4 << 20, slatedb::IterationOrder::Ascending);
+            let options =
+                LogStore::scan_options(COMPACTION_READ_AHEAD, slatedb::IterationOrder::Ascending);
             let mut scan = self
                 .db
                 .scan_with_options(prefix_range(&prefix), &options)
                 .await?;
-            let mut objects = ObjectReader::new(self.objects.clone());
+            let mut objects = ObjectReader::new(self.objects.clone(), COMPACTION_READ_AHEAD);
             while let Some(entry) = scan.next().await? {
                 BatchKey::decode(&entry.key)
                     .ok_or_else(|| LogError::Corrupt("record batch key".into()))?;

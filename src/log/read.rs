@@ -19,6 +19,9 @@ use crate::storage::keys::{self, AbortedTxn, BatchKey};
 /// Scans read ahead at most this much per object-store request.
 const MAX_READ_AHEAD: usize = 4 << 20;
 
+/// The least a consumer's read reads ahead (and may hold, in a read-ahead chunk's cursor).
+pub(super) const MIN_READ_AHEAD: usize = 64 << 10;
+
 /// Records returned by a fetch, with the offsets they were read against.
 #[derive(Debug, Clone)]
 pub struct FetchedRecords {
@@ -85,7 +88,7 @@ impl BatchCursor {
             end_offset,
             read_ahead,
             cache_blocks: true,
-            objects: ObjectReader::new(store.objects.clone()),
+            objects: ObjectReader::new(store.objects.clone(), read_ahead),
         }
     }
 
@@ -197,7 +200,7 @@ impl LogStore {
             let mut chunk = match self.read_ahead.take(&request).await {
                 Some(chunk) => chunk,
                 None => {
-                    let read_ahead = max_bytes.clamp(64 << 10, MAX_READ_AHEAD);
+                    let read_ahead = max_bytes.clamp(MIN_READ_AHEAD, MAX_READ_AHEAD);
                     let cursor =
                         BatchCursor::new(self, partition, offset, end, read_ahead).sequential();
                     read_chunk(cursor, max_bytes).await?
@@ -242,7 +245,7 @@ impl LogStore {
             Isolation::ReadUncommitted => state.high_watermark(),
             Isolation::ReadCommitted => state.last_stable_offset(),
         };
-        let read_ahead = request.max_bytes.clamp(64 << 10, MAX_READ_AHEAD);
+        let read_ahead = request.max_bytes.clamp(MIN_READ_AHEAD, MAX_READ_AHEAD);
         let fresh =
             || BatchCursor::new(self, partition, request.offset, end, read_ahead).sequential();
         let Some(mut cursor) = cursor else {
@@ -263,7 +266,8 @@ impl LogStore {
         let Some(value) = self.db.get(key.encode()).await? else {
             return Ok(None);
         };
-        let mut objects = ObjectReader::new(self.objects.clone());
+        // One batch, not a span: key streams read batches here and there.
+        let mut objects = ObjectReader::new(self.objects.clone(), 0);
         let batch = objects.batch(key.topic_id, key.partition, value).await?;
         Ok(Some(batch))
     }

@@ -7,8 +7,9 @@
 //! this one ended and with the same limit, is read in the background; the consumer's next
 //! Fetch, which asks for exactly that, takes it.
 //!
-//! Bounded: the limits of the chunks held or being read add up to at most the budget, and
-//! a chunk nobody takes is dropped after [`UNCLAIMED_AFTER`].
+//! Bounded: what the chunks held or being read may hold (each its limit, and at least what
+//! its cursor reads ahead) adds up to at most the budget, and a chunk nobody takes is
+//! dropped after [`UNCLAIMED_AFTER`].
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -18,7 +19,7 @@ use bytes::Bytes;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
-use super::read::BatchCursor;
+use super::read::{BatchCursor, MIN_READ_AHEAD};
 use super::{Isolation, LogError};
 
 /// A chunk read ahead and not asked for within this long is dropped.
@@ -43,6 +44,14 @@ pub(super) struct ChunkRequest {
     pub offset: i64,
     pub max_bytes: usize,
     pub isolation: Isolation,
+}
+
+impl ChunkRequest {
+    /// What a chunk read for this request may hold: its records, and the span of a batch
+    /// object its cursor keeps (read ahead by at least [`MIN_READ_AHEAD`]).
+    fn reservation(&self) -> usize {
+        self.max_bytes.max(MIN_READ_AHEAD)
+    }
 }
 
 struct Ahead {
@@ -80,7 +89,7 @@ impl ReadAhead {
         let ahead = {
             let mut held = self.held();
             let ahead = held.reads.remove(request)?;
-            held.reserved -= request.max_bytes;
+            held.reserved -= request.reservation();
             ahead
         };
         match ahead.read.await {
@@ -107,13 +116,14 @@ impl ReadAhead {
         for request in stale {
             if let Some(ahead) = held.reads.remove(&request) {
                 ahead.read.abort();
-                held.reserved -= request.max_bytes;
+                held.reserved -= request.reservation();
             }
         }
-        if held.reads.contains_key(&request) || held.reserved + request.max_bytes > self.budget {
+        if held.reads.contains_key(&request) || held.reserved + request.reservation() > self.budget
+        {
             return;
         }
-        held.reserved += request.max_bytes;
+        held.reserved += request.reservation();
         let read = tokio::spawn(read());
         held.reads.insert(request, Ahead { started: now, read });
     }
@@ -144,7 +154,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_chunk_is_taken_once_and_only_by_the_same_request() {
-        let ahead = ReadAhead::new(100);
+        let ahead = ReadAhead::new(MIN_READ_AHEAD);
         ahead.start(request(5, 10), || async { Ok(chunk(b"batch")) });
         assert!(ahead.take(&request(5, 20)).await.is_none());
         assert!(ahead.take(&request(6, 10)).await.is_none());
@@ -155,7 +165,8 @@ mod tests {
 
     #[tokio::test]
     async fn the_budget_bounds_the_chunks_held_and_is_returned_when_taken() {
-        let ahead = ReadAhead::new(25);
+        // Small limits count as what their cursors read ahead: two fit, not three.
+        let ahead = ReadAhead::new(2 * MIN_READ_AHEAD + MIN_READ_AHEAD / 2);
         ahead.start(request(1, 10), || async { Ok(chunk(b"a")) });
         ahead.start(request(2, 10), || async { Ok(chunk(b"b")) });
         ahead.start(request(3, 10), || async { Ok(chunk(b"c")) });
@@ -167,7 +178,7 @@ mod tests {
 
     #[tokio::test]
     async fn empty_or_failed_reads_are_not_served() {
-        let ahead = ReadAhead::new(100);
+        let ahead = ReadAhead::new(2 * MIN_READ_AHEAD);
         ahead.start(request(1, 10), || async { Ok(chunk(b"")) });
         ahead.start(request(2, 10), || async {
             Err(LogError::Corrupt("test".into()))
