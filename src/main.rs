@@ -69,6 +69,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         flush_interval: Duration::from_millis(args.flush_interval_ms),
         reclaim_delay: Duration::from_millis(args.reclaim_delay_ms),
         recent_objects_bytes: args.object_cache_mb.map(|mb| (mb as usize) << 20),
+        direct_io: args.direct_io,
     };
     let store = storage::open(&location, &settings).await?;
     let defaults = RetentionDefaults {

@@ -148,10 +148,16 @@ pub struct ServeArgs {
 
     /// MiB of recently written batch objects (large appends) kept in memory, so consumers
     /// at the tail read them without a request to the store. Default: 64 on `s3://`, none
-    /// on a local folder (the OS page cache does this) or in memory.
+    /// on a local folder (a local read is fast) or in memory.
     #[arg(long, env = "SHALE_OBJECT_CACHE_MB",
           value_parser = clap::value_parser!(u64).range(0..=1 << 20))]
     pub object_cache_mb: Option<u64>,
+
+    /// Write and read batch objects in a local data folder with direct I/O (O_DIRECT, Linux),
+    /// bypassing the page cache; off, or on a file system that refuses it (tmpfs), they go
+    /// through the page cache.
+    #[arg(long, env = "SHALE_DIRECT_IO", default_value_t = true, action = ArgAction::Set)]
+    pub direct_io: bool,
 
     /// Address for the HTTP/JSON API (key streams, the global log, conditional appends),
     /// e.g. `127.0.0.1:8082`; off when unset.

@@ -293,7 +293,8 @@ fn storage_error(e: &LogError) -> ResponseError {
         LogError::Corrupt(_)
         | LogError::NotDurable
         | LogError::Storage(_)
-        | LogError::Objects(_) => {
+        | LogError::Objects(_)
+        | LogError::ObjectFile(_) => {
             tracing::error!(error = %e, "storage failure");
             ResponseError::KafkaStorageError
         }

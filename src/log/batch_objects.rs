@@ -16,6 +16,9 @@
 //! just before a crash, never registered, is deleted by [`LogStore::sweep_orphan_objects`]
 //! after the next start.
 //!
+//! In a local folder, objects are written and read with direct I/O where the file system
+//! allows it ([`DirectFolder`]), past the page cache.
+//!
 //! On a remote store the objects written last are also kept in memory ([`RecentObjects`]):
 //! consumers at the tail read each new object right after it is written, and would
 //! otherwise each pay a request to the store for it.
@@ -34,6 +37,7 @@ use super::batch::{BatchView, HEADER_LEN};
 use super::read::prefix_range;
 use super::{LogError, LogStore, PartitionAppend};
 use crate::storage::keys::{self, BatchLocation, StoredBatch};
+use crate::storage::DirectFolder;
 
 /// One partition's batches in one append go to a batch object from this size on. Smaller
 /// appends stay in SlateDB, where they cost one small WAL write rather than one object each.
@@ -43,6 +47,9 @@ pub const OBJECT_MIN_BYTES: usize = 256 << 10;
 pub(super) struct BatchObjects {
     store: Arc<dyn ObjectStore>,
     root: Path,
+    /// Writes and reads the store's files directly, when it is a local folder that allows it;
+    /// listing and deleting still go through the store.
+    direct: Option<DirectFolder>,
     /// Ids are nanoseconds since the epoch when written, kept increasing: unique across
     /// restarts, and ordered by time, so the sweep can tell this run's objects apart.
     last_id: AtomicU64,
@@ -154,11 +161,17 @@ fn now_ns() -> u64 {
 
 impl BatchObjects {
     /// `recent_bytes`: how much of the objects written last to keep in memory (0: none).
-    pub fn new(store: Arc<dyn ObjectStore>, root: Path, recent_bytes: usize) -> Self {
+    pub fn new(
+        store: Arc<dyn ObjectStore>,
+        root: Path,
+        direct: Option<DirectFolder>,
+        recent_bytes: usize,
+    ) -> Self {
         let started_id = now_ns();
         BatchObjects {
             store,
             root,
+            direct,
             last_id: AtomicU64::new(started_id),
             started_id,
             recent: RecentObjects::new(recent_bytes),
@@ -205,11 +218,10 @@ impl BatchObjects {
                 whole.extend_from_slice(batch);
             }
             let whole = whole.freeze();
-            self.store.put(&path, whole.clone().into()).await?;
+            self.put(&path, std::slice::from_ref(&whole)).await?;
             self.recent.insert(id, whole);
         } else {
-            let payload: PutPayload = batches.iter().cloned().collect();
-            self.store.put(&path, payload).await?;
+            self.put(&path, batches).await?;
         }
         Ok(WrittenObject {
             id,
@@ -218,6 +230,39 @@ impl BatchObjects {
             len,
             positions,
         })
+    }
+
+    /// Writes `parts`, one after the other, to a new object at `path`; returns once it is
+    /// durable.
+    async fn put(&self, path: &Path, parts: &[Bytes]) -> Result<(), LogError> {
+        match &self.direct {
+            Some(direct) => direct.put(path, parts).await?,
+            None => {
+                let payload: PutPayload = parts.iter().cloned().collect();
+                self.store.put(path, payload).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads `range` of the object at `path` and sets the base offsets of the batches in
+    /// it, the first at `base_offset`; the first must be `first_len` long.
+    async fn load_span(
+        &self,
+        path: &Path,
+        range: std::ops::Range<u64>,
+        base_offset: i64,
+        first_len: usize,
+    ) -> Result<Bytes, LogError> {
+        if let Some(direct) = &self.direct {
+            let mut span = direct.get_range(path, range).await?;
+            set_base_offsets(span.as_mut_slice(), base_offset, first_len)?;
+            return Ok(span.freeze());
+        }
+        // Unique after a read from the store, so this takes the buffer over without copying.
+        let mut span = BytesMut::from(self.store.get_range(path, range).await?);
+        set_base_offsets(&mut span, base_offset, first_len)?;
+        Ok(span.freeze())
     }
 
     /// Deletes an object; one already gone is not an error.
@@ -453,16 +498,20 @@ impl ObjectReader {
             }
         }
         let span_end = location.object_len.min(start + len.max(self.span_bytes));
-        let loaded = match self.objects.recent.get(location.object_id) {
+        let bytes = match self.objects.recent.get(location.object_id) {
+            // Copied: the kept object stays as written.
             Some(object) if object.len() as u64 == location.object_len => {
-                object.slice(start as usize..span_end as usize)
+                let mut span = BytesMut::from(&object[start as usize..span_end as usize]);
+                set_base_offsets(&mut span, base_offset, len as usize)?;
+                span.freeze()
             }
             _ => {
                 let path = self.objects.path(topic_id, partition, location.object_id);
-                self.objects.store.get_range(&path, start..span_end).await?
+                self.objects
+                    .load_span(&path, start..span_end, base_offset, len as usize)
+                    .await?
             }
         };
-        let bytes = set_base_offsets(loaded, base_offset, len as usize)?;
         let batch = bytes.slice(..len as usize);
         self.span = Some(LoadedSpan {
             object_id: location.object_id,
@@ -475,29 +524,25 @@ impl ObjectReader {
 
 /// Sets the base offsets of the whole batches in `span`, the first at `base_offset` and each
 /// next one after the previous one's records; checks the first is `first_len` long.
-fn set_base_offsets(span: Bytes, base_offset: i64, first_len: usize) -> Result<Bytes, LogError> {
-    // Unique after a read from the store, so this takes the buffer over without copying
-    // it; a span of a kept recent object is shared, so it is copied and the object stays
-    // as written.
-    let mut owned = BytesMut::from(span);
-    if BatchView::new(&owned).map(|v| v.stored_len()) != Some(first_len) {
+fn set_base_offsets(span: &mut [u8], base_offset: i64, first_len: usize) -> Result<(), LogError> {
+    if BatchView::new(span).map(|v| v.stored_len()) != Some(first_len) {
         return Err(LogError::Corrupt(
             "a batch object does not match its location".into(),
         ));
     }
     let mut at = 0;
     let mut base = base_offset;
-    while let Some(view) = owned.get(at..).and_then(BatchView::new) {
+    while let Some(view) = span.get(at..).and_then(BatchView::new) {
         let len = view.stored_len();
-        if len < HEADER_LEN || at + len > owned.len() {
+        if len < HEADER_LEN || at + len > span.len() {
             break;
         }
         let count = i64::from(view.record_count());
-        owned[at..at + 8].copy_from_slice(&base.to_be_bytes());
+        span[at..at + 8].copy_from_slice(&base.to_be_bytes());
         base += count;
         at += len;
     }
-    Ok(owned.freeze())
+    Ok(())
 }
 
 #[cfg(test)]
@@ -509,11 +554,34 @@ mod tests {
 
     #[tokio::test]
     async fn objects_hold_batches_as_received_and_readers_set_their_offsets() {
-        let objects = Arc::new(BatchObjects::new(
+        let objects = BatchObjects::new(
             Arc::new(InMemory::new()),
             Path::from("shale/batches"),
+            None,
             0,
-        ));
+        );
+        batches_round_trip(Arc::new(objects)).await;
+    }
+
+    #[tokio::test]
+    async fn objects_written_with_direct_io_read_back_as_through_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let Some(direct) = DirectFolder::probe(dir.path()) else {
+            eprintln!("skipped: the temp folder refuses direct I/O");
+            return;
+        };
+        let store = object_store::local::LocalFileSystem::new_with_prefix(dir.path()).unwrap();
+        let objects = BatchObjects::new(
+            Arc::new(store),
+            Path::from("shale/batches"),
+            Some(direct),
+            0,
+        );
+        batches_round_trip(Arc::new(objects)).await;
+    }
+
+    /// Writes batches to an object, reads them back with their offsets set, deletes it.
+    async fn batches_round_trip(objects: Arc<BatchObjects>) {
         let batches = vec![
             encode_batch(&["a", "b", "c"], Compression::None),
             encode_batch(&["d"], Compression::None),
@@ -550,10 +618,11 @@ mod tests {
         objects.delete(topic_id, 2, object.id).await.unwrap();
         let mut fresh = ObjectReader::new(objects, 4 << 20);
         let value = object.location(0, &batches[0], 40).encode();
-        assert!(matches!(
-            fresh.batch(topic_id, 2, value).await,
-            Err(LogError::Objects(object_store::Error::NotFound { .. }))
-        ));
+        match fresh.batch(topic_id, 2, value).await {
+            Err(LogError::Objects(object_store::Error::NotFound { .. })) => {}
+            Err(LogError::ObjectFile(e)) if e.kind() == std::io::ErrorKind::NotFound => {}
+            other => panic!("a deleted object is not found: {other:?}"),
+        }
     }
 
     #[tokio::test]
@@ -564,6 +633,7 @@ mod tests {
         let objects = Arc::new(BatchObjects::new(
             store.clone(),
             Path::from("b"),
+            None,
             2 * batch.len() + 1,
         ));
         let topic_id = Uuid::new_v4();
@@ -613,7 +683,7 @@ mod tests {
 
     #[test]
     fn object_ids_increase_even_within_one_clock_tick() {
-        let objects = BatchObjects::new(Arc::new(InMemory::new()), Path::from("b"), 0);
+        let objects = BatchObjects::new(Arc::new(InMemory::new()), Path::from("b"), None, 0);
         let ids: Vec<u64> = (0..1000).map(|_| objects.next_id()).collect();
         assert!(ids.windows(2).all(|w| w[0] < w[1]));
         assert!(ids[0] > objects.started_id);

@@ -77,6 +77,8 @@ pub enum LogError {
     Storage(#[from] slatedb::Error),
     #[error("batch objects: {0}")]
     Objects(#[from] object_store::Error),
+    #[error("batch object file: {0}")]
+    ObjectFile(#[from] std::io::Error),
 }
 
 #[derive(Default)]
@@ -190,6 +192,7 @@ impl LogStore {
             objects,
             objects_root,
             recent_objects_bytes,
+            direct,
         } = store;
         let cluster_id = match db.get(keys::cluster_id_key()).await? {
             Some(id) => String::from_utf8_lossy(&id).into_owned(),
@@ -252,6 +255,7 @@ impl LogStore {
             objects: Arc::new(BatchObjects::new(
                 objects,
                 objects_root,
+                direct,
                 recent_objects_bytes,
             )),
             follower: std::sync::Mutex::new(Some(follower)),

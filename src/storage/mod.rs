@@ -3,6 +3,7 @@
 //! Owns how a store location (a local folder, `memory://`, `file://`, `s3://`) becomes an
 //! opened [`Db`], and which SlateDB settings Shale runs with. It knows nothing about Kafka.
 
+pub mod direct;
 pub mod keys;
 
 use std::path::PathBuf;
@@ -19,6 +20,8 @@ use slatedb::config::{
 };
 use slatedb::prefix_extractor::{PrefixExtractor, PrefixTarget};
 use slatedb::{BlockCachePolicy, CacheTarget, Db};
+
+pub use direct::DirectFolder;
 
 /// Where SlateDB's objects go, parsed from `--store` or `--data-dir`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -96,6 +99,8 @@ pub struct StorageSettings {
     /// Bytes of recently written batch objects kept in memory for readers at the tail;
     /// `None` picks by store (see [`OpenedStore::recent_objects_bytes`]).
     pub recent_objects_bytes: Option<usize>,
+    /// Batch objects in a local folder use direct I/O where the file system allows it.
+    pub direct_io: bool,
 }
 
 /// Recently written batch objects kept in memory on a remote store, unless configured:
@@ -113,6 +118,8 @@ pub struct OpenedStore {
     pub objects_root: object_store::path::Path,
     /// Bytes of recently written batch objects to keep in memory.
     pub recent_objects_bytes: usize,
+    /// Direct I/O for batch objects, in a local folder that allows it.
+    pub direct: Option<DirectFolder>,
 }
 
 /// Routes every key to its segment (the first 4 bytes), so retention can drop whole segments.
@@ -136,6 +143,7 @@ pub async fn open(
     location: &StoreLocation,
     settings: &StorageSettings,
 ) -> Result<OpenedStore, StorageError> {
+    let mut direct = None;
     let (store, path): (Arc<dyn ObjectStore>, String) = match location {
         StoreLocation::Folder(dir) => {
             std::fs::create_dir_all(dir).map_err(|source| StorageError::Folder {
@@ -143,6 +151,9 @@ pub async fn open(
                 source,
             })?;
             let store = LocalFileSystem::new_with_prefix(dir)?.with_fsync(true);
+            if settings.direct_io {
+                direct = DirectFolder::probe(dir);
+            }
             (Arc::new(store), "shale".to_string())
         }
         StoreLocation::Memory => (Arc::new(InMemory::new()), "shale".to_string()),
@@ -205,6 +216,7 @@ pub async fn open(
         objects: store,
         objects_root,
         recent_objects_bytes,
+        direct,
     })
 }
 

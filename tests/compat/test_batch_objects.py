@@ -5,6 +5,8 @@ objects, and objects left by a crash are swept at the next start."""
 
 import time
 
+import pytest
+
 from clients import admin, consume, create_topic, produce
 from test_confluent import SMALL_FETCHES
 from test_durability import assert_acked_records_survived, produce_until_killed
@@ -12,6 +14,10 @@ from test_retention import FAST, wait_for, watermarks
 import wire
 
 BIG = 16 << 10
+
+# Objects go through the page cache instead of direct I/O (the default in a local folder).
+PAGE_CACHE = ("--direct-io", "false")
+IO_PATHS = pytest.mark.parametrize("io", [(), PAGE_CACHE], ids=["direct-io", "page-cache"])
 
 
 def objects(broker):
@@ -31,7 +37,9 @@ def produce_big(broker, topic, first, count, partition=0):
     return reports
 
 
-def test_records_of_large_and_small_appends_read_back_from_any_offset(broker, topic_name):
+@IO_PATHS
+def test_records_of_large_and_small_appends_read_back_from_any_offset(make_broker, topic_name, io):
+    broker = make_broker(*io)
     create_topic(broker.bootstrap, topic_name)
     produce_big(broker, topic_name, 0, 40)
     # Several batches of one partition in one Produce request: one object holds them all.
@@ -55,8 +63,9 @@ def test_records_of_large_and_small_appends_read_back_from_any_offset(broker, to
         assert all(m.value() == expected(m.offset()) for m in got), (start, fetch)
 
 
-def test_acknowledged_large_appends_survive_sigkill(make_broker, topic_name):
-    broker = make_broker()
+@IO_PATHS
+def test_acknowledged_large_appends_survive_sigkill(make_broker, topic_name, io):
+    broker = make_broker(*io)
     create_topic(broker.bootstrap, topic_name, partitions=2)
     acked = produce_until_killed(
         broker, topic_name, 2, lambda i: str(i).encode().ljust(BIG, b"."), 3000, **{"linger.ms": 20}

@@ -1,0 +1,321 @@
+//! Batch objects in a local folder, written and read with direct I/O.
+//!
+//! Data written through the page cache lands in pages the kernel takes from free memory.
+//! On a VM whose host backs guest memory on first touch and takes back free pages (a
+//! Firecracker guest with free page reporting, as measured in docs/performance.md), that
+//! runs at ~0.2 GB/s, while the disk itself takes 1.3 GB/s. Direct I/O moves batch objects
+//! between the disk and a few recycled buffers, so neither a produce nor a backlog read
+//! needs new memory, and the data is copied once in user space instead of once by the
+//! kernel.
+//!
+//! The files are the ones `object_store`'s [`LocalFileSystem`] keeps at the same paths, so
+//! listing and deleting them still go through the object store.
+
+use std::fs::File;
+use std::io;
+use std::ops::Range;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Path as FsPath, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use aligned_vec::{AVec, ConstAlign};
+use bytes::Bytes;
+use object_store::local::LocalFileSystem;
+use object_store::path::Path;
+
+/// Offsets, lengths and buffer addresses of direct I/O are multiples of this: the largest
+/// logical block size in common use, so one value fits every disk.
+const ALIGN: usize = 4096;
+
+/// Buffers are allocated in multiples of this, so objects of similar sizes share them.
+const BUFFER_GRANULE: usize = 64 << 10;
+
+/// Idle buffers kept for reuse, in bytes; more are freed.
+const IDLE_BUFFER_BYTES: usize = 64 << 20;
+
+type Aligned = AVec<u8, ConstAlign<ALIGN>>;
+
+/// The open flag for direct I/O. Other systems than Linux spell it differently or not at
+/// all; there the probe refuses and objects go through the object store.
+#[cfg(target_os = "linux")]
+const O_DIRECT: Option<i32> = Some(libc::O_DIRECT);
+#[cfg(not(target_os = "linux"))]
+const O_DIRECT: Option<i32> = None;
+
+/// A folder whose batch objects are written and read with `O_DIRECT`.
+pub struct DirectFolder {
+    /// Maps object paths to file paths exactly as the object store does.
+    files: LocalFileSystem,
+    buffers: Arc<BufferPool>,
+}
+
+impl DirectFolder {
+    /// A direct-I/O view of `dir`, or `None` if its file system refuses direct I/O (tmpfs
+    /// does) or this is not Linux.
+    pub fn probe(dir: &FsPath) -> Option<Self> {
+        O_DIRECT?;
+        let probe = dir.join(".shale-direct-io-probe");
+        // A probe file left by a crash would fail the exclusive create below.
+        let _ = std::fs::remove_file(&probe);
+        let supported = write_direct(&probe, &Aligned::from_slice(ALIGN, &[0; ALIGN]), ALIGN);
+        let _ = std::fs::remove_file(&probe);
+        if let Err(e) = supported {
+            tracing::info!(error = %e, "the data folder refuses direct I/O; batch objects go through the page cache");
+            return None;
+        }
+        tracing::info!("batch objects are written and read with direct I/O");
+        Some(DirectFolder {
+            files: LocalFileSystem::new_with_prefix(dir).ok()?,
+            buffers: Arc::new(BufferPool::default()),
+        })
+    }
+
+    /// Writes `parts`, one after the other, to a new file at `path`, creating its folders;
+    /// returns once the file and its directory entry are durable.
+    pub async fn put(&self, path: &Path, parts: &[Bytes]) -> io::Result<()> {
+        let path = self.file_path(path)?;
+        let len: usize = parts.iter().map(Bytes::len).sum();
+        let mut buffer = self.buffers.take(len);
+        let mut at = 0;
+        for part in parts {
+            buffer.bytes[at..at + part.len()].copy_from_slice(part);
+            at += part.len();
+        }
+        // The padding up to the block size is written too, then cut off by the length.
+        buffer.bytes[len..align_up(len)].fill(0);
+        tokio::task::spawn_blocking(move || {
+            let written = match write_direct(&path, &buffer.bytes, len) {
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    create_folders(path.parent().unwrap_or(FsPath::new("/")))?;
+                    write_direct(&path, &buffer.bytes, len)
+                }
+                written => written,
+            };
+            written?;
+            sync_folder(&path)
+        })
+        .await
+        .map_err(io::Error::other)?
+    }
+
+    /// Reads `range` of the file at `path` into a buffer of its own, to be changed by the
+    /// caller and then shared as [`Bytes`] with [`DirectSpan::freeze`].
+    pub async fn get_range(&self, path: &Path, range: Range<u64>) -> io::Result<DirectSpan> {
+        let path = self.file_path(path)?;
+        let start = range.start & !(ALIGN as u64 - 1);
+        let len = align_up((range.end - start) as usize);
+        let mut buffer = self.buffers.take(len);
+        let wanted = (range.end - start) as usize;
+        tokio::task::spawn_blocking(move || {
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(O_DIRECT.unwrap_or(0))
+                .open(&path)?;
+            let mut filled = 0;
+            while filled < wanted {
+                let read = file.read_at(&mut buffer.bytes[filled..len], start + filled as u64)?;
+                filled += read;
+                // Short of a whole block: the end of the file (a direct read could not go
+                // on from there anyway).
+                if read == 0 || filled % ALIGN != 0 {
+                    break;
+                }
+            }
+            if filled < wanted {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+            let skip = (range.start - start) as usize;
+            Ok(DirectSpan {
+                buffer,
+                range: skip..wanted,
+            })
+        })
+        .await
+        .map_err(io::Error::other)?
+    }
+
+    fn file_path(&self, path: &Path) -> io::Result<PathBuf> {
+        self.files
+            .path_to_filesystem(path)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))
+    }
+}
+
+/// Part of a file read with direct I/O, in a pooled buffer.
+pub struct DirectSpan {
+    buffer: PooledBuffer,
+    range: Range<usize>,
+}
+
+impl DirectSpan {
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        &mut self.buffer.bytes[self.range.clone()]
+    }
+
+    /// Shares the span; its buffer goes back to the pool when the last clone is dropped.
+    pub fn freeze(self) -> Bytes {
+        Bytes::from_owner(self)
+    }
+}
+
+impl AsRef<[u8]> for DirectSpan {
+    fn as_ref(&self) -> &[u8] {
+        &self.buffer.bytes[self.range.clone()]
+    }
+}
+
+fn align_up(len: usize) -> usize {
+    len.div_ceil(ALIGN) * ALIGN
+}
+
+/// Writes the first `len` bytes of `buffer` (which holds them padded to the block size) to
+/// a new file at `path`, and makes them durable.
+fn write_direct(path: &FsPath, buffer: &[u8], len: usize) -> io::Result<()> {
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .custom_flags(O_DIRECT.unwrap_or(0))
+        .open(path)?;
+    let padded = align_up(len);
+    file.write_all_at(&buffer[..padded], 0)?;
+    if padded != len {
+        file.set_len(len as u64)?;
+    }
+    file.sync_data()
+}
+
+/// Creates `dir` and the folders above it that are missing, each made durable in its
+/// parent.
+fn create_folders(dir: &FsPath) -> io::Result<()> {
+    let missing: Vec<&FsPath> = dir.ancestors().take_while(|d| !d.exists()).collect();
+    std::fs::create_dir_all(dir)?;
+    for created in missing.iter().rev() {
+        sync_folder(created)?;
+    }
+    Ok(())
+}
+
+/// Makes the entry of `path` in its folder durable.
+fn sync_folder(path: &FsPath) -> io::Result<()> {
+    match path.parent() {
+        Some(parent) => File::open(parent)?.sync_all(),
+        None => Ok(()),
+    }
+}
+
+/// Aligned buffers, reused: a buffer the process has touched once costs nothing to touch
+/// again, where a new one may cost a fault per page.
+#[derive(Default)]
+struct BufferPool {
+    idle: Mutex<IdleBuffers>,
+}
+
+#[derive(Default)]
+struct IdleBuffers {
+    buffers: Vec<Aligned>,
+    bytes: usize,
+}
+
+/// A buffer taken from the pool, given back when dropped. All of it is initialized, so
+/// reads can fill it without clearing it first.
+struct PooledBuffer {
+    bytes: Aligned,
+    pool: Arc<BufferPool>,
+}
+
+impl BufferPool {
+    /// A buffer of at least `len` bytes rounded up to the block size: the smallest idle
+    /// one that is not more than twice that, or a new one.
+    fn take(self: &Arc<Self>, len: usize) -> PooledBuffer {
+        let len = align_up(len.max(1));
+        let reused = {
+            let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+            let best = idle
+                .buffers
+                .iter()
+                .enumerate()
+                .filter(|(_, b)| b.len() >= len && b.len() <= 2 * len)
+                .min_by_key(|(_, b)| b.len())
+                .map(|(index, _)| index);
+            best.map(|index| {
+                let buffer = idle.buffers.swap_remove(index);
+                idle.bytes -= buffer.len();
+                buffer
+            })
+        };
+        let bytes = reused.unwrap_or_else(|| {
+            let size = len.div_ceil(BUFFER_GRANULE) * BUFFER_GRANULE;
+            let mut buffer = Aligned::with_capacity(ALIGN, size);
+            buffer.resize(size, 0);
+            buffer
+        });
+        PooledBuffer {
+            bytes,
+            pool: self.clone(),
+        }
+    }
+
+    fn give_back(&self, buffer: Aligned) {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        if idle.bytes + buffer.len() <= IDLE_BUFFER_BYTES {
+            idle.bytes += buffer.len();
+            idle.buffers.push(buffer);
+        }
+    }
+}
+
+impl Drop for PooledBuffer {
+    fn drop(&mut self) {
+        self.pool
+            .give_back(std::mem::replace(&mut self.bytes, Aligned::new(ALIGN)));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn objects_of_any_length_read_back_from_any_range() {
+        let dir = tempfile::tempdir().unwrap();
+        let Some(folder) = DirectFolder::probe(dir.path()) else {
+            // tmpfs and the like: the broker falls back to the page cache there.
+            eprintln!("skipped: the temp folder refuses direct I/O");
+            return;
+        };
+        let parts = [
+            Bytes::from((0..5000u32).map(|i| i as u8).collect::<Vec<_>>()),
+            Bytes::from(vec![7u8; 10_001]),
+        ];
+        let whole: Vec<u8> = parts.iter().flat_map(|p| p.iter().copied()).collect();
+        let path = Path::from("shale/batches/t/0/1");
+        folder.put(&path, &parts).await.unwrap();
+        let on_disk = std::fs::read(dir.path().join("shale/batches/t/0/1")).unwrap();
+        assert_eq!(on_disk, whole, "the file holds exactly the parts");
+        for range in [
+            0..15_001u64,
+            4095..4097,
+            4096..8192,
+            5000..15_001,
+            14_000..15_001,
+        ] {
+            let mut span = folder.get_range(&path, range.clone()).await.unwrap();
+            span.as_mut_slice()[0] ^= 1;
+            let read = span.freeze();
+            let mut expected = whole[range.start as usize..range.end as usize].to_vec();
+            expected[0] ^= 1;
+            assert_eq!(read.as_ref(), expected.as_slice(), "{range:?}");
+        }
+        let past_end = folder.get_range(&path, 15_000..15_002).await;
+        assert_eq!(
+            past_end.err().map(|e| e.kind()),
+            Some(io::ErrorKind::UnexpectedEof)
+        );
+        let again = folder.put(&path, &parts).await;
+        assert_eq!(
+            again.err().map(|e| e.kind()),
+            Some(io::ErrorKind::AlreadyExists),
+            "an object is written once"
+        );
+    }
+}
