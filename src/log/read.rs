@@ -211,11 +211,12 @@ impl LogStore {
                     offset: chunk.next_offset,
                     ..request
                 };
-                let (store, partition, cursor) =
-                    (self.clone(), partition.clone(), chunk.cursor.take());
-                self.read_ahead.start(next, || async move {
-                    store.read_chunk_ahead(&partition, next, cursor).await
-                });
+                let (store, partition) = (self.clone(), partition.clone());
+                self.read_ahead
+                    .start(next, chunk.cursor.take(), move |request, cursor| {
+                        let (store, partition) = (store.clone(), partition.clone());
+                        async move { store.read_chunk_ahead(&partition, request, cursor).await }
+                    });
             }
             records = chunk.records;
         }
