@@ -3,7 +3,8 @@
 //! A batch stored in SlateDB reaches the disk three times: in the WAL, in an L0 table when
 //! the memtable flushes, and again when compaction merges tables. Under a heavy produce load
 //! that is the ceiling (docs/performance.md). So one partition's batches in an append of at
-//! least [`OBJECT_MIN_BYTES`] are written, as received, to an object of their own, durable
+//! least the store's threshold ([`BatchObjects::min_bytes`]) are written, as received, to an
+//! object of their own, durable
 //! before the append; their batch keys hold locations ([`StoredBatch::InObject`]) and the
 //! object is registered in the segment its batches went to.
 //!
@@ -39,14 +40,14 @@ use super::{LogError, LogStore, PartitionAppend};
 use crate::storage::keys::{self, BatchLocation, StoredBatch};
 use crate::storage::DirectFolder;
 
-/// One partition's batches in one append go to a batch object from this size on. Smaller
-/// appends stay in SlateDB, where they cost one small WAL write rather than one object each.
-pub const OBJECT_MIN_BYTES: usize = 256 << 10;
-
 /// Where batch objects live, and how their ids are made.
 pub(super) struct BatchObjects {
     store: Arc<dyn ObjectStore>,
     root: Path,
+    /// One partition's batches in one append go to a batch object from this size on.
+    /// Smaller appends stay in SlateDB, where they cost one small WAL write rather than an
+    /// object each (see `storage::OpenedStore::object_min_bytes`).
+    min_bytes: usize,
     /// Writes and reads the store's files directly, when it is a local folder that allows it;
     /// listing and deleting still go through the store.
     direct: Option<DirectFolder>,
@@ -164,6 +165,7 @@ impl BatchObjects {
     pub fn new(
         store: Arc<dyn ObjectStore>,
         root: Path,
+        min_bytes: usize,
         direct: Option<DirectFolder>,
         recent_bytes: usize,
     ) -> Self {
@@ -171,6 +173,7 @@ impl BatchObjects {
         BatchObjects {
             store,
             root,
+            min_bytes,
             direct,
             last_id: AtomicU64::new(started_id),
             started_id,
@@ -328,12 +331,12 @@ impl Drop for StagedAppend {
 }
 
 impl LogStore {
-    /// Writes each partition's batches of at least [`OBJECT_MIN_BYTES`] to a batch object,
+    /// Writes each partition's batches of at least the store's threshold to a batch object,
     /// all at once.
     pub async fn stage(&self, appends: Vec<PartitionAppend>) -> Result<StagedAppend, LogError> {
         let writes = appends.iter().map(|append| async move {
             let bytes: usize = append.batches.iter().map(Bytes::len).sum();
-            if bytes < OBJECT_MIN_BYTES {
+            if bytes < self.objects.min_bytes {
                 return Ok(None);
             }
             let partition = &append.partition;
@@ -557,6 +560,7 @@ mod tests {
         let objects = BatchObjects::new(
             Arc::new(InMemory::new()),
             Path::from("shale/batches"),
+            1,
             None,
             0,
         );
@@ -574,6 +578,7 @@ mod tests {
         let objects = BatchObjects::new(
             Arc::new(store),
             Path::from("shale/batches"),
+            1,
             Some(direct),
             0,
         );
@@ -633,6 +638,7 @@ mod tests {
         let objects = Arc::new(BatchObjects::new(
             store.clone(),
             Path::from("b"),
+            1,
             None,
             2 * batch.len() + 1,
         ));
@@ -683,7 +689,7 @@ mod tests {
 
     #[test]
     fn object_ids_increase_even_within_one_clock_tick() {
-        let objects = BatchObjects::new(Arc::new(InMemory::new()), Path::from("b"), None, 0);
+        let objects = BatchObjects::new(Arc::new(InMemory::new()), Path::from("b"), 1, None, 0);
         let ids: Vec<u64> = (0..1000).map(|_| objects.next_id()).collect();
         assert!(ids.windows(2).all(|w| w[0] < w[1]));
         assert!(ids[0] > objects.started_id);

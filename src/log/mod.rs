@@ -192,6 +192,7 @@ impl LogStore {
             objects,
             objects_root,
             recent_objects_bytes,
+            object_min_bytes,
             direct,
         } = store;
         let cluster_id = match db.get(keys::cluster_id_key()).await? {
@@ -255,6 +256,7 @@ impl LogStore {
             objects: Arc::new(BatchObjects::new(
                 objects,
                 objects_root,
+                object_min_bytes,
                 direct,
                 recent_objects_bytes,
             )),

@@ -108,6 +108,18 @@ pub struct StorageSettings {
 /// cache and the memory store is memory already, so they keep none.
 const REMOTE_RECENT_OBJECTS_BYTES: usize = 64 << 20;
 
+/// Appends of one partition from this size on go to batch objects in a local folder. Lower
+/// than on a remote store because there the memtable's flushes stall the WAL: a 64 MiB table
+/// written to the same disk holds up the small WAL writes queued behind it (10k msgs/s of
+/// 1 KiB records: e2e p99.9 41-45 ms with 256 KiB, 9 ms with 16 KiB; docs/performance.md).
+/// Below this size an object costs more than the WAL write it would save.
+const LOCAL_OBJECT_MIN_BYTES: usize = 16 << 10;
+
+/// Appends of one partition from this size on go to batch objects on a remote store, where
+/// each object is a PUT (paid for, and tens of ms) before the append's WAL write, and in
+/// memory, where there is no disk to stall.
+const REMOTE_OBJECT_MIN_BYTES: usize = 256 << 10;
+
 /// An opened store: the database, and the admin handle retention uses to drain dropped
 /// segments.
 pub struct OpenedStore {
@@ -118,6 +130,8 @@ pub struct OpenedStore {
     pub objects_root: object_store::path::Path,
     /// Bytes of recently written batch objects to keep in memory.
     pub recent_objects_bytes: usize,
+    /// Appends of one partition from this size on go to batch objects.
+    pub object_min_bytes: usize,
     /// Direct I/O for batch objects, in a local folder that allows it.
     pub direct: Option<DirectFolder>,
 }
@@ -210,12 +224,17 @@ pub async fn open(
         StoreLocation::S3 { .. } => REMOTE_RECENT_OBJECTS_BYTES,
         StoreLocation::Folder(_) | StoreLocation::Memory => 0,
     });
+    let object_min_bytes = match location {
+        StoreLocation::Folder(_) => LOCAL_OBJECT_MIN_BYTES,
+        StoreLocation::S3 { .. } | StoreLocation::Memory => REMOTE_OBJECT_MIN_BYTES,
+    };
     Ok(OpenedStore {
         db,
         admin,
         objects: store,
         objects_root,
         recent_objects_bytes,
+        object_min_bytes,
         direct,
     })
 }
