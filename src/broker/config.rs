@@ -154,8 +154,8 @@ pub struct ServeArgs {
     pub object_cache_mb: Option<u64>,
 
     /// Write and read batch objects in a local data folder with direct I/O (O_DIRECT, Linux),
-    /// bypassing the page cache; off, or on a file system that refuses it (tmpfs), they go
-    /// through the page cache.
+    /// bypassing the page cache. Off, or on a file system that refuses it (some FUSE file
+    /// systems, tmpfs before Linux 6.6), they go through the page cache.
     #[arg(long, env = "SHALE_DIRECT_IO", default_value_t = true, action = ArgAction::Set)]
     pub direct_io: bool,
 

@@ -50,8 +50,8 @@ pub struct DirectFolder {
 }
 
 impl DirectFolder {
-    /// A direct-I/O view of `dir`, or `None` if its file system refuses direct I/O (tmpfs
-    /// does) or this is not Linux.
+    /// A direct-I/O view of `dir`, or `None` if its file system refuses direct I/O (some FUSE
+    /// file systems, tmpfs before Linux 6.6) or this is not Linux.
     pub fn probe(dir: &FsPath) -> Option<Self> {
         O_DIRECT?;
         let probe = dir.join(".shale-direct-io-probe");
@@ -169,7 +169,8 @@ fn align_up(len: usize) -> usize {
 }
 
 /// Writes the first `len` bytes of `buffer` (which holds them padded to the block size) to
-/// a new file at `path`, and makes them durable.
+/// a new file at `path`, and makes them durable. A file it created and could not finish
+/// (a full disk) is removed.
 fn write_direct(path: &FsPath, buffer: &[u8], len: usize) -> io::Result<()> {
     let file = std::fs::OpenOptions::new()
         .write(true)
@@ -177,11 +178,16 @@ fn write_direct(path: &FsPath, buffer: &[u8], len: usize) -> io::Result<()> {
         .custom_flags(O_DIRECT.unwrap_or(0))
         .open(path)?;
     let padded = align_up(len);
-    file.write_all_at(&buffer[..padded], 0)?;
-    if padded != len {
-        file.set_len(len as u64)?;
+    let written = file.write_all_at(&buffer[..padded], 0).and_then(|()| {
+        if padded != len {
+            file.set_len(len as u64)?;
+        }
+        file.sync_data()
+    });
+    if written.is_err() {
+        let _ = std::fs::remove_file(path);
     }
-    file.sync_data()
+    written
 }
 
 /// Creates `dir` and the folders above it that are missing, each made durable in its
@@ -279,7 +285,7 @@ mod tests {
     async fn objects_of_any_length_read_back_from_any_range() {
         let dir = tempfile::tempdir().unwrap();
         let Some(folder) = DirectFolder::probe(dir.path()) else {
-            // tmpfs and the like: the broker falls back to the page cache there.
+            // Some FUSE file systems, tmpfs before Linux 6.6: the broker uses the page cache.
             eprintln!("skipped: the temp folder refuses direct I/O");
             return;
         };
