@@ -70,6 +70,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         reclaim_delay: Duration::from_millis(args.reclaim_delay_ms),
         recent_objects_bytes: args.object_cache_mb.map(|mb| (mb as usize) << 20),
         direct_io: args.direct_io,
+        object_min_bytes: args.object_min_kb.map(|kb| (kb as usize) << 10),
     };
     let store = storage::open(&location, &settings).await?;
     let defaults = RetentionDefaults {

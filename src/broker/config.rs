@@ -153,6 +153,14 @@ pub struct ServeArgs {
           value_parser = clap::value_parser!(u64).range(0..=1 << 20))]
     pub object_cache_mb: Option<u64>,
 
+    /// KiB from which one partition's batches in a produce request go to a batch object of
+    /// their own instead of SlateDB. Default: 16 in a local folder (keeps SlateDB's memtable
+    /// flushes from stalling the WAL), 256 on `s3://` and in memory. Each object is a file
+    /// (an S3 object): higher means fewer of them.
+    #[arg(long, env = "SHALE_OBJECT_MIN_KB",
+          value_parser = clap::value_parser!(u64).range(1..=1 << 20))]
+    pub object_min_kb: Option<u64>,
+
     /// Write and read batch objects in a local data folder with direct I/O (O_DIRECT, Linux),
     /// bypassing the page cache. Off, or on a file system that refuses it (some FUSE file
     /// systems, tmpfs before Linux 6.6), they go through the page cache.

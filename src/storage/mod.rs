@@ -101,6 +101,9 @@ pub struct StorageSettings {
     pub recent_objects_bytes: Option<usize>,
     /// Batch objects in a local folder use direct I/O where the file system allows it.
     pub direct_io: bool,
+    /// Appends of one partition from this size on go to batch objects; `None` picks by
+    /// store (see [`OpenedStore::object_min_bytes`]).
+    pub object_min_bytes: Option<usize>,
 }
 
 /// Recently written batch objects kept in memory on a remote store, unless configured:
@@ -224,10 +227,10 @@ pub async fn open(
         StoreLocation::S3 { .. } => REMOTE_RECENT_OBJECTS_BYTES,
         StoreLocation::Folder(_) | StoreLocation::Memory => 0,
     });
-    let object_min_bytes = match location {
+    let object_min_bytes = settings.object_min_bytes.unwrap_or(match location {
         StoreLocation::Folder(_) => LOCAL_OBJECT_MIN_BYTES,
         StoreLocation::S3 { .. } | StoreLocation::Memory => REMOTE_OBJECT_MIN_BYTES,
-    };
+    });
     Ok(OpenedStore {
         db,
         admin,

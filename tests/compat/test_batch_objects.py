@@ -115,3 +115,17 @@ def test_objects_left_by_a_crash_are_swept_at_the_next_start(make_broker, topic_
     assert sorted(objects(broker)) == sorted(kept), "referenced objects stay"
     got = consume(broker.bootstrap, topic_name, 0, 40)
     assert [m.value() for m in got] == big_values(0, 40)
+
+
+def test_the_object_threshold_is_a_flag(make_broker, topic_name):
+    broker = make_broker("--object-min-kb", "64")
+    create_topic(broker.bootstrap, topic_name)
+    produce_big(broker, topic_name, 0, 1)
+    assert not objects(broker), "16 KiB is below the threshold"
+    sock = wire.connect(broker)
+    wire.send(sock, wire.header(0, 3) + wire.produce_v3(topic_name, 0, wire.record_batch(big_values(1, 5))))
+    assert wire.produce_v3_error(wire.receive(sock)) == (0, 1)
+    sock.close()
+    assert len(objects(broker)) == 1, "80 KiB in one request is an object"
+    got = consume(broker.bootstrap, topic_name, 0, 6)
+    assert [m.value() for m in got] == big_values(0, 6)

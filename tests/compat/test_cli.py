@@ -20,6 +20,8 @@ from conftest import SHALE_BIN
         (["--store", "gs://bucket/x"], "unsupported store URL"),
         (["--advertise", "no-port"], "--advertise must be host:port"),
         (["--log", "shale=[[["], "invalid --log filter"),
+        (["--object-min-kb", "0"], "--object-min-kb"),
+        (["--direct-io", "sometimes"], "--direct-io"),
     ],
 )
 def test_bad_flags_fail_with_a_clear_message(tmp_path, args, message):
