@@ -89,8 +89,7 @@ impl Drop for Stream {
 struct Held {
     /// The reservations of the streams in `streams`, which the budget bounds.
     reserved: usize,
-    /// By [`ChunkRequest::stream`]. A stream being taken from is out of the map meanwhile,
-    /// its reservation still counted.
+    /// By [`ChunkRequest::stream`]. A stream being taken from is out of the map meanwhile.
     streams: HashMap<ChunkRequest, Stream>,
 }
 
@@ -115,11 +114,13 @@ impl ReadAhead {
     /// The chunk read ahead for `request`, if a stream has it and it holds records. A
     /// request for another offset (the consumer seeked) ends the stream.
     pub async fn take(&self, request: &ChunkRequest) -> Option<Chunk> {
+        // Out of the map and the budget while it is awaited: a fetch cancelled meanwhile
+        // drops the stream with nothing left to give back.
         let mut stream = {
             let mut held = self.held();
             let stream = held.streams.remove(&request.stream())?;
+            held.reserved -= request.reservation();
             if stream.next_offset != request.offset {
-                held.reserved -= request.reservation();
                 return None;
             }
             stream
@@ -129,14 +130,15 @@ impl ReadAhead {
             // Read again in the foreground, where an error reaches the consumer.
             _ => None,
         };
-        let mut held = self.held();
-        match &chunk {
-            Some(chunk) if chunk.more && !held.streams.contains_key(&request.stream()) => {
-                stream.next_offset = chunk.next_offset;
+        if let Some(next_offset) = chunk.as_ref().filter(|c| c.more).map(|c| c.next_offset) {
+            let mut held = self.held();
+            let fits = held.reserved + request.reservation() <= self.budget;
+            if fits && !held.streams.contains_key(&request.stream()) {
+                stream.next_offset = next_offset;
                 stream.last_taken = Instant::now();
+                held.reserved += request.reservation();
                 held.streams.insert(request.stream(), stream);
             }
-            _ => held.reserved -= request.reservation(),
         }
         chunk
     }
@@ -302,6 +304,22 @@ mod tests {
         assert!(ahead.take(&request(1, 10)).await.is_some());
         ahead.start(third, None, last(b"c"));
         assert!(ahead.take(&third).await.is_some());
+    }
+
+    #[tokio::test]
+    async fn a_fetch_cancelled_while_waiting_gives_its_budget_back() {
+        let ahead = ReadAhead::new(DEPTH * MIN_READ_AHEAD);
+        ahead.start(request(1, 10), None, |_, _| futures::future::pending());
+        let stuck = request(1, 10);
+        let waited = tokio::time::timeout(Duration::from_millis(10), ahead.take(&stuck));
+        assert!(waited.await.is_err(), "the read never finishes");
+        let mut other = request(1, 10);
+        other.partition = 1;
+        ahead.start(other, None, last(b"b"));
+        assert!(
+            ahead.take(&other).await.is_some(),
+            "the budget is free again"
+        );
     }
 
     #[tokio::test]
