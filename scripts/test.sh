@@ -19,5 +19,5 @@ fi
 cargo fmt --all -- --check
 cargo clippy --release --locked --workspace --all-targets -- -D warnings
 cargo build --release --locked
-cargo test --release --locked
+cargo test --release --locked --workspace
 SHALE_BIN="$CARGO_TARGET_DIR/release/shale" "$venv/bin/pytest" -q

@@ -125,12 +125,20 @@ fn main() -> Result<()> {
             disk_gbps(&next_probe(), 512 << 20, Pages::Cached)
         });
         drop(probes);
-        let sink = sink::start(1, bench.pin.then_some(0))?;
+        let sink = sink::start(
+            1,
+            bench.args.records,
+            bench.args.record_bytes,
+            bench.pin.then_some(0),
+        )?;
         let mut client_runs = Vec::new();
+        let mut consumer_runs = Vec::new();
         for _ in 0..bench.args.runs {
             client_runs.push(bench.produce_all(&sink, "sink", 1)? / 1e3);
+            consumer_runs.push(bench.consume_all(&sink, "sink", 1)? / 1e3);
         }
         let client = median_of(client_runs);
+        let consumer = median_of(consumer_runs);
         report.line(&format!(
             "- loopback TCP, one connection: **{loopback:.2} GB/s**"
         ));
@@ -144,6 +152,10 @@ fn main() -> Result<()> {
             "- the client itself: the produce workload below (1 partition) sent to a sink that \
              acknowledges without storing, on the broker's core: **{client:.2} GB/s**"
         ));
+        report.line(&format!(
+            "- the client itself: the consume workload below (1 partition) from the same sink, \
+             answering fetches from one batch in memory: **{consumer:.2} GB/s**"
+        ));
         report.line(
             "\nThe two disk figures differ by what the page cache costs: new data needs pages \
              of memory, and a VM whose host hands memory over lazily makes the first touch of a \
@@ -156,6 +168,7 @@ fn main() -> Result<()> {
             loopback,
             disk,
             client,
+            consumer,
         });
     }
     if bench.args.runs(Section::Startup) {
@@ -210,6 +223,8 @@ struct MachineLimits {
     disk: f64,
     /// What the producer sends to a sink.
     client: f64,
+    /// What the consumer reads from a sink.
+    consumer: f64,
 }
 
 fn throughput(bench: &Bench, report: &mut Report, limits: Option<MachineLimits>) -> Result<()> {
@@ -224,6 +239,7 @@ fn throughput(bench: &Bench, report: &mut Report, limits: Option<MachineLimits>)
     report.line("| partitions | produce MB/s | produce msgs/s | produce CPU broker / client % | consume MB/s | consume CPU broker / client % | peak broker RSS MB |");
     report.line("|---|---|---|---|---|---|---|");
     let mut best_produce_mbps: f64 = 0.0;
+    let mut best_consume_mbps: f64 = 0.0;
     for partitions in [1, 8] {
         let mut runs = Vec::new();
         for _ in 0..bench.args.runs {
@@ -231,6 +247,7 @@ fn throughput(bench: &Bench, report: &mut Report, limits: Option<MachineLimits>)
         }
         let pick = |f: fn(&Throughput) -> f64| median_of(runs.iter().map(f).collect());
         best_produce_mbps = best_produce_mbps.max(pick(|t| t.produce_mbps));
+        best_consume_mbps = best_consume_mbps.max(pick(|t| t.consume_mbps));
         report.line(&format!(
             "| {partitions} | {:.0} | {:.0} | {:.0} / {:.0} | {:.0} | {:.0} / {:.0} | {:.0} |",
             pick(|t| t.produce_mbps),
@@ -244,13 +261,15 @@ fn throughput(bench: &Bench, report: &mut Report, limits: Option<MachineLimits>)
         ));
     }
     if let Some(limits) = limits {
-        let share = |gbps: f64| 100.0 * best_produce_mbps / (gbps * 1000.0);
+        let share = |mbps: f64, gbps: f64| 100.0 * mbps / (gbps * 1000.0);
         report.line(&format!(
             "\nThe best produce figure is {:.0}% of what the client sends to a sink, {:.0}% of \
-             loopback TCP and {:.0}% of the disk's own rate.",
-            share(limits.client),
-            share(limits.loopback),
-            share(limits.disk),
+             loopback TCP and {:.0}% of the disk's own rate. The best consume figure is {:.0}% \
+             of what the client reads from a sink.",
+            share(best_produce_mbps, limits.client),
+            share(best_produce_mbps, limits.loopback),
+            share(best_produce_mbps, limits.disk),
+            share(best_consume_mbps, limits.consumer),
         ));
     }
     Ok(())
@@ -443,29 +462,13 @@ impl Bench {
         let produce_cpu = produce_clock.share(&broker);
         let peak_rss_mb = broker.rss_mb().1;
 
-        let consumer: BaseConsumer = consumer_config(&broker.bootstrap).create()?;
-        let mut assignment = TopicPartitionList::new();
-        for p in 0..partitions {
-            assignment.add_partition_offset(topic, p, Offset::Beginning)?;
-        }
-        consumer.assign(&assignment)?;
-        let started = Instant::now();
         let consume_clock = CpuClock::start(&broker);
-        let mut read = 0;
-        while read < self.args.records {
-            match consumer.poll(Duration::from_secs(10)) {
-                Some(Ok(_)) => read += 1,
-                Some(Err(e)) => bail!("consume: {e}"),
-                None => bail!("consume stalled after {read} records"),
-            }
-        }
-        let consume_secs = started.elapsed().as_secs_f64();
+        let consume_mbps = self.consume_all(&broker.bootstrap, topic, partitions)?;
         let consume_cpu = consume_clock.share(&broker);
-        let mb = (self.args.records * self.args.record_bytes) as f64 / 1e6;
         Ok(Throughput {
             produce_mbps,
             produce_msgs: produce_mbps * 1e6 / self.args.record_bytes as f64,
-            consume_mbps: mb / consume_secs,
+            consume_mbps,
             peak_rss_mb,
             produce_cpu,
             consume_cpu,
@@ -498,6 +501,28 @@ impl Bench {
                 self.args.records
             );
         }
+        Ok((self.args.records * self.args.record_bytes) as f64 / 1e6 / secs)
+    }
+
+    /// Consumes the throughput workload from the beginning of `topic`'s partitions; returns
+    /// MB/s.
+    fn consume_all(&self, bootstrap: &str, topic: &str, partitions: i32) -> Result<f64> {
+        let consumer: BaseConsumer = consumer_config(bootstrap).create()?;
+        let mut assignment = TopicPartitionList::new();
+        for p in 0..partitions {
+            assignment.add_partition_offset(topic, p, Offset::Beginning)?;
+        }
+        consumer.assign(&assignment)?;
+        let started = Instant::now();
+        let mut read = 0;
+        while read < self.args.records {
+            match consumer.poll(Duration::from_secs(10)) {
+                Some(Ok(_)) => read += 1,
+                Some(Err(e)) => bail!("consume: {e}"),
+                None => bail!("consume stalled after {read} records"),
+            }
+        }
+        let secs = started.elapsed().as_secs_f64();
         Ok((self.args.records * self.args.record_bytes) as f64 / 1e6 / secs)
     }
 
