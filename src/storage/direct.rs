@@ -14,7 +14,6 @@
 use std::fs::File;
 use std::io;
 use std::ops::Range;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path as FsPath, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -76,14 +75,16 @@ impl DirectFolder {
         let path = self.file_path(path)?;
         let len: usize = parts.iter().map(Bytes::len).sum();
         let mut buffer = self.buffers.take(len);
-        let mut at = 0;
-        for part in parts {
-            buffer.bytes[at..at + part.len()].copy_from_slice(part);
-            at += part.len();
-        }
-        // The padding up to the block size is written too, then cut off by the length.
-        buffer.bytes[len..align_up(len)].fill(0);
+        let parts = parts.to_vec();
+        // The copy is done off the runtime's threads too: an object can be megabytes.
         tokio::task::spawn_blocking(move || {
+            let mut at = 0;
+            for part in &parts {
+                buffer.bytes[at..at + part.len()].copy_from_slice(part);
+                at += part.len();
+            }
+            // The padding up to the block size is written too, then cut off by the length.
+            buffer.bytes[len..align_up(len)].fill(0);
             let written = match write_direct(&path, &buffer.bytes, len) {
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {
                     create_folders(path.parent().unwrap_or(FsPath::new("/")))?;
@@ -107,13 +108,14 @@ impl DirectFolder {
         let mut buffer = self.buffers.take(len);
         let wanted = (range.end - start) as usize;
         tokio::task::spawn_blocking(move || {
-            let file = std::fs::OpenOptions::new()
-                .read(true)
-                .custom_flags(O_DIRECT.unwrap_or(0))
-                .open(&path)?;
+            let file = positional::direct(std::fs::OpenOptions::new().read(true)).open(&path)?;
             let mut filled = 0;
             while filled < wanted {
-                let read = file.read_at(&mut buffer.bytes[filled..len], start + filled as u64)?;
+                let read = positional::read_at(
+                    &file,
+                    &mut buffer.bytes[filled..len],
+                    start + filled as u64,
+                )?;
                 filled += read;
                 // Short of a whole block: the end of the file (a direct read could not go
                 // on from there anyway).
@@ -172,13 +174,10 @@ fn align_up(len: usize) -> usize {
 /// a new file at `path`, and makes them durable. A file it created and could not finish
 /// (a full disk) is removed.
 fn write_direct(path: &FsPath, buffer: &[u8], len: usize) -> io::Result<()> {
-    let file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .custom_flags(O_DIRECT.unwrap_or(0))
-        .open(path)?;
+    let file =
+        positional::direct(std::fs::OpenOptions::new().write(true).create_new(true)).open(path)?;
     let padded = align_up(len);
-    let written = file.write_all_at(&buffer[..padded], 0).and_then(|()| {
+    let written = positional::write_all_at(&file, &buffer[..padded], 0).and_then(|()| {
         if padded != len {
             file.set_len(len as u64)?;
         }
@@ -188,6 +187,45 @@ fn write_direct(path: &FsPath, buffer: &[u8], len: usize) -> io::Result<()> {
         let _ = std::fs::remove_file(path);
     }
     written
+}
+
+/// Opening with `O_DIRECT` and positional reads and writes, in the form Unix has them. Other
+/// systems compile the same calls, refusing them; the probe never gets that far there.
+#[cfg(unix)]
+mod positional {
+    use std::fs::{File, OpenOptions};
+    use std::io;
+    use std::os::unix::fs::{FileExt, OpenOptionsExt};
+
+    pub fn direct(options: &mut OpenOptions) -> &mut OpenOptions {
+        options.custom_flags(super::O_DIRECT.unwrap_or(0))
+    }
+
+    pub fn write_all_at(file: &File, buffer: &[u8], offset: u64) -> io::Result<()> {
+        file.write_all_at(buffer, offset)
+    }
+
+    pub fn read_at(file: &File, buffer: &mut [u8], offset: u64) -> io::Result<usize> {
+        file.read_at(buffer, offset)
+    }
+}
+
+#[cfg(not(unix))]
+mod positional {
+    use std::fs::{File, OpenOptions};
+    use std::io;
+
+    pub fn direct(options: &mut OpenOptions) -> &mut OpenOptions {
+        options
+    }
+
+    pub fn write_all_at(_: &File, _: &[u8], _: u64) -> io::Result<()> {
+        Err(io::ErrorKind::Unsupported.into())
+    }
+
+    pub fn read_at(_: &File, _: &mut [u8], _: u64) -> io::Result<usize> {
+        Err(io::ErrorKind::Unsupported.into())
+    }
 }
 
 /// Creates `dir` and the folders above it that are missing, each made durable in its
