@@ -124,6 +124,9 @@ fn main() -> Result<()> {
         let disk = median(bench.args.runs, || {
             disk_gbps(&next_probe(), 512 << 20, Pages::Cached)
         });
+        let disk_read = median(bench.args.runs, || {
+            disk_read_gbps(&next_probe(), 512 << 20).unwrap_or(0.0)
+        });
         drop(probes);
         let sink = sink::start(
             1,
@@ -148,6 +151,12 @@ fn main() -> Result<()> {
         report.line(&format!(
             "- the disk itself, the same rewriting a file already in the page cache: **{disk:.2} GB/s**"
         ));
+        if disk_read > 0.0 {
+            report.line(&format!(
+                "- the disk read back, 1 MiB reads one after another with direct I/O (past the \
+                 page cache): **{disk_read:.2} GB/s**"
+            ));
+        }
         report.line(&format!(
             "- the client itself: the produce workload below (1 partition) sent to a sink that \
              acknowledges without storing, on the broker's core: **{client:.2} GB/s**"
@@ -157,16 +166,18 @@ fn main() -> Result<()> {
              answering fetches from one batch in memory: **{consumer:.2} GB/s**"
         ));
         report.line(
-            "\nThe two disk figures differ by what the page cache costs: new data needs pages \
+            "\nThe two write figures differ by what the page cache costs: new data needs pages \
              of memory, and a VM whose host hands memory over lazily makes the first touch of a \
              page slow (see docs/performance.md). Shale writes batch objects with direct I/O, \
              past the page cache, so the second figure is its disk ceiling; the first is what a \
              broker writing through the page cache gets when no recently freed pages are at \
-             hand.",
+             hand. It reads them back with direct I/O too, so the read figure bounds a consumer \
+             reading from the beginning of a partition.",
         );
         limits = Some(MachineLimits {
             loopback,
             disk,
+            disk_read,
             client,
             consumer,
         });
@@ -221,6 +232,8 @@ fn startup_and_memory(bench: &Bench, report: &mut Report) -> Result<()> {
 struct MachineLimits {
     loopback: f64,
     disk: f64,
+    /// Direct-I/O reads of data not in memory.
+    disk_read: f64,
     /// What the producer sends to a sink.
     client: f64,
     /// What the consumer reads from a sink.
@@ -262,10 +275,18 @@ fn throughput(bench: &Bench, report: &mut Report, limits: Option<MachineLimits>)
     }
     if let Some(limits) = limits {
         let share = |mbps: f64, gbps: f64| 100.0 * mbps / (gbps * 1000.0);
+        let disk_read_share = if limits.disk_read > 0.0 {
+            format!(
+                " and {:.0}% of the disk's read rate",
+                share(best_consume_mbps, limits.disk_read)
+            )
+        } else {
+            String::new()
+        };
         report.line(&format!(
             "\nThe best produce figure is {:.0}% of what the client sends to a sink, {:.0}% of \
              loopback TCP and {:.0}% of the disk's own rate. The best consume figure is {:.0}% \
-             of what the client reads from a sink.",
+             of what the client reads from a sink{disk_read_share}.",
             share(best_produce_mbps, limits.client),
             share(best_produce_mbps, limits.loopback),
             share(best_produce_mbps, limits.disk),
@@ -889,6 +910,38 @@ fn disk_gbps(path: &std::path::Path, bytes: usize, pages: Pages) -> f64 {
         at += chunk.len();
     }
     bytes as f64 / started.elapsed().as_secs_f64() / 1e9
+}
+
+/// GB/s of 1 MiB reads, one after another, of a file written beforehand, past the page
+/// cache (`O_DIRECT`), as Shale reads batch objects: what a consumer reading data that is
+/// not in memory gets at most. `None` where the file system refuses direct I/O.
+fn disk_read_gbps(path: &std::path::Path, bytes: usize) -> Option<f64> {
+    use std::os::unix::fs::OpenOptionsExt;
+    const CHUNK: usize = 1 << 20;
+    let file = File::create(path).expect("create");
+    let data = vec![3u8; CHUNK];
+    let mut at = 0;
+    while at < bytes {
+        file.write_all_at(&data, at as u64).expect("write");
+        at += CHUNK;
+    }
+    file.sync_data().expect("fdatasync");
+    let direct = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(path)
+        .ok()?;
+    // Direct I/O wants a buffer aligned to the block size.
+    let mut buffer = vec![0u8; CHUNK + 4096];
+    let start = buffer.as_ptr().align_offset(4096);
+    let aligned = &mut buffer[start..start + CHUNK];
+    let started = Instant::now();
+    let mut at = 0;
+    while at < bytes {
+        direct.read_exact_at(aligned, at as u64).ok()?;
+        at += CHUNK;
+    }
+    Some(bytes as f64 / started.elapsed().as_secs_f64() / 1e9)
 }
 
 fn median(runs: usize, mut f: impl FnMut() -> f64) -> f64 {
