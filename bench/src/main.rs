@@ -929,6 +929,7 @@ fn disk_gbps(path: &std::path::Path, bytes: usize, pages: Pages) -> f64 {
 /// GB/s of 1 MiB reads, one after another, of a file written beforehand, past the page
 /// cache (`O_DIRECT`), as Shale reads batch objects: what a consumer reading data that is
 /// not in memory gets at most. `None` where the file system refuses direct I/O.
+#[cfg(target_os = "linux")]
 fn disk_read_gbps(path: &std::path::Path, bytes: usize) -> Option<f64> {
     use std::os::unix::fs::OpenOptionsExt;
     const CHUNK: usize = 1 << 20;
@@ -956,6 +957,13 @@ fn disk_read_gbps(path: &std::path::Path, bytes: usize) -> Option<f64> {
         at += CHUNK;
     }
     Some(bytes as f64 / started.elapsed().as_secs_f64() / 1e9)
+}
+
+/// Shale reads batch objects with direct I/O only on Linux; elsewhere there is no such
+/// limit to report.
+#[cfg(not(target_os = "linux"))]
+fn disk_read_gbps(_: &std::path::Path, _: usize) -> Option<f64> {
+    None
 }
 
 fn median(runs: usize, mut f: impl FnMut() -> f64) -> f64 {
