@@ -110,7 +110,12 @@ fn main() -> Result<()> {
             .status()
             .context("taskset")?;
     }
-    let bench = Bench { shale, pin, args };
+    let bench = Bench {
+        shale,
+        pin,
+        args,
+        data_root: tempfile::tempdir()?,
+    };
     let mut report = Report::default();
     report.line(&machine_description(cores, pin));
 
@@ -347,13 +352,19 @@ struct Bench {
     shale: PathBuf,
     pin: bool,
     args: Args,
+    /// Every broker's data folder, kept until the benchmark ends. A journal-less ext4 (this
+    /// VM's) skips the inodes deleted in the last minutes each time it creates a file, so
+    /// deleting a run's thousands of files would slow the file creation of the runs after
+    /// it (docs/performance.md).
+    data_root: tempfile::TempDir,
 }
 
 struct Broker {
     child: Child,
     bootstrap: String,
     startup: Duration,
-    _data: tempfile::TempDir,
+    /// Under the benchmark's data root, deleted with it at the end.
+    _data: PathBuf,
 }
 
 impl Broker {
@@ -453,7 +464,7 @@ struct Latency {
 
 impl Bench {
     fn start_broker(&self, extra: &[&str]) -> Result<Broker> {
-        let data = tempfile::tempdir()?;
+        let data = tempfile::tempdir_in(self.data_root.path())?.keep();
         let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let listen = format!("127.0.0.1:{port}");
         let mut command = if self.pin {
@@ -465,7 +476,7 @@ impl Bench {
         };
         command
             .args(["serve", "--listen", &listen, "--log", "warn", "--data-dir"])
-            .arg(data.path())
+            .arg(&data)
             .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
