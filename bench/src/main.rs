@@ -363,8 +363,6 @@ struct Broker {
     child: Child,
     bootstrap: String,
     startup: Duration,
-    /// Under the benchmark's data root, deleted with it at the end.
-    _data: PathBuf,
 }
 
 impl Broker {
@@ -495,7 +493,6 @@ impl Bench {
             child,
             bootstrap: listen,
             startup: started.elapsed(),
-            _data: data,
         })
     }
 
