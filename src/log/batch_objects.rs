@@ -32,6 +32,7 @@ use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 use super::batch::{BatchView, HEADER_LEN};
@@ -56,6 +57,8 @@ pub(super) struct BatchObjects {
     last_id: AtomicU64,
     started_id: u64,
     recent: RecentObjects,
+    /// How many bytes of objects a sequential reader loads ahead of itself (0: none).
+    prefetch_bytes: usize,
 }
 
 /// The objects written last, whole and as written, up to a byte budget; the oldest leave
@@ -162,12 +165,14 @@ fn now_ns() -> u64 {
 
 impl BatchObjects {
     /// `recent_bytes`: how much of the objects written last to keep in memory (0: none).
+    /// `prefetch_bytes`: how much a sequential reader loads ahead (0: none).
     pub fn new(
         store: Arc<dyn ObjectStore>,
         root: Path,
         min_bytes: usize,
         direct: Option<DirectFolder>,
         recent_bytes: usize,
+        prefetch_bytes: usize,
     ) -> Self {
         let started_id = now_ns();
         BatchObjects {
@@ -178,6 +183,7 @@ impl BatchObjects {
             last_id: AtomicU64::new(started_id),
             started_id,
             recent: RecentObjects::new(recent_bytes),
+            prefetch_bytes,
         }
     }
 
@@ -246,6 +252,36 @@ impl BatchObjects {
             }
         }
         Ok(())
+    }
+
+    /// The span `range` asks for, base offsets set: copied from the object in memory when it
+    /// is kept there, else read from the store.
+    async fn span_for(
+        &self,
+        topic_id: Uuid,
+        partition: i32,
+        range: BatchRange,
+    ) -> Result<Bytes, LogError> {
+        let first_len = (range.end - range.start) as usize;
+        match self.recent.get(range.object_id) {
+            // Copied: the kept object stays as written.
+            Some(object) if object.len() as u64 == range.object_len => {
+                let mut span =
+                    BytesMut::from(&object[range.start as usize..range.span_end as usize]);
+                set_base_offsets(&mut span, range.base_offset, first_len)?;
+                Ok(span.freeze())
+            }
+            _ => {
+                let path = self.path(topic_id, partition, range.object_id);
+                self.load_span(
+                    &path,
+                    range.start..range.span_end,
+                    range.base_offset,
+                    first_len,
+                )
+                .await
+            }
+        }
     }
 
     /// Reads `range` of the object at `path` and sets the base offsets of the batches in
@@ -448,7 +484,8 @@ impl LogStore {
 }
 
 /// Resolves stored batch values into batches, loading a span of an object once for all
-/// the batches in it. One per reader: it keeps the span it loaded last.
+/// the batches in it. One per reader: it keeps the span it loaded last, and the spans it
+/// was told it will need next ([`ObjectReader::prefetch`]) load in the background.
 pub(super) struct ObjectReader {
     objects: Arc<BatchObjects>,
     /// How much of an object to load at once (at least the batch needed), so a sequential
@@ -456,6 +493,10 @@ pub(super) struct ObjectReader {
     /// read ahead anyway, which is also what they may hold.
     span_bytes: u64,
     span: Option<LoadedSpan>,
+    /// Spans loading in the background, in the order the reader will ask for them.
+    ahead: VecDeque<SpanLoad>,
+    /// The bytes of the spans in `ahead`.
+    ahead_bytes: u64,
 }
 
 /// Part of an object, base offsets set.
@@ -465,13 +506,75 @@ struct LoadedSpan {
     bytes: Bytes,
 }
 
+impl LoadedSpan {
+    /// The batch `range` asks for, if this span holds it.
+    fn batch(&self, range: &BatchRange) -> Option<Bytes> {
+        let end = self.start + self.bytes.len() as u64;
+        (self.object_id == range.object_id && self.start <= range.start && range.end <= end).then(
+            || {
+                let at = (range.start - self.start) as usize;
+                self.bytes
+                    .slice(at..at + (range.end - range.start) as usize)
+            },
+        )
+    }
+}
+
+/// A span loading in the background.
+struct SpanLoad {
+    range: BatchRange,
+    task: JoinHandle<Result<Bytes, LogError>>,
+}
+
+impl SpanLoad {
+    fn covers(&self, range: &BatchRange) -> bool {
+        self.range.object_id == range.object_id
+            && self.range.start <= range.start
+            && range.end <= self.range.span_end
+    }
+}
+
+/// Where one batch lies in its object, and the span to load for it.
+#[derive(Debug, Clone, Copy)]
+struct BatchRange {
+    object_id: u64,
+    object_len: u64,
+    /// The batch's bytes in the object.
+    start: u64,
+    end: u64,
+    /// Where the span loaded for the batch ends: up to the reader's span size past its start.
+    span_end: u64,
+    base_offset: i64,
+}
+
 impl ObjectReader {
     pub fn new(objects: Arc<BatchObjects>, span_bytes: usize) -> Self {
         ObjectReader {
             objects,
             span_bytes: span_bytes as u64,
             span: None,
+            ahead: VecDeque::new(),
+            ahead_bytes: 0,
         }
+    }
+
+    /// Where the batch `location` points to lies, and the span to load for it.
+    fn range(&self, location: BatchLocation) -> Result<BatchRange, LogError> {
+        let header = BatchView::new(&location.header)
+            .ok_or_else(|| LogError::Corrupt("batch location header".into()))?;
+        let len = header.stored_len() as u64;
+        let (start, end) = (location.position, location.position + len);
+        if end > location.object_len {
+            return Err(LogError::Corrupt("batch location past its object".into()));
+        }
+        Ok(BatchRange {
+            object_id: location.object_id,
+            object_len: location.object_len,
+            start,
+            end,
+            span_end: location.object_len.min(start + len.max(self.span_bytes)),
+            base_offset: header.base_offset(),
+        })
     }
 
     /// The batch a stored value holds or points to, with its base offset set.
@@ -486,42 +589,96 @@ impl ObjectReader {
             Some(StoredBatch::InObject(location)) => location,
             None => return Err(LogError::Corrupt("batch location".into())),
         };
-        let header = BatchView::new(&location.header)
-            .ok_or_else(|| LogError::Corrupt("batch location header".into()))?;
-        let (len, base_offset) = (header.stored_len() as u64, header.base_offset());
-        let (start, end) = (location.position, location.position + len);
-        if end > location.object_len {
-            return Err(LogError::Corrupt("batch location past its object".into()));
+        let range = self.range(location)?;
+        if let Some(batch) = self.span.as_ref().and_then(|span| span.batch(&range)) {
+            return Ok(batch);
         }
-        if let Some(span) = &self.span {
-            let span_end = span.start + span.bytes.len() as u64;
-            if span.object_id == location.object_id && span.start <= start && end <= span_end {
-                let at = (start - span.start) as usize;
-                return Ok(span.bytes.slice(at..at + len as usize));
-            }
-        }
-        let span_end = location.object_len.min(start + len.max(self.span_bytes));
-        let bytes = match self.objects.recent.get(location.object_id) {
-            // Copied: the kept object stays as written.
-            Some(object) if object.len() as u64 == location.object_len => {
-                let mut span = BytesMut::from(&object[start as usize..span_end as usize]);
-                set_base_offsets(&mut span, base_offset, len as usize)?;
-                span.freeze()
-            }
-            _ => {
-                let path = self.objects.path(topic_id, partition, location.object_id);
-                self.objects
-                    .load_span(&path, start..span_end, base_offset, len as usize)
-                    .await?
-            }
+        let span = match self.take_ahead(&range) {
+            Some(load) => LoadedSpan {
+                object_id: range.object_id,
+                start: load.range.start,
+                bytes: load
+                    .task
+                    .await
+                    .map_err(|e| LogError::ObjectFile(std::io::Error::other(e)))??,
+            },
+            None => LoadedSpan {
+                object_id: range.object_id,
+                start: range.start,
+                bytes: self.objects.span_for(topic_id, partition, range).await?,
+            },
         };
-        let batch = bytes.slice(..len as usize);
-        self.span = Some(LoadedSpan {
-            object_id: location.object_id,
-            start,
-            bytes,
-        });
+        let batch = span.batch(&range).ok_or_else(|| {
+            LogError::Corrupt("a batch object is shorter than its location".into())
+        })?;
+        self.span = Some(span);
         Ok(batch)
+    }
+
+    /// Starts loading, in the background, the span the batch `value` points to, which the
+    /// reader will ask for after the ones told before; unless a span loaded or loading
+    /// already holds it, or the store loads nothing ahead. A value that does not decode is
+    /// left for [`ObjectReader::batch`] to report.
+    pub fn prefetch(&mut self, topic_id: Uuid, partition: i32, value: &Bytes) {
+        if self.objects.prefetch_bytes == 0 {
+            return;
+        }
+        let Some(StoredBatch::InObject(location)) = StoredBatch::decode(value.clone()) else {
+            return;
+        };
+        let Ok(range) = self.range(location) else {
+            return;
+        };
+        let held = match self.ahead.back() {
+            Some(load) => load.covers(&range),
+            None => self
+                .span
+                .as_ref()
+                .is_some_and(|s| s.batch(&range).is_some()),
+        };
+        if held {
+            return;
+        }
+        let objects = self.objects.clone();
+        let task = tokio::spawn(async move { objects.span_for(topic_id, partition, range).await });
+        self.ahead_bytes += range.span_end - range.start;
+        self.ahead.push_back(SpanLoad { range, task });
+    }
+
+    /// Whether the store loads objects ahead of sequential readers.
+    pub fn prefetches(&self) -> bool {
+        self.objects.prefetch_bytes > 0
+    }
+
+    /// How many bytes the store loads ahead.
+    pub fn prefetch_limit(&self) -> usize {
+        self.objects.prefetch_bytes
+    }
+
+    /// Whether the spans loading ahead are fewer bytes than the store loads ahead.
+    pub fn wants_prefetch(&self) -> bool {
+        self.ahead_bytes < self.objects.prefetch_bytes as u64
+    }
+
+    /// The span loading ahead that holds `range`. Those queued before it, which the reader
+    /// went past, are dropped.
+    fn take_ahead(&mut self, range: &BatchRange) -> Option<SpanLoad> {
+        while let Some(load) = self.ahead.pop_front() {
+            self.ahead_bytes -= load.range.span_end - load.range.start;
+            if load.covers(range) {
+                return Some(load);
+            }
+            load.task.abort();
+        }
+        None
+    }
+}
+
+impl Drop for ObjectReader {
+    fn drop(&mut self) {
+        for load in &self.ahead {
+            load.task.abort();
+        }
     }
 }
 
@@ -563,6 +720,7 @@ mod tests {
             1,
             None,
             0,
+            0,
         );
         batches_round_trip(Arc::new(objects)).await;
     }
@@ -580,6 +738,7 @@ mod tests {
             Path::from("shale/batches"),
             1,
             Some(direct),
+            0,
             0,
         );
         batches_round_trip(Arc::new(objects)).await;
@@ -641,6 +800,7 @@ mod tests {
             1,
             None,
             2 * batch.len() + 1,
+            0,
         ));
         let topic_id = Uuid::new_v4();
         let mut written = Vec::new();
@@ -687,9 +847,75 @@ mod tests {
         assert!(read(&written[1], 10).await.is_ok());
     }
 
+    /// On a store where each read takes a round trip, the spans a reader is told it will
+    /// need load at once, not one round trip each; a span it goes past is dropped.
+    #[tokio::test(start_paused = true)]
+    async fn spans_told_ahead_load_together_and_come_back_in_order() {
+        use object_store::throttle::{ThrottleConfig, ThrottledStore};
+        use tokio::time::{Duration, Instant};
+        const ROUND_TRIP: Duration = Duration::from_millis(50);
+        let config = ThrottleConfig {
+            wait_get_per_call: ROUND_TRIP,
+            ..ThrottleConfig::default()
+        };
+        let store = Arc::new(ThrottledStore::new(InMemory::new(), config));
+        let objects = Arc::new(BatchObjects::new(
+            store,
+            Path::from("b"),
+            1,
+            None,
+            0,
+            1 << 20,
+        ));
+        let topic_id = Uuid::new_v4();
+        let mut values = Vec::new();
+        for n in 0..8 {
+            let batch = encode_batch(&[&format!("record {n}")], Compression::None);
+            let object = objects
+                .write(topic_id, 0, std::slice::from_ref(&batch))
+                .await
+                .unwrap();
+            values.push(object.location(0, &batch, n).encode());
+        }
+
+        let mut reader = ObjectReader::new(objects.clone(), 64 << 10);
+        let started = Instant::now();
+        for value in &values {
+            reader.prefetch(topic_id, 0, value);
+        }
+        for (n, value) in values.iter().enumerate() {
+            let batch = reader.batch(topic_id, 0, value.clone()).await.unwrap();
+            assert_eq!(BatchView::new(&batch).unwrap().base_offset(), n as i64);
+        }
+        assert!(
+            started.elapsed() < 2 * ROUND_TRIP,
+            "eight objects in one round trip, not {:?}",
+            started.elapsed()
+        );
+
+        // Told of all eight, asked for the last: the others are dropped, and a reader that
+        // goes back loads again.
+        let mut reader = ObjectReader::new(objects, 64 << 10);
+        for value in &values {
+            reader.prefetch(topic_id, 0, value);
+        }
+        let last = reader.batch(topic_id, 0, values[7].clone()).await.unwrap();
+        assert_eq!(BatchView::new(&last).unwrap().base_offset(), 7);
+        assert!(reader.ahead.is_empty());
+        let first = reader.batch(topic_id, 0, values[0].clone()).await.unwrap();
+        assert_eq!(BatchView::new(&first).unwrap().base_offset(), 0);
+    }
+
     #[test]
     fn object_ids_increase_even_within_one_clock_tick() {
-        let objects = BatchObjects::new(Arc::new(InMemory::new()), Path::from("b"), 1, None, 0);
+        let objects = BatchObjects::new(
+            Arc::new(InMemory::new()),
+            Path::from("b"),
+            1,
+            None,
+            0,
+            1 << 20,
+        );
         let ids: Vec<u64> = (0..1000).map(|_| objects.next_id()).collect();
         assert!(ids.windows(2).all(|w| w[0] < w[1]));
         assert!(ids[0] > objects.started_id);

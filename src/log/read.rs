@@ -1,6 +1,6 @@
 //! Reading key logs: fetches, partition recovery, and offset look-ups by timestamp.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::ops::Range;
 use std::sync::Arc;
 
@@ -21,6 +21,11 @@ const MAX_READ_AHEAD: usize = 4 << 20;
 
 /// The least a consumer's read reads ahead (and may hold, in a read-ahead chunk's cursor).
 pub(super) const MIN_READ_AHEAD: usize = 64 << 10;
+
+/// The most entries of a scan a cursor holds ahead of its reads, besides the bytes bound
+/// (see `BatchCursor::looks_ahead`): entries of small batches packed in one object load
+/// nothing of their own and would not reach it.
+const MAX_LOOKAHEAD_ENTRIES: usize = 256;
 
 /// Records returned by a fetch, with the offsets they were read against.
 #[derive(Debug, Clone)]
@@ -56,6 +61,14 @@ pub(super) struct BatchCursor {
     /// Segments not yet opened, oldest first.
     segments: std::vec::IntoIter<u32>,
     scan: Option<DbIterator>,
+    /// Entries read from the scan ahead of the reads, as (last offset, stored value), so
+    /// the objects they point to load in the meantime.
+    lookahead: VecDeque<(i64, Bytes)>,
+    /// The bytes of the values in `lookahead`.
+    lookahead_bytes: usize,
+    /// Whether this cursor reads ahead of itself: for sequential reads, on a store that
+    /// loads objects ahead.
+    prefetch: bool,
     /// A batch read from the scan and not returned yet: it starts at or past the end
     /// offset, or did not fit in a chunk.
     held: Option<Bytes>,
@@ -83,6 +96,9 @@ impl BatchCursor {
                 .of_topic(partition.topic_id)
                 .into_iter(),
             scan: None,
+            lookahead: VecDeque::new(),
+            lookahead_bytes: 0,
+            prefetch: false,
             held: None,
             from_offset,
             end_offset,
@@ -101,6 +117,15 @@ impl BatchCursor {
         }
     }
 
+    /// For a read-ahead stream's reads (whose budget counts what this holds): loads the
+    /// objects of the batches after the one returned in the background, where the store
+    /// loads objects ahead. A fetch's own read does not, as its cursor is dropped when no
+    /// stream takes it over.
+    fn prefetching(mut self) -> Self {
+        self.prefetch = self.objects.prefetches();
+        self
+    }
+
     /// The next batch holding offsets at or after `from_offset` and starting below
     /// `end_offset`, or `None` at the end.
     async fn next(&mut self) -> Result<Option<Bytes>, LogError> {
@@ -114,18 +139,13 @@ impl BatchCursor {
                 }
                 return Ok(Some(batch));
             }
-            if let Some(scan) = &mut self.scan {
-                match scan.next().await? {
-                    Some(entry) => {
-                        let batch = self
-                            .objects
-                            .batch(self.topic_id, self.partition, entry.value)
-                            .await?;
-                        self.held = Some(batch);
-                        continue;
-                    }
-                    None => self.scan = None,
-                }
+            if let Some(value) = self.next_value().await? {
+                let batch = self
+                    .objects
+                    .batch(self.topic_id, self.partition, value)
+                    .await?;
+                self.held = Some(batch);
+                continue;
             }
             let Some(segment) = self.segments.next() else {
                 return Ok(None);
@@ -147,6 +167,47 @@ impl BatchCursor {
                     .await?,
             );
         }
+    }
+
+    /// The next stored value of the open scan, `None` when it has no more. A cursor that
+    /// reads ahead also reads the entries after it, and starts loading their objects, while
+    /// [`Self::looks_ahead`].
+    async fn next_value(&mut self) -> Result<Option<Bytes>, LogError> {
+        while self.lookahead.is_empty() || self.looks_ahead() {
+            let Some(scan) = &mut self.scan else { break };
+            let Some(entry) = scan.next().await? else {
+                self.scan = None;
+                break;
+            };
+            let last_offset = BatchKey::decode(&entry.key)
+                .ok_or_else(|| LogError::Corrupt("record batch key".into()))?
+                .last_offset;
+            if self.prefetch {
+                self.objects
+                    .prefetch(self.topic_id, self.partition, &entry.value);
+            }
+            self.lookahead_bytes += entry.value.len();
+            self.lookahead.push_back((last_offset, entry.value));
+        }
+        let Some((_, value)) = self.lookahead.pop_front() else {
+            return Ok(None);
+        };
+        self.lookahead_bytes -= value.len();
+        Ok(Some(value))
+    }
+
+    /// Whether to read another entry ahead: up to the end offset, and while the objects
+    /// loading ahead and the entries held stay under what the store loads ahead.
+    fn looks_ahead(&self) -> bool {
+        let within_end = self
+            .lookahead
+            .back()
+            .is_none_or(|(last_offset, _)| *last_offset < self.end_offset);
+        self.prefetch
+            && within_end
+            && self.objects.wants_prefetch()
+            && self.lookahead.len() < MAX_LOOKAHEAD_ENTRIES
+            && self.lookahead_bytes < self.objects.prefetch_limit()
     }
 
     /// Puts back the batch `next` returned last, to be returned again.
@@ -247,11 +308,15 @@ impl LogStore {
             Isolation::ReadCommitted => state.last_stable_offset(),
         };
         let read_ahead = request.max_bytes.clamp(MIN_READ_AHEAD, MAX_READ_AHEAD);
-        let fresh =
-            || BatchCursor::new(self, partition, request.offset, end, read_ahead).sequential();
-        let Some(mut cursor) = cursor else {
+        let fresh = || {
+            BatchCursor::new(self, partition, request.offset, end, read_ahead)
+                .sequential()
+                .prefetching()
+        };
+        let Some(cursor) = cursor else {
             return read_chunk(fresh(), request.max_bytes).await;
         };
+        let mut cursor = cursor.prefetching();
         cursor.end_offset = cursor.end_offset.max(end);
         let chunk = read_chunk(cursor, request.max_bytes).await?;
         if chunk.records.is_empty() {

@@ -124,6 +124,13 @@ const LOCAL_OBJECT_MIN_BYTES: usize = 16 << 10;
 /// memory, where there is no disk to stall.
 const REMOTE_OBJECT_MIN_BYTES: usize = 256 << 10;
 
+/// How far a consumer's sequential read loads batch objects ahead of itself on a remote
+/// store: a GET takes tens of ms, so one at a time caps a partition's backlog read at one
+/// object per round trip (40-60 MB/s with 20 ms GETs; docs/performance.md). A local folder
+/// reads at the disk's rate one read at a time (reads in parallel are no faster there), and
+/// memory needs no waiting, so they load none ahead.
+const REMOTE_OBJECT_PREFETCH_BYTES: usize = 8 << 20;
+
 /// An opened store: the database, and the admin handle retention uses to drain dropped
 /// segments.
 pub struct OpenedStore {
@@ -136,6 +143,8 @@ pub struct OpenedStore {
     pub recent_objects_bytes: usize,
     /// Appends of one partition from this size on go to batch objects.
     pub object_min_bytes: usize,
+    /// Bytes of batch objects a sequential reader loads ahead, several requests at once.
+    pub object_prefetch_bytes: usize,
     /// Direct I/O for batch objects, in a local folder that allows it.
     pub direct: Option<DirectFolder>,
 }
@@ -232,6 +241,10 @@ pub async fn open(
         StoreLocation::Folder(_) => LOCAL_OBJECT_MIN_BYTES,
         StoreLocation::S3 { .. } | StoreLocation::Memory => REMOTE_OBJECT_MIN_BYTES,
     });
+    let object_prefetch_bytes = match location {
+        StoreLocation::S3 { .. } => REMOTE_OBJECT_PREFETCH_BYTES,
+        StoreLocation::Folder(_) | StoreLocation::Memory => 0,
+    };
     Ok(OpenedStore {
         db,
         admin,
@@ -239,6 +252,7 @@ pub async fn open(
         objects_root,
         recent_objects_bytes,
         object_min_bytes,
+        object_prefetch_bytes,
         direct,
     })
 }

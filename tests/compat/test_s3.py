@@ -105,3 +105,27 @@ def test_large_appends_on_s3_read_back_cold_and_from_recent_objects(make_broker,
     got = consume(first.bootstrap, topic_name, 0, 40, offset=40)
     assert [m.offset() for m in got] == list(range(40, 80))
     assert [m.value() for m in got] == big_values(40, 40)
+
+
+def test_a_backlog_on_s3_reads_back_whole_and_in_order_while_objects_load_ahead(
+    make_broker, s3_env, topic_name
+):
+    """A consumer catching up from the bucket, one batch per fetch: the broker loads the
+    objects after each fetch's several at a time, and every record comes back once and in
+    order, also for a consumer that starts in the middle of the log."""
+    broker = make_broker("--store", "s3://shale-test/cluster-c", env=s3_env)
+    create_topic(broker.bootstrap, topic_name)
+    for flush in range(12):
+        produce_big(broker, topic_name, 20 * flush, 20)
+    assert len(bucket_keys(s3_env, "cluster-c/batches/")) >= 12
+
+    broker.kill()
+    broker.start()
+    small_fetches = {"max.partition.fetch.bytes": 65536}
+    got = consume(broker.bootstrap, topic_name, 0, 240, **small_fetches)
+    assert [m.offset() for m in got] == list(range(240))
+    assert [m.value() for m in got] == big_values(0, 240)
+
+    got = consume(broker.bootstrap, topic_name, 0, 100, offset=130, **small_fetches)
+    assert [m.offset() for m in got] == list(range(130, 230))
+    assert [m.value() for m in got] == big_values(130, 100)
