@@ -117,7 +117,8 @@ def test_a_backlog_on_s3_reads_back_whole_and_in_order_while_objects_load_ahead(
     create_topic(broker.bootstrap, topic_name)
     for flush in range(12):
         produce_big(broker, topic_name, 20 * flush, 20)
-    assert len(bucket_keys(s3_env, "cluster-c/batches/")) >= 12
+    # A flush the producer splits into requests under 256 KiB stays in SlateDB instead.
+    assert len(bucket_keys(s3_env, "cluster-c/batches/")) >= 6
 
     broker.kill()
     broker.start()
