@@ -645,12 +645,7 @@ impl ObjectReader {
         self.ahead.push_back(SpanLoad { range, task });
     }
 
-    /// Whether the store loads objects ahead of sequential readers.
-    pub fn prefetches(&self) -> bool {
-        self.objects.prefetch_bytes > 0
-    }
-
-    /// How many bytes the store loads ahead.
+    /// How many bytes the store loads ahead of sequential readers (0: none).
     pub fn prefetch_limit(&self) -> usize {
         self.objects.prefetch_bytes
     }

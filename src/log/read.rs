@@ -122,7 +122,7 @@ impl BatchCursor {
     /// loads objects ahead. A fetch's own read does not, as its cursor is dropped when no
     /// stream takes it over.
     fn prefetching(mut self) -> Self {
-        self.prefetch = self.objects.prefetches();
+        self.prefetch = self.objects.prefetch_limit() > 0;
         self
     }
 
