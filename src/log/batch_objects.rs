@@ -25,7 +25,7 @@
 //! otherwise each pay a request to the store for it.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::{Bytes, BytesMut};
@@ -59,7 +59,15 @@ pub(super) struct BatchObjects {
     recent: RecentObjects,
     /// How many bytes of objects a sequential reader loads ahead of itself (0: none).
     prefetch_bytes: usize,
+    /// What all readers together may still load ahead: [`PREFETCHING_READERS`] readers'
+    /// worth. Loading ahead has room of its own so that it never takes read-ahead streams'
+    /// (with 1 MB fetches, 32 partitions' streams fit; a stream that finds no room here
+    /// reads one object at a time, as without loading ahead).
+    prefetch_room: AtomicUsize,
 }
+
+/// How many readers' worth of loading ahead the store holds at once.
+const PREFETCHING_READERS: usize = 8;
 
 /// The objects written last, whole and as written, up to a byte budget; the oldest leave
 /// first. Each is one buffer of its own (copied from the request when written), so what is
@@ -184,7 +192,21 @@ impl BatchObjects {
             started_id,
             recent: RecentObjects::new(recent_bytes),
             prefetch_bytes,
+            prefetch_room: AtomicUsize::new(PREFETCHING_READERS * prefetch_bytes),
         }
+    }
+
+    /// Takes `bytes` of the room for loading ahead, if that much is left.
+    fn reserve_prefetch(&self, bytes: usize) -> bool {
+        self.prefetch_room
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |room| {
+                room.checked_sub(bytes)
+            })
+            .is_ok()
+    }
+
+    fn release_prefetch(&self, bytes: usize) {
+        self.prefetch_room.fetch_add(bytes, Ordering::AcqRel);
     }
 
     fn next_id(&self) -> u64 {
@@ -618,16 +640,17 @@ impl ObjectReader {
     /// Starts loading, in the background, the span the batch `value` points to, which the
     /// reader will ask for after the ones told before; unless a span loaded or loading
     /// already holds it, or the store loads nothing ahead. A value that does not decode is
-    /// left for [`ObjectReader::batch`] to report.
-    pub fn prefetch(&mut self, topic_id: Uuid, partition: i32, value: &Bytes) {
+    /// left for [`ObjectReader::batch`] to report. Returns false when the store had no room
+    /// left for loading ahead, so the reader stops looking further for now.
+    pub fn prefetch(&mut self, topic_id: Uuid, partition: i32, value: &Bytes) -> bool {
         if self.objects.prefetch_bytes == 0 {
-            return;
+            return true;
         }
         let Some(StoredBatch::InObject(location)) = StoredBatch::decode(value.clone()) else {
-            return;
+            return true;
         };
         let Ok(range) = self.range(location) else {
-            return;
+            return true;
         };
         let held = match self.ahead.back() {
             Some(load) => load.covers(&range),
@@ -637,12 +660,17 @@ impl ObjectReader {
                 .is_some_and(|s| s.batch(&range).is_some()),
         };
         if held {
-            return;
+            return true;
+        }
+        let bytes = range.span_end - range.start;
+        if !self.objects.reserve_prefetch(bytes as usize) {
+            return false;
         }
         let objects = self.objects.clone();
         let task = tokio::spawn(async move { objects.span_for(topic_id, partition, range).await });
-        self.ahead_bytes += range.span_end - range.start;
+        self.ahead_bytes += bytes;
         self.ahead.push_back(SpanLoad { range, task });
+        true
     }
 
     /// How many bytes the store loads ahead of sequential readers (0: none).
@@ -656,23 +684,32 @@ impl ObjectReader {
     }
 
     /// The span loading ahead that holds `range`. Those queued before it, which the reader
-    /// went past, are dropped.
+    /// went past, are dropped; when none holds it (it found no room when told), the queue
+    /// stays for the batches after it.
     fn take_ahead(&mut self, range: &BatchRange) -> Option<SpanLoad> {
-        while let Some(load) = self.ahead.pop_front() {
-            self.ahead_bytes -= load.range.span_end - load.range.start;
-            if load.covers(range) {
-                return Some(load);
-            }
-            load.task.abort();
+        let at = self.ahead.iter().position(|load| load.covers(range))?;
+        for skipped in self.ahead.drain(..at).collect::<Vec<_>>() {
+            skipped.task.abort();
+            self.forget(&skipped);
         }
-        None
+        let load = self.ahead.pop_front()?;
+        self.forget(&load);
+        Some(load)
+    }
+
+    /// Gives the room a load held back, once it leaves the queue.
+    fn forget(&mut self, load: &SpanLoad) {
+        let bytes = load.range.span_end - load.range.start;
+        self.ahead_bytes -= bytes;
+        self.objects.release_prefetch(bytes as usize);
     }
 }
 
 impl Drop for ObjectReader {
     fn drop(&mut self) {
-        for load in &self.ahead {
+        for load in std::mem::take(&mut self.ahead) {
             load.task.abort();
+            self.forget(&load);
         }
     }
 }
@@ -843,7 +880,7 @@ mod tests {
     }
 
     /// On a store where each read takes a round trip, the spans a reader is told it will
-    /// need load at once, not one round trip each; a span it goes past is dropped.
+    /// need load at once, not one round trip each, within the room the store has for it.
     #[tokio::test(start_paused = true)]
     async fn spans_told_ahead_load_together_and_come_back_in_order() {
         use object_store::throttle::{ThrottleConfig, ThrottledStore};
@@ -853,9 +890,9 @@ mod tests {
             wait_get_per_call: ROUND_TRIP,
             ..ThrottleConfig::default()
         };
-        let store = Arc::new(ThrottledStore::new(InMemory::new(), config));
+        let store: Arc<dyn ObjectStore> = Arc::new(ThrottledStore::new(InMemory::new(), config));
         let objects = Arc::new(BatchObjects::new(
-            store,
+            store.clone(),
             Path::from("b"),
             1,
             None,
@@ -888,17 +925,46 @@ mod tests {
             started.elapsed()
         );
 
-        // Told of all eight, asked for the last: the others are dropped, and a reader that
-        // goes back loads again.
-        let mut reader = ObjectReader::new(objects, 64 << 10);
-        for value in &values {
-            reader.prefetch(topic_id, 0, value);
+        // Room for two spans ahead: a third is not loaded ahead, and the reader is told to
+        // stop looking; every batch still comes back in order, and the room comes back.
+        let span = BatchView::new(&reader_batch(&objects, topic_id, &values[0]).await)
+            .unwrap()
+            .stored_len();
+        let tight = Arc::new(BatchObjects::new(
+            store,
+            Path::from("b"),
+            1,
+            None,
+            0,
+            (2 * span).div_ceil(PREFETCHING_READERS),
+        ));
+        let full_room = tight.prefetch_room.load(Ordering::Acquire);
+        assert!((2 * span..3 * span).contains(&full_room));
+        let mut reader = ObjectReader::new(tight.clone(), 64 << 10);
+        assert!(reader.prefetch(topic_id, 0, &values[0]));
+        assert!(reader.prefetch(topic_id, 0, &values[1]));
+        assert!(
+            !reader.prefetch(topic_id, 0, &values[2]),
+            "no room for a third"
+        );
+        for (n, value) in values.iter().enumerate() {
+            let batch = reader.batch(topic_id, 0, value.clone()).await.unwrap();
+            assert_eq!(BatchView::new(&batch).unwrap().base_offset(), n as i64);
         }
-        let last = reader.batch(topic_id, 0, values[7].clone()).await.unwrap();
-        assert_eq!(BatchView::new(&last).unwrap().base_offset(), 7);
-        assert!(reader.ahead.is_empty());
-        let first = reader.batch(topic_id, 0, values[0].clone()).await.unwrap();
-        assert_eq!(BatchView::new(&first).unwrap().base_offset(), 0);
+        assert_eq!(tight.prefetch_room.load(Ordering::Acquire), full_room);
+
+        // A reader dropped with loads under way gives their room back.
+        let mut reader = ObjectReader::new(tight.clone(), 64 << 10);
+        assert!(reader.prefetch(topic_id, 0, &values[0]));
+        drop(reader);
+        assert_eq!(tight.prefetch_room.load(Ordering::Acquire), full_room);
+    }
+
+    async fn reader_batch(objects: &Arc<BatchObjects>, topic_id: Uuid, value: &Bytes) -> Bytes {
+        ObjectReader::new(objects.clone(), 0)
+            .batch(topic_id, 0, value.clone())
+            .await
+            .unwrap()
     }
 
     #[test]

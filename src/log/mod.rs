@@ -52,11 +52,6 @@ use topic::TopicRecord;
 /// Bytes of chunks read ahead for catching-up consumers, held at once over all partitions.
 const READ_AHEAD_BUDGET: usize = 64 << 20;
 
-/// On a store whose readers load batch objects ahead (S3), the read-ahead budget grows by
-/// what this many streams load ahead: with 1 MB fetches, 12 streams fit (each 2 MB of
-/// chunks and 8 MiB loading), where 32 fit in a local folder.
-const PREFETCHING_STREAMS: usize = 8;
-
 /// The first segment that holds record data (segment 0 holds metadata).
 const FIRST_DATA_SEGMENT: u32 = 1;
 
@@ -258,10 +253,7 @@ impl LogStore {
             last_producer_id: Mutex::new(last_producer_id),
             durability,
             wal_flusher,
-            read_ahead: ReadAhead::new(
-                READ_AHEAD_BUDGET + PREFETCHING_STREAMS * object_prefetch_bytes,
-                object_prefetch_bytes,
-            ),
+            read_ahead: ReadAhead::new(READ_AHEAD_BUDGET),
             objects: Arc::new(BatchObjects::new(
                 objects,
                 objects_root,

@@ -117,10 +117,9 @@ impl BatchCursor {
         }
     }
 
-    /// For a read-ahead stream's reads (whose budget counts what this holds): loads the
-    /// objects of the batches after the one returned in the background, where the store
-    /// loads objects ahead. A fetch's own read does not, as its cursor is dropped when no
-    /// stream takes it over.
+    /// For a read-ahead stream's reads: loads the objects of the batches after the one
+    /// returned in the background, where the store loads objects ahead (and has room left).
+    /// A fetch's own read does not, as its cursor is dropped when no stream takes it over.
     fn prefetching(mut self) -> Self {
         self.prefetch = self.objects.prefetch_limit() > 0;
         self
@@ -173,7 +172,8 @@ impl BatchCursor {
     /// reads ahead also reads the entries after it, and starts loading their objects, while
     /// [`Self::looks_ahead`].
     async fn next_value(&mut self) -> Result<Option<Bytes>, LogError> {
-        while self.lookahead.is_empty() || self.looks_ahead() {
+        let mut room = true;
+        while self.lookahead.is_empty() || (room && self.looks_ahead()) {
             let Some(scan) = &mut self.scan else { break };
             let Some(entry) = scan.next().await? else {
                 self.scan = None;
@@ -183,7 +183,8 @@ impl BatchCursor {
                 .ok_or_else(|| LogError::Corrupt("record batch key".into()))?
                 .last_offset;
             if self.prefetch {
-                self.objects
+                room = self
+                    .objects
                     .prefetch(self.topic_id, self.partition, &entry.value);
             }
             self.lookahead_bytes += entry.value.len();

@@ -12,9 +12,9 @@
 //! and client), so a chunk started only when the previous one is taken would often not be
 //! ready in time (docs/performance.md).
 //!
-//! Bounded: what the streams may hold (each chunk its limit, at least what its cursor
-//! reads ahead, and the batch objects its cursor loads ahead on a remote store) adds up to
-//! at most the budget, and a stream nobody takes from is dropped after [`UNCLAIMED_AFTER`].
+//! Bounded: what the streams may hold (each chunk its limit, and at least what its cursor
+//! reads ahead) adds up to at most the budget, and a stream nobody takes from is dropped
+//! after [`UNCLAIMED_AFTER`].
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -58,6 +58,12 @@ pub(super) struct ChunkRequest {
 }
 
 impl ChunkRequest {
+    /// What a stream for this request may hold: [`DEPTH`] chunks, each its records and the
+    /// span of a batch object its cursor keeps (read ahead by at least [`MIN_READ_AHEAD`]).
+    fn reservation(&self) -> usize {
+        DEPTH * self.max_bytes.max(MIN_READ_AHEAD)
+    }
+
     /// One consumer's sequential read: the same request but for the offset.
     fn stream(&self) -> ChunkRequest {
         ChunkRequest { offset: 0, ..*self }
@@ -89,27 +95,16 @@ struct Held {
 
 pub(super) struct ReadAhead {
     budget: usize,
-    /// What a stream's cursor loads of batch objects ahead of itself (see `ObjectReader`).
-    prefetch_bytes: usize,
     held: Mutex<Held>,
 }
 
 impl ReadAhead {
     /// `budget`: bytes of read-ahead chunks held at once, over all partitions (0 disables it).
-    /// `prefetch_bytes`: what each stream's cursor loads ahead besides.
-    pub fn new(budget: usize, prefetch_bytes: usize) -> Self {
+    pub fn new(budget: usize) -> Self {
         ReadAhead {
             budget,
-            prefetch_bytes,
             held: Mutex::new(Held::default()),
         }
-    }
-
-    /// What a stream for `request` may hold: [`DEPTH`] chunks, each its records and the
-    /// span of a batch object its cursor keeps (read ahead by at least [`MIN_READ_AHEAD`]),
-    /// and the spans its cursor loads ahead.
-    fn reservation(&self, request: &ChunkRequest) -> usize {
-        DEPTH * request.max_bytes.max(MIN_READ_AHEAD) + self.prefetch_bytes
     }
 
     fn held(&self) -> std::sync::MutexGuard<'_, Held> {
@@ -124,7 +119,7 @@ impl ReadAhead {
         let mut stream = {
             let mut held = self.held();
             let stream = held.streams.remove(&request.stream())?;
-            held.reserved -= self.reservation(request);
+            held.reserved -= request.reservation();
             if stream.next_offset != request.offset {
                 return None;
             }
@@ -137,11 +132,11 @@ impl ReadAhead {
         };
         if let Some(next_offset) = chunk.as_ref().filter(|c| c.more).map(|c| c.next_offset) {
             let mut held = self.held();
-            let fits = held.reserved + self.reservation(request) <= self.budget;
+            let fits = held.reserved + request.reservation() <= self.budget;
             if fits && !held.streams.contains_key(&request.stream()) {
                 stream.next_offset = next_offset;
                 stream.last_taken = Instant::now();
-                held.reserved += self.reservation(request);
+                held.reserved += request.reservation();
                 held.streams.insert(request.stream(), stream);
             }
         }
@@ -166,14 +161,14 @@ impl ReadAhead {
             .collect();
         for key in stale {
             held.streams.remove(&key);
-            held.reserved -= self.reservation(&key);
+            held.reserved -= key.reservation();
         }
         if held.streams.contains_key(&request.stream())
-            || held.reserved + self.reservation(&request) > self.budget
+            || held.reserved + request.reservation() > self.budget
         {
             return;
         }
-        held.reserved += self.reservation(&request);
+        held.reserved += request.reservation();
         // One chunk waits in the channel, the next in `send`.
         let (sender, chunks) = mpsc::channel(DEPTH - 1);
         let reader = tokio::spawn(async move {
@@ -243,7 +238,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_chunk_is_taken_once_and_only_by_the_same_request() {
-        let ahead = ReadAhead::new(DEPTH * MIN_READ_AHEAD, 0);
+        let ahead = ReadAhead::new(DEPTH * MIN_READ_AHEAD);
         ahead.start(request(5, 10), None, last(b"batch"));
         assert!(ahead.take(&request(5, 20)).await.is_none());
         let taken = ahead.take(&request(5, 10)).await.map(|c| c.records);
@@ -265,7 +260,7 @@ mod tests {
     async fn a_stream_reads_two_chunks_ahead_and_no_further() {
         let reads = Arc::new(AtomicUsize::new(0));
         let counted = reads.clone();
-        let ahead = ReadAhead::new(DEPTH * MIN_READ_AHEAD, 0);
+        let ahead = ReadAhead::new(DEPTH * MIN_READ_AHEAD);
         ahead.start(request(0, 10), None, move |request, _| {
             counted.fetch_add(1, Ordering::SeqCst);
             futures::future::ready(Ok(Chunk {
@@ -297,7 +292,7 @@ mod tests {
     #[tokio::test]
     async fn the_budget_bounds_the_streams_held_and_is_returned_when_they_end() {
         // Small limits count as what their cursors read ahead: two streams fit, not three.
-        let ahead = ReadAhead::new(2 * DEPTH * MIN_READ_AHEAD + MIN_READ_AHEAD / 2, 0);
+        let ahead = ReadAhead::new(2 * DEPTH * MIN_READ_AHEAD + MIN_READ_AHEAD / 2);
         ahead.start(request(1, 10), None, last(b"a"));
         let mut other = request(2, 10);
         other.partition = 1;
@@ -313,7 +308,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_fetch_cancelled_while_waiting_gives_its_budget_back() {
-        let ahead = ReadAhead::new(DEPTH * MIN_READ_AHEAD, 0);
+        let ahead = ReadAhead::new(DEPTH * MIN_READ_AHEAD);
         ahead.start(request(1, 10), None, |_, _| futures::future::pending());
         let stuck = request(1, 10);
         let waited = tokio::time::timeout(Duration::from_millis(10), ahead.take(&stuck));
@@ -329,7 +324,7 @@ mod tests {
 
     #[tokio::test]
     async fn empty_or_failed_reads_are_not_served() {
-        let ahead = ReadAhead::new(2 * DEPTH * MIN_READ_AHEAD, 0);
+        let ahead = ReadAhead::new(2 * DEPTH * MIN_READ_AHEAD);
         ahead.start(request(1, 10), None, last(b""));
         let mut failing = request(2, 10);
         failing.partition = 1;
