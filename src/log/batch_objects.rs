@@ -517,8 +517,6 @@ pub(super) struct ObjectReader {
     span: Option<LoadedSpan>,
     /// Spans loading in the background, in the order the reader will ask for them.
     ahead: VecDeque<SpanLoad>,
-    /// The bytes of the spans in `ahead`.
-    ahead_bytes: u64,
 }
 
 /// Part of an object, base offsets set.
@@ -569,6 +567,13 @@ struct BatchRange {
     base_offset: i64,
 }
 
+impl BatchRange {
+    /// The bytes of the span loaded for the batch.
+    fn span_bytes(&self) -> usize {
+        (self.span_end - self.start) as usize
+    }
+}
+
 impl ObjectReader {
     pub fn new(objects: Arc<BatchObjects>, span_bytes: usize) -> Self {
         ObjectReader {
@@ -576,7 +581,6 @@ impl ObjectReader {
             span_bytes: span_bytes as u64,
             span: None,
             ahead: VecDeque::new(),
-            ahead_bytes: 0,
         }
     }
 
@@ -662,13 +666,11 @@ impl ObjectReader {
         if held {
             return true;
         }
-        let bytes = range.span_end - range.start;
-        if !self.objects.reserve_prefetch(bytes as usize) {
+        if !self.objects.reserve_prefetch(range.span_bytes()) {
             return false;
         }
         let objects = self.objects.clone();
         let task = tokio::spawn(async move { objects.span_for(topic_id, partition, range).await });
-        self.ahead_bytes += bytes;
         self.ahead.push_back(SpanLoad { range, task });
         true
     }
@@ -680,7 +682,8 @@ impl ObjectReader {
 
     /// Whether the spans loading ahead are fewer bytes than the store loads ahead.
     pub fn wants_prefetch(&self) -> bool {
-        self.ahead_bytes < self.objects.prefetch_bytes as u64
+        let loading: usize = self.ahead.iter().map(|load| load.range.span_bytes()).sum();
+        loading < self.objects.prefetch_bytes
     }
 
     /// The span loading ahead that holds `range`. Those queued before it, which the reader
@@ -698,10 +701,8 @@ impl ObjectReader {
     }
 
     /// Gives the room a load held back, once it leaves the queue.
-    fn forget(&mut self, load: &SpanLoad) {
-        let bytes = load.range.span_end - load.range.start;
-        self.ahead_bytes -= bytes;
-        self.objects.release_prefetch(bytes as usize);
+    fn forget(&self, load: &SpanLoad) {
+        self.objects.release_prefetch(load.range.span_bytes());
     }
 }
 
