@@ -5,7 +5,10 @@
 //! attributes i16 | lastOffsetDelta i32 | baseTimestamp i64 | maxTimestamp i64 |
 //! producerId i64 | producerEpoch i16 | baseSequence i32 | recordCount i32`.
 //! The CRC-32C covers everything from `attributes` to the end, so the broker can rewrite
-//! `baseOffset` without touching the CRC. Records are never decompressed here.
+//! `baseOffset` without touching the CRC. Records are decompressed only to index their
+//! keys ([`keyed_records`]); what is stored and served is the batch as received.
+
+use std::ops::Range;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::records::{
@@ -103,42 +106,46 @@ impl<'a> BatchView<'a> {
     }
 }
 
-/// One record of a stored batch, its fields sliced out of the batch (or the decoder's
-/// output for a compressed batch): what the key index needs.
+/// One keyed record of a stored batch, its fields sliced out of the batch (or the
+/// decoder's output for a compressed batch): what the key index needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RecordFields {
+pub struct KeyedRecord {
     pub offset_delta: i64,
     /// The record's timestamp as consumers see it (the batch's for log-append time).
     pub timestamp: i64,
-    pub key: Option<Bytes>,
+    pub key: Bytes,
     pub value: Option<Bytes>,
     pub headers: Vec<(Bytes, Option<Bytes>)>,
 }
 
-/// The records of a stored batch. Uncompressed batches are read straight from the record
-/// encoding, each field a slice of `batch` (the key index's fast path); compressed ones go
+/// The records of a stored batch that have a key; the others have nothing to index.
+/// Uncompressed batches are read straight from the record encoding, each field a slice of
+/// `batch`, and a keyless record is skipped after its key (the produce path's fast path:
+/// most records of a busy topic carry no key, and are not taken apart). Compressed ones go
 /// through the decoder.
-pub fn record_fields(batch: &Bytes) -> Result<Vec<RecordFields>, String> {
+pub fn keyed_records(batch: &Bytes) -> Result<Vec<KeyedRecord>, String> {
     let view = BatchView::new(batch).ok_or("short record batch")?;
     let log_append_time = view.is_log_append_time().then(|| view.max_timestamp());
     let mut records = if view.attributes() & 0x07 == 0 {
-        uncompressed_fields(batch).ok_or("malformed record")?
+        uncompressed_keyed_records(batch).ok_or("malformed record")?
     } else {
         let mut buf = batch.clone();
         let decoded = RecordBatchDecoder::decode(&mut buf).map_err(|e| e.to_string())?;
         decoded
             .records
             .into_iter()
-            .map(|r| RecordFields {
-                offset_delta: r.offset - view.base_offset(),
-                timestamp: r.timestamp,
-                key: r.key,
-                value: r.value,
-                headers: r
-                    .headers
-                    .into_iter()
-                    .map(|(k, v)| (Bytes::from(k.to_string()), v))
-                    .collect(),
+            .filter_map(|r| {
+                Some(KeyedRecord {
+                    offset_delta: r.offset - view.base_offset(),
+                    timestamp: r.timestamp,
+                    key: r.key?,
+                    value: r.value,
+                    headers: r
+                        .headers
+                        .into_iter()
+                        .map(|(k, v)| (Bytes::from(k.to_string()), v))
+                        .collect(),
+                })
             })
             .collect()
     };
@@ -150,52 +157,54 @@ pub fn record_fields(batch: &Bytes) -> Result<Vec<RecordFields>, String> {
     Ok(records)
 }
 
-/// Record fields of an uncompressed batch, `None` if any record is malformed.
-fn uncompressed_fields(batch: &Bytes) -> Option<Vec<RecordFields>> {
+/// The keyed records of an uncompressed batch, `None` if a record is malformed as far as
+/// it is read (every record's length, timestamp, offset and key; the rest of keyed ones).
+fn uncompressed_keyed_records(batch: &Bytes) -> Option<Vec<KeyedRecord>> {
     let view = BatchView::new(batch)?;
     let base_timestamp = i64_at(batch, BASE_TIMESTAMP);
-    let mut records = Vec::with_capacity(view.record_count().max(0) as usize);
+    let mut records = Vec::new();
     let mut at = HEADER_LEN;
     for _ in 0..view.record_count() {
         let (length, after_length) = varint(batch, at)?;
         let end = after_length.checked_add(usize::try_from(length).ok()?)?;
-        if end > batch.len() {
-            return None;
-        }
-        let record = batch.slice(..end);
-        let (timestamp_delta, next) = varint(&record, after_length + 1)?; // after attributes
-        let (offset_delta, next) = varint(&record, next)?;
-        let (key, next) = length_prefixed(&record, next)?;
-        let (value, next) = length_prefixed(&record, next)?;
-        let (header_count, mut next) = varint(&record, next)?;
+        // Fields are read within the record's own bytes.
+        let record = batch.get(..end)?;
+        at = end;
+        let (timestamp_delta, next) = varint(record, after_length + 1)?; // after attributes
+        let (offset_delta, next) = varint(record, next)?;
+        let (key, next) = length_prefixed(record, next)?;
+        let Some(key) = key else {
+            continue;
+        };
+        let (value, next) = length_prefixed(record, next)?;
+        let (header_count, mut next) = varint(record, next)?;
         let mut headers = Vec::with_capacity(header_count.clamp(0, 64) as usize);
         for _ in 0..header_count {
-            let (name, after_name) = length_prefixed(&record, next)?;
-            let (value, after_value) = length_prefixed(&record, after_name)?;
-            headers.push((name?, value));
+            let (name, after_name) = length_prefixed(record, next)?;
+            let (value, after_value) = length_prefixed(record, after_name)?;
+            headers.push((batch.slice(name?), value.map(|v| batch.slice(v))));
             next = after_value;
         }
-        records.push(RecordFields {
+        records.push(KeyedRecord {
             offset_delta,
             timestamp: base_timestamp.wrapping_add(timestamp_delta),
-            key,
-            value,
+            key: batch.slice(key),
+            value: value.map(|v| batch.slice(v)),
             headers,
         });
-        at = end;
     }
     Some(records)
 }
 
-/// A varint-length-prefixed field at `at` (length -1 is null) and the position after it.
-fn length_prefixed(bytes: &Bytes, at: usize) -> Option<(Option<Bytes>, usize)> {
+/// Where a varint-length-prefixed field at `at` lies (`None` for length -1, null), and the
+/// position after it.
+fn length_prefixed(bytes: &[u8], at: usize) -> Option<(Option<Range<usize>>, usize)> {
     let (length, start) = varint(bytes, at)?;
     match length {
         -1 => Some((None, start)),
-        n if n >= 0 && start + n as usize <= bytes.len() => Some((
-            Some(bytes.slice(start..start + n as usize)),
-            start + n as usize,
-        )),
+        n if n >= 0 && start + n as usize <= bytes.len() => {
+            Some((Some(start..start + n as usize), start + n as usize))
+        }
         _ => None,
     }
 }
@@ -330,6 +339,15 @@ pub(crate) mod tests {
     use kafka_protocol::protocol::StrBytes;
 
     pub(crate) fn encode_batch(values: &[&str], compression: Compression) -> Bytes {
+        encode_records(values, compression, |_| true)
+    }
+
+    /// A batch of `values`, record `i` with key `k{i}` where `keyed(i)`, else none.
+    fn encode_records(
+        values: &[&str],
+        compression: Compression,
+        keyed: impl Fn(usize) -> bool,
+    ) -> Bytes {
         let records: Vec<Record> = values
             .iter()
             .enumerate()
@@ -343,7 +361,7 @@ pub(crate) mod tests {
                 offset: i as i64,
                 sequence: i as i32,
                 timestamp: 1_000 + i as i64,
-                key: Some(Bytes::from(format!("k{i}"))),
+                key: keyed(i).then(|| Bytes::from(format!("k{i}"))),
                 value: Some(Bytes::from(v.to_string())),
                 // No header, then a null one, then one with a value.
                 headers: (0..i.min(1))
@@ -432,28 +450,41 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn record_fields_match_the_decoder_for_every_codec() {
+    fn keyed_records_match_the_decoder_for_every_codec() {
         for compression in [Compression::None, Compression::Lz4, Compression::Gzip] {
             let batch = with_base_offset(&encode_batch(&["a", "bb", "ccc"], compression), 40);
-            let fields = record_fields(&batch).unwrap();
+            let fields = keyed_records(&batch).unwrap();
             let mut buf = batch.clone();
             let decoded = RecordBatchDecoder::decode(&mut buf).unwrap().records;
             assert_eq!(fields.len(), 3);
             for (field, record) in fields.iter().zip(&decoded) {
                 assert_eq!(40 + field.offset_delta, record.offset);
                 assert_eq!(field.timestamp, record.timestamp);
-                assert_eq!(field.key, record.key);
+                assert_eq!(Some(&field.key), record.key.as_ref());
                 assert_eq!(field.value, record.value);
                 assert_eq!(field.headers.len(), record.headers.len());
             }
             assert_eq!(fields[1].headers[0].0, Bytes::from("h"));
             assert_eq!(fields[1].headers[0].1, None);
             assert_eq!(fields[2].headers[0].1, Some(Bytes::from("v2")));
+
+            let mixed = encode_records(&["a", "bb", "ccc", "dddd"], compression, |i| i % 2 == 1);
+            let keyed = keyed_records(&mixed).unwrap();
+            let got: Vec<_> = keyed
+                .iter()
+                .map(|r| (r.offset_delta, r.key.clone(), r.value.clone()))
+                .collect();
+            let expected = [(1, "k1", "bb"), (3, "k3", "dddd")]
+                .map(|(d, k, v)| (d, Bytes::from(k), Some(Bytes::from(v))));
+            assert_eq!(
+                got, expected,
+                "{compression:?}: keyless records are left out"
+            );
         }
         let batch = encode_batch(&["a"], Compression::None);
-        assert!(record_fields(&batch.slice(..batch.len() - 2)).is_err());
+        assert!(keyed_records(&batch.slice(..batch.len() - 2)).is_err());
         let stamped = stamp_log_append_time(&batch, 77);
-        assert_eq!(record_fields(&stamped).unwrap()[0].timestamp, 77);
+        assert_eq!(keyed_records(&stamped).unwrap()[0].timestamp, 77);
         assert_eq!(varint(&[0x01], 0), Some((-1, 1)));
         assert_eq!(varint(&[0xac, 0x02], 0), Some((150, 2)));
     }

@@ -817,22 +817,22 @@ struct IndexAt {
     copy_max_bytes: usize,
 }
 
-/// Adds a key-index entry for every keyed record of a stored batch.
+/// Adds a key-index entry for every keyed record of `batch`, whose first record gets
+/// `base_offset`. The batch is read as received: its own base offset field is not used, so
+/// a batch going to an object is indexed without a copy to set it.
 fn index_record_keys(
-    stored: &Bytes,
+    batch: &Bytes,
+    base_offset: i64,
     at: &IndexAt,
     puts: &mut Vec<(Bytes, Bytes)>,
 ) -> Result<(), LogError> {
-    let Some(view) = BatchView::new(stored) else {
+    let Some(view) = BatchView::new(batch) else {
         return Ok(());
     };
-    let records = batch::record_fields(stored)
+    let records = batch::keyed_records(batch)
         .map_err(|e| LogError::Corrupt(format!("record batch to index: {e}")))?;
     let transactional_producer = view.is_transactional().then(|| view.producer_id());
     for record in records {
-        let Some(key) = record.key else {
-            continue;
-        };
         let size = record.value.as_ref().map_or(0, Bytes::len)
             + record
                 .headers
@@ -843,8 +843,8 @@ fn index_record_keys(
             segment: at.segment,
             sequence: at.first_sequence + record.offset_delta as u64,
             partition: at.partition,
-            offset: view.base_offset() + record.offset_delta,
-            batch_last_offset: view.last_offset(),
+            offset: base_offset + record.offset_delta,
+            batch_last_offset: base_offset + i64::from(view.last_offset_delta()),
             transactional_producer,
             record: (size <= at.copy_max_bytes).then(|| IndexedRecord {
                 timestamp: record.timestamp,
@@ -852,7 +852,7 @@ fn index_record_keys(
                 headers: record.headers,
             }),
         };
-        puts.push(entry.encode(at.topic_id, &key));
+        puts.push(entry.encode(at.topic_id, &record.key));
     }
     Ok(())
 }
@@ -1006,11 +1006,7 @@ fn plan_partition(
                 first_sequence: sequence,
                 copy_max_bytes,
             };
-            let indexed = match object {
-                Some(_) => batch::with_base_offset(batch, next_offset),
-                None => stored.clone(),
-            };
-            index_record_keys(&indexed, &at, &mut puts)?;
+            index_record_keys(batch, next_offset, &at, &mut puts)?;
         }
         puts.push((key.encode(), stored));
         let entry = SequenceEntry {

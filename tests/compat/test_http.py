@@ -285,6 +285,34 @@ def test_key_streams_read_the_same_from_index_copies_and_from_batches(make_broke
     assert pages[copied][4]["headers"] == {"n": "4", "empty": None}
 
 
+def test_key_streams_of_large_appends_give_each_record_its_offset(make_broker, topic_name):
+    """Large appends go to batch objects as received, each batch still carrying the
+    producer's base offset of 0; their key-index entries must have the offsets the broker
+    assigned, whether the entry holds a copy of the record or points at its batch."""
+    broker, base = http_broker(make_broker)
+    pointed, copied = topic_name + "-pointed", topic_name + "-copied"
+    create_topic(broker.bootstrap, pointed)
+    create_topic(broker.bootstrap, copied, config={"shale.key.index.copy.max.bytes": "65536"})
+    for topic in (pointed, copied):
+        by_key = {}
+        for round_ in range(3):
+            keys = [f"k{i % 3}" for i in range(8)]
+            sent = [(0, k.encode(), f"{round_}-{i}".encode().ljust(16 << 10, b"."), None, None)
+                    for i, k in enumerate(keys)]
+            reports = produce(broker.bootstrap, topic, sent, **{"linger.ms": 50})
+            assert all(err is None for *_, err in reports)
+            key_of = {value: k for (_, _, value, _, _), k in zip(sent, keys)}
+            for _, offset, value, _ in reports:
+                by_key.setdefault(key_of[value], []).append((offset, value.decode()))
+        for key, expected in by_key.items():
+            status, body = call(base, "GET", f"/v1/topics/{topic}/keys/{key}/records?limit=100")
+            assert status == 200
+            assert [(r["offset"], r["value"]) for r in body["records"]] == sorted(expected)
+        assert sum(len(records) for records in by_key.values()) == 24
+    batch_objects = [p for p in (broker.data_dir / "shale" / "batches").rglob("*") if p.is_file()]
+    assert len(batch_objects) >= 6, "each round of 128 KiB is at least one object per topic"
+
+
 def test_key_streams_and_the_global_log_show_committed_transactions_only(make_broker, topic_name):
     from confluent_kafka import Producer
 
