@@ -2,11 +2,11 @@
 //! and writes what it measured to `docs/benchmarks.md`.
 //!
 //! Figures: produce and consume throughput (1 KiB records, acks=all, linger 5 ms, 1 and 8
-//! partitions), produce-ack and end-to-end latency from an open-loop fixed-rate producer with
+//! partitions; produce also with the payload lent to librdkafka, not copied), produce-ack and end-to-end latency from an open-loop fixed-rate producer with
 //! a tailing consumer (counted from each record's *scheduled* send time, so a stalled broker
 //! cannot hide), startup time, idle and peak memory, metadata latency with many partitions,
 //! and the machine's own limits (loopback TCP, disk write+fdatasync, and what the producer
-//! sends to a sink that stores nothing) to compare against.
+//! sends to a sink that stores nothing, payload copied and lent) to compare against.
 //! Every figure is the median of `--runs` runs.
 
 use std::fs::File;
@@ -149,12 +149,15 @@ fn main() -> Result<()> {
         )?;
         let mut client_runs = Vec::new();
         let mut consumer_runs = Vec::new();
+        let mut client_lent_runs = Vec::new();
         for _ in 0..bench.args.runs {
-            client_runs.push(bench.produce_all(&sink, "sink", 1)? / 1e3);
+            client_runs.push(bench.produce_all(&sink, "sink", 1, Payload::Copied)? / 1e3);
             consumer_runs.push(bench.consume_all(&sink, "sink", 1)? / 1e3);
+            client_lent_runs.push(bench.produce_all(&sink, "sink", 1, Payload::Lent)? / 1e3);
         }
         let client = median_of(client_runs);
         let consumer = median_of(consumer_runs);
+        let client_lent = median_of(client_lent_runs);
         report.line(&format!(
             "- loopback TCP, one connection: **{loopback:.2} GB/s**"
         ));
@@ -175,6 +178,11 @@ fn main() -> Result<()> {
              acknowledges without storing, on the broker's core: **{client:.2} GB/s**"
         ));
         report.line(&format!(
+            "- the client itself, its payload not copied (as librdkafka's own \
+             `rdkafka_performance` sends): the same produce workload to the same sink: \
+             **{client_lent:.2} GB/s**"
+        ));
+        report.line(&format!(
             "- the client itself: the consume workload below (1 partition) from the same sink, \
              answering fetches from one batch in memory: **{consumer:.2} GB/s**"
         ));
@@ -192,6 +200,7 @@ fn main() -> Result<()> {
             disk,
             disk_read,
             client,
+            client_lent,
             consumer,
         });
     }
@@ -252,6 +261,8 @@ struct MachineLimits {
     disk_read: f64,
     /// What the producer sends to a sink.
     client: f64,
+    /// The same, librdkafka reading each payload in place instead of copying it.
+    client_lent: f64,
     /// What the consumer reads from a sink.
     consumer: f64,
 }
@@ -271,6 +282,8 @@ fn throughput(bench: &Bench, report: &mut Report, limits: Option<MachineLimits>)
     report.line("|---|---|---|---|---|---|---|");
     let mut best_produce_mbps: f64 = 0.0;
     let mut best_consume_mbps: f64 = 0.0;
+    let mut best_lent_mbps: f64 = 0.0;
+    let mut lent_rows = Vec::new();
     for partitions in [1, 8] {
         let mut runs = Vec::new();
         for _ in 0..bench.args.runs {
@@ -290,6 +303,23 @@ fn throughput(bench: &Bench, report: &mut Report, limits: Option<MachineLimits>)
             pick(|t| t.consume_cpu.client),
             pick(|t| t.peak_rss_mb),
         ));
+        best_lent_mbps = best_lent_mbps.max(pick(|t| t.produce_lent_mbps));
+        lent_rows.push(format!(
+            "| {partitions} | {:.0} | {:.0} / {:.0} |",
+            pick(|t| t.produce_lent_mbps),
+            pick(|t| t.produce_lent_cpu.broker),
+            pick(|t| t.produce_lent_cpu.client),
+        ));
+    }
+    report.line(
+        "\nThe same produce workload with the payload lent to librdkafka instead of copied per \
+         message (as librdkafka's own `rdkafka_performance` sends, the client the produce \
+         target was set against), to a second topic of the same broker after consume:\n",
+    );
+    report.line("| partitions | produce MB/s, payload not copied | CPU broker / client % |");
+    report.line("|---|---|---|");
+    for row in lent_rows {
+        report.line(&row);
     }
     if let Some(limits) = limits {
         let share = |mbps: f64, gbps: f64| 100.0 * mbps / (gbps * 1000.0);
@@ -309,6 +339,11 @@ fn throughput(bench: &Bench, report: &mut Report, limits: Option<MachineLimits>)
             share(best_produce_mbps, limits.loopback),
             share(best_produce_mbps, limits.disk),
             share(best_consume_mbps, limits.consumer),
+        ));
+        report.line(&format!(
+            "With the payload not copied, the best produce figure is {:.0}% of what that client \
+             sends to the sink.",
+            share(best_lent_mbps, limits.client_lent),
         ));
     }
     Ok(())
@@ -449,6 +484,10 @@ impl Drop for Broker {
 struct Throughput {
     produce_mbps: f64,
     produce_msgs: f64,
+    /// Produce with the payload lent to librdkafka, not copied: after consume, to a second
+    /// topic of the same broker.
+    produce_lent_mbps: f64,
+    produce_lent_cpu: CpuShare,
     consume_mbps: f64,
     peak_rss_mb: f64,
     produce_cpu: CpuShare,
@@ -501,18 +540,21 @@ impl Bench {
     fn throughput(&self, partitions: i32) -> Result<Throughput> {
         let broker = self.start_broker(&[])?;
         let topic = "throughput";
-        create_topics(&broker.bootstrap, &[(topic.to_string(), partitions)])?;
-        let produce_clock = CpuClock::start(&broker);
-        let produce_mbps = self.produce_all(&broker.bootstrap, topic, partitions)?;
-        let produce_cpu = produce_clock.share(&broker);
+        let (produce_mbps, produce_cpu) =
+            self.produce_phase(&broker, topic, partitions, Payload::Copied)?;
         let peak_rss_mb = broker.rss_mb().1;
 
         let consume_clock = CpuClock::start(&broker);
         let consume_mbps = self.consume_all(&broker.bootstrap, topic, partitions)?;
         let consume_cpu = consume_clock.share(&broker);
+
+        let (produce_lent_mbps, produce_lent_cpu) =
+            self.produce_phase(&broker, "throughput-lent", partitions, Payload::Lent)?;
         Ok(Throughput {
             produce_mbps,
             produce_msgs: produce_mbps * 1e6 / self.args.record_bytes as f64,
+            produce_lent_mbps,
+            produce_lent_cpu,
             consume_mbps,
             peak_rss_mb,
             produce_cpu,
@@ -520,9 +562,30 @@ impl Bench {
         })
     }
 
+    /// Creates `topic` and produces the throughput workload to it: MB/s and how busy each
+    /// side was.
+    fn produce_phase(
+        &self,
+        broker: &Broker,
+        topic: &str,
+        partitions: i32,
+        payload_use: Payload,
+    ) -> Result<(f64, CpuShare)> {
+        create_topics(&broker.bootstrap, &[(topic.to_string(), partitions)])?;
+        let clock = CpuClock::start(broker);
+        let mbps = self.produce_all(&broker.bootstrap, topic, partitions, payload_use)?;
+        Ok((mbps, clock.share(broker)))
+    }
+
     /// Produces the throughput workload to `topic` (spread over its partitions) as fast as
     /// the producer goes, every record acknowledged; returns MB/s.
-    fn produce_all(&self, bootstrap: &str, topic: &str, partitions: i32) -> Result<f64> {
+    fn produce_all(
+        &self,
+        bootstrap: &str,
+        topic: &str,
+        partitions: i32,
+        payload_use: Payload,
+    ) -> Result<f64> {
         let acked = Arc::new(AckCounter::default());
         let producer: ThreadedProducer<Acks> =
             producer_config(bootstrap).create_with_context(Acks {
@@ -532,12 +595,18 @@ impl Bench {
         connect(producer.client(), topic)?;
         let payload = vec![b'x'; self.args.record_bytes];
         let started = Instant::now();
-        for i in 0..self.args.records {
-            let record = BaseRecord::<(), [u8], usize>::with_opaque_to(topic, 0)
-                .payload(&payload[..])
-                .partition((i % partitions as usize) as i32);
-            send(&producer, record);
+        match payload_use {
+            Payload::Copied => {
+                for i in 0..self.args.records {
+                    let record = BaseRecord::<(), [u8], usize>::with_opaque_to(topic, 0)
+                        .payload(&payload[..])
+                        .partition((i % partitions as usize) as i32);
+                    send(&producer, record);
+                }
+            }
+            Payload::Lent => send_lent(&producer, topic, partitions, &payload, self.args.records)?,
         }
+        // Every lent payload has been sent (or failed) once this returns.
         producer.flush(Duration::from_secs(120))?;
         let secs = started.elapsed().as_secs_f64();
         let (ok, failed) = acked.counts();
@@ -751,6 +820,80 @@ fn index_of(message: &rdkafka::message::BorrowedMessage<'_>) -> u64 {
         .and_then(|p| p.get(..8))
         .and_then(|b| b.try_into().ok())
         .map_or(0, u64::from_be_bytes)
+}
+
+/// How the producer hands librdkafka a record's payload.
+#[derive(Clone, Copy)]
+enum Payload {
+    /// Copied per message, as the `rdkafka` crate's `send` always does.
+    Copied,
+    /// Lent: librdkafka reads it in place until it is sent, as its own benchmark tool
+    /// (`rdkafka_performance`) does by default. The reference for the produce target.
+    Lent,
+}
+
+/// Sends `records` records of `payload`, spread over `partitions`, through librdkafka's C
+/// API with the payload lent (neither copied nor freed by librdkafka), waiting while its
+/// queue is full. The caller flushes the producer before `payload` is dropped. Delivery
+/// reports reach the producer's context with opaque 0.
+fn send_lent(
+    producer: &ThreadedProducer<Acks>,
+    topic: &str,
+    partitions: i32,
+    payload: &[u8],
+    records: usize,
+) -> Result<()> {
+    use rdkafka::bindings as rd;
+    let name = std::ffi::CString::new(topic)?;
+    // SAFETY: the client is alive for the whole call; the handle is released below.
+    let handle = unsafe {
+        rd::rd_kafka_topic_new(
+            producer.client().native_ptr(),
+            name.as_ptr(),
+            std::ptr::null_mut(),
+        )
+    };
+    if handle.is_null() {
+        bail!("librdkafka refused a handle for topic {topic}");
+    }
+    let mut failed = None;
+    'records: for i in 0..records {
+        let partition = (i % partitions as usize) as i32;
+        loop {
+            // SAFETY: flags 0 lend the payload: librdkafka only reads it, and the caller
+            // keeps it alive until the producer is flushed. The handle is valid until the
+            // topic is destroyed after this loop.
+            let queued = unsafe {
+                rd::rd_kafka_produce(
+                    handle,
+                    partition,
+                    0,
+                    payload.as_ptr() as *mut std::ffi::c_void,
+                    payload.len(),
+                    std::ptr::null(),
+                    0,
+                    std::ptr::null_mut(),
+                )
+            };
+            if queued == 0 {
+                break;
+            }
+            // SAFETY: reads the calling thread's last librdkafka error.
+            let error = unsafe { rd::rd_kafka_last_error() };
+            if error != rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR__QUEUE_FULL {
+                failed = Some(error);
+                break 'records;
+            }
+            std::thread::sleep(Duration::from_micros(100));
+        }
+    }
+    // SAFETY: the handle came from rd_kafka_topic_new and is not used after this; queued
+    // messages keep their own reference to the topic.
+    unsafe { rd::rd_kafka_topic_destroy(handle) };
+    match failed {
+        Some(error) => bail!("librdkafka refused a record: {error:?}"),
+        None => Ok(()),
+    }
 }
 
 /// Sends a record, waiting while librdkafka's queue is full.
