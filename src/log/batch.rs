@@ -164,7 +164,7 @@ fn uncompressed_keyed_records(batch: &Bytes) -> Option<Vec<KeyedRecord>> {
     let base_timestamp = i64_at(batch, BASE_TIMESTAMP);
     let mut records = Vec::new();
     let mut at = HEADER_LEN;
-    for _ in 0..view.record_count() {
+    for index in 0..view.record_count() {
         let (length, after_length) = varint(batch, at)?;
         let end = after_length.checked_add(usize::try_from(length).ok()?)?;
         // Fields are read within the record's own bytes.
@@ -176,6 +176,10 @@ fn uncompressed_keyed_records(batch: &Bytes) -> Option<Vec<KeyedRecord>> {
         let Some(key) = key else {
             continue;
         };
+        if records.is_empty() {
+            // Sized once for the rest of the batch, which is usually keyed throughout.
+            records.reserve_exact((view.record_count() - index) as usize);
+        }
         let (value, next) = length_prefixed(record, next)?;
         let (header_count, mut next) = varint(record, next)?;
         let mut headers = Vec::with_capacity(header_count.clamp(0, 64) as usize);
