@@ -2,9 +2,10 @@
 //! and writes what it measured to `docs/benchmarks.md`.
 //!
 //! Figures: produce and consume throughput (1 KiB records, acks=all, linger 5 ms, 1 and 8
-//! partitions; produce also with the payload lent to librdkafka, not copied), produce-ack and end-to-end latency from an open-loop fixed-rate producer with
-//! a tailing consumer (counted from each record's *scheduled* send time, so a stalled broker
-//! cannot hide), startup time, idle and peak memory, metadata latency with many partitions,
+//! partitions; produce also with the payload lent to librdkafka, not copied), produce-ack
+//! and end-to-end latency from an open-loop fixed-rate producer with a tailing consumer
+//! (counted from each record's *scheduled* send time, so a stalled broker cannot hide),
+//! startup time, idle and peak memory, metadata latency with many partitions,
 //! and the machine's own limits (loopback TCP, disk write+fdatasync, and what the producer
 //! sends to a sink that stores nothing, payload copied and lent) to compare against.
 //! Every figure is the median of `--runs` runs.

@@ -119,10 +119,10 @@ pub struct KeyedRecord {
 }
 
 /// The records of a stored batch that have a key; the others have nothing to index.
-/// Uncompressed batches are read straight from the record encoding, each field a slice of
-/// `batch`, and a keyless record is skipped after its key (the produce path's fast path:
-/// most records of a busy topic carry no key, and are not taken apart). Compressed ones go
-/// through the decoder.
+/// Uncompressed batches are read straight from the record encoding, each field of a keyed
+/// record a slice of `batch`; a keyless record is read through (a malformed one is still
+/// refused) with no slice taken and nothing allocated, the produce path's fast path, as
+/// most records of a busy topic carry no key. Compressed ones go through the decoder.
 pub fn keyed_records(batch: &Bytes) -> Result<Vec<KeyedRecord>, String> {
     let view = BatchView::new(batch).ok_or("short record batch")?;
     let log_append_time = view.is_log_append_time().then(|| view.max_timestamp());
@@ -157,8 +157,8 @@ pub fn keyed_records(batch: &Bytes) -> Result<Vec<KeyedRecord>, String> {
     Ok(records)
 }
 
-/// The keyed records of an uncompressed batch, `None` if a record is malformed as far as
-/// it is read (every record's length, timestamp, offset and key; the rest of keyed ones).
+/// The keyed records of an uncompressed batch, `None` if any record is malformed. Every
+/// record is read through; nothing of a keyless one is kept.
 fn uncompressed_keyed_records(batch: &Bytes) -> Option<Vec<KeyedRecord>> {
     let view = BatchView::new(batch)?;
     let base_timestamp = i64_at(batch, BASE_TIMESTAMP);
@@ -173,21 +173,29 @@ fn uncompressed_keyed_records(batch: &Bytes) -> Option<Vec<KeyedRecord>> {
         let (timestamp_delta, next) = varint(record, after_length + 1)?; // after attributes
         let (offset_delta, next) = varint(record, next)?;
         let (key, next) = length_prefixed(record, next)?;
+        let (value, next) = length_prefixed(record, next)?;
+        let (header_count, mut next) = varint(record, next)?;
+        let keep = key.is_some();
+        let mut headers = Vec::with_capacity(if keep {
+            header_count.clamp(0, 64) as usize
+        } else {
+            0
+        });
+        for _ in 0..header_count {
+            let (name, after_name) = length_prefixed(record, next)?;
+            let (value, after_value) = length_prefixed(record, after_name)?;
+            let name = name?;
+            if keep {
+                headers.push((batch.slice(name), value.map(|v| batch.slice(v))));
+            }
+            next = after_value;
+        }
         let Some(key) = key else {
             continue;
         };
         if records.is_empty() {
             // Sized once for the rest of the batch, which is usually keyed throughout.
             records.reserve_exact((view.record_count() - index) as usize);
-        }
-        let (value, next) = length_prefixed(record, next)?;
-        let (header_count, mut next) = varint(record, next)?;
-        let mut headers = Vec::with_capacity(header_count.clamp(0, 64) as usize);
-        for _ in 0..header_count {
-            let (name, after_name) = length_prefixed(record, next)?;
-            let (value, after_value) = length_prefixed(record, after_name)?;
-            headers.push((batch.slice(name?), value.map(|v| batch.slice(v))));
-            next = after_value;
         }
         records.push(KeyedRecord {
             offset_delta,
@@ -487,6 +495,19 @@ pub(crate) mod tests {
         }
         let batch = encode_batch(&["a"], Compression::None);
         assert!(keyed_records(&batch.slice(..batch.len() - 2)).is_err());
+        // A keyless record is checked as far as a keyed one: a value length past the
+        // record's end is refused.
+        let keyless = encode_records(&["a"], Compression::None, |_| false);
+        let mut corrupt = BytesMut::from(keyless.as_ref());
+        let value_length = HEADER_LEN
+            + corrupt[HEADER_LEN..]
+                .windows(3)
+                .position(|w| w == [0x01, 0x02, b'a'])
+                .expect("null key, then a value of length 1")
+            + 1;
+        corrupt[value_length] = 0x7e;
+        assert!(keyed_records(&keyless).unwrap().is_empty());
+        assert!(keyed_records(&corrupt.freeze()).is_err());
         let stamped = stamp_log_append_time(&batch, 77);
         assert_eq!(keyed_records(&stamped).unwrap()[0].timestamp, 77);
         assert_eq!(varint(&[0x01], 0), Some((-1, 1)));
