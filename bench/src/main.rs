@@ -607,6 +607,10 @@ impl Bench {
         partitions: i32,
         payload_use: Payload,
     ) -> Result<f64> {
+        // Declared before the producer so that it is dropped after it: records lent from it
+        // may still be queued when an error returns early, and dropping the producer
+        // purges them and stops librdkafka's threads.
+        let payload = vec![b'x'; self.args.record_bytes];
         let acked = Arc::new(AckCounter::default());
         let producer: ThreadedProducer<Acks> =
             producer_config(bootstrap).create_with_context(Acks {
@@ -614,7 +618,6 @@ impl Bench {
                 latency: None,
             })?;
         connect(producer.client(), topic)?;
-        let payload = vec![b'x'; self.args.record_bytes];
         let started = Instant::now();
         match payload_use {
             Payload::Copied => {
@@ -627,7 +630,6 @@ impl Bench {
             }
             Payload::Lent => send_lent(&producer, topic, partitions, &payload, self.args.records)?,
         }
-        // Every lent payload has been sent (or failed) once this returns.
         producer.flush(Duration::from_secs(120))?;
         let secs = started.elapsed().as_secs_f64();
         let (ok, failed) = acked.counts();
@@ -855,8 +857,8 @@ enum Payload {
 
 /// Sends `records` records of `payload`, spread over `partitions`, through librdkafka's C
 /// API with the payload lent (neither copied nor freed by librdkafka), waiting while its
-/// queue is full. The caller flushes the producer before `payload` is dropped. Delivery
-/// reports reach the producer's context with opaque 0.
+/// queue is full. The caller keeps `payload` alive until the producer is flushed or
+/// dropped, on every path. Delivery reports reach the producer's context with opaque 0.
 fn send_lent(
     producer: &ThreadedProducer<Acks>,
     topic: &str,
@@ -882,8 +884,8 @@ fn send_lent(
         let partition = (i % partitions as usize) as i32;
         loop {
             // SAFETY: flags 0 lend the payload: librdkafka only reads it, and the caller
-            // keeps it alive until the producer is flushed. The handle is valid until the
-            // topic is destroyed after this loop.
+            // keeps it alive until the producer is flushed or dropped. The handle is valid
+            // until the topic is destroyed after this loop.
             let queued = unsafe {
                 rd::rd_kafka_produce(
                     handle,
