@@ -14,7 +14,7 @@ use super::partition::{PartitionLog, PartitionOffsets, PartitionState, TxnIndex}
 use super::producers::ProducerEntry;
 use super::read_ahead::{Chunk, ChunkRequest};
 use super::{LogError, LogStore};
-use crate::storage::keys::{self, AbortedTxn, BatchKey};
+use crate::storage::keys::{self, AbortedTxn, BatchKey, StoredBatch};
 
 /// Scans read ahead at most this much per object-store request.
 const MAX_READ_AHEAD: usize = 4 << 20;
@@ -117,6 +117,17 @@ impl BatchCursor {
         }
     }
 
+    /// For a search by time: leaves out the sealed segments whose records are all older
+    /// than `timestamp`, as their stats say, so the search starts in the first segment that
+    /// may hold a match.
+    fn searching_from_time(mut self, store: &LogStore, timestamp: i64) -> Self {
+        self.segments = store
+            .read_segments()
+            .of_topic_since(self.topic_id, Some(timestamp))
+            .into_iter();
+        self
+    }
+
     /// For a read-ahead stream's reads: loads the objects of the batches after the one
     /// returned in the background, where the store loads objects ahead (and has room left).
     /// A fetch's own read does not, as its cursor is dropped when no stream takes it over.
@@ -146,26 +157,66 @@ impl BatchCursor {
                 self.held = Some(batch);
                 continue;
             }
-            let Some(segment) = self.segments.next() else {
+            if !self.open_next_segment().await? {
                 return Ok(None);
-            };
-            let prefix = keys::partition_prefix(segment, self.topic_id, self.partition);
-            let range = prefix_range(&prefix);
-            let start = BatchKey {
-                segment,
-                topic_id: self.topic_id,
-                partition: self.partition,
-                last_offset: self.from_offset.max(0),
             }
-            .encode();
-            let options = LogStore::scan_options(self.read_ahead, IterationOrder::Ascending)
-                .with_cache_blocks(self.cache_blocks);
-            self.scan = Some(
-                self.db
-                    .scan_with_options(start..range.end, &options)
-                    .await?,
-            );
         }
+    }
+
+    /// The next stored batch below the end offset, as stored: the batch itself, or its
+    /// object's location with the batch's header. Nothing is loaded from objects, so a
+    /// search that judges batches by their headers reads only the object of the batch it
+    /// picks (with [`Self::load`]).
+    async fn next_stored(&mut self) -> Result<Option<(Bytes, StoredBatch)>, LogError> {
+        debug_assert!(self.held.is_none(), "a search cursor never holds a batch");
+        loop {
+            let Some(value) = self.next_value().await? else {
+                if !self.open_next_segment().await? {
+                    return Ok(None);
+                }
+                continue;
+            };
+            let stored = StoredBatch::decode(value.clone())
+                .ok_or_else(|| LogError::Corrupt("batch location".into()))?;
+            let header = BatchView::new(stored.header())
+                .ok_or_else(|| LogError::Corrupt("short record batch".into()))?;
+            if header.base_offset() >= self.end_offset {
+                return Ok(None);
+            }
+            return Ok(Some((value, stored)));
+        }
+    }
+
+    /// The whole batch of a value [`Self::next_stored`] returned.
+    async fn load(&mut self, value: Bytes) -> Result<Bytes, LogError> {
+        self.objects
+            .batch(self.topic_id, self.partition, value)
+            .await
+    }
+
+    /// Opens the scan of the next segment from the start offset on; false when none is
+    /// left.
+    async fn open_next_segment(&mut self) -> Result<bool, LogError> {
+        let Some(segment) = self.segments.next() else {
+            return Ok(false);
+        };
+        let prefix = keys::partition_prefix(segment, self.topic_id, self.partition);
+        let range = prefix_range(&prefix);
+        let start = BatchKey {
+            segment,
+            topic_id: self.topic_id,
+            partition: self.partition,
+            last_offset: self.from_offset.max(0),
+        }
+        .encode();
+        let options = LogStore::scan_options(self.read_ahead, IterationOrder::Ascending)
+            .with_cache_blocks(self.cache_blocks);
+        self.scan = Some(
+            self.db
+                .scan_with_options(start..range.end, &options)
+                .await?,
+        );
+        Ok(true)
     }
 
     /// The next stored value of the open scan, `None` when it has no more. A cursor that
@@ -410,7 +461,9 @@ impl LogStore {
     }
 
     /// The first durable record with a timestamp at or after `timestamp`, as
-    /// `(offset, timestamp)`; `None` when every record is older.
+    /// `(offset, timestamp)`; `None` when every record is older. Batches are judged by
+    /// their stored headers, and sealed segments by their stats, so the search loads only
+    /// the batch holding the answer.
     pub async fn offset_for_timestamp(
         &self,
         partition: &PartitionLog,
@@ -423,12 +476,11 @@ impl LogStore {
             offsets.log_start_offset,
             offsets.high_watermark,
             MAX_READ_AHEAD,
-        );
-        while let Some(batch) = cursor.next().await? {
-            let Some(view) = BatchView::new(&batch) else {
-                continue;
-            };
-            if view.max_timestamp() >= timestamp {
+        )
+        .searching_from_time(self, timestamp);
+        while let Some((value, stored)) = cursor.next_stored().await? {
+            if max_timestamp(&stored)? >= timestamp {
+                let batch = cursor.load(value).await?;
                 return first_record_at_or_after(&batch, |ts| ts >= timestamp);
             }
         }
@@ -436,6 +488,7 @@ impl LogStore {
     }
 
     /// The record with the largest timestamp (the first of equals), as `(offset, timestamp)`.
+    /// Batches are judged by their stored headers; only the one holding it is loaded.
     pub async fn offset_of_max_timestamp(
         &self,
         partition: &PartitionLog,
@@ -449,22 +502,26 @@ impl LogStore {
             MAX_READ_AHEAD,
         );
         let mut newest: Option<(i64, Bytes)> = None;
-        while let Some(batch) = cursor.next().await? {
-            let Some(view) = BatchView::new(&batch) else {
-                continue;
-            };
-            if newest
-                .as_ref()
-                .is_none_or(|(max, _)| view.max_timestamp() > *max)
-            {
-                newest = Some((view.max_timestamp(), batch));
+        while let Some((value, stored)) = cursor.next_stored().await? {
+            let max = max_timestamp(&stored)?;
+            if newest.as_ref().is_none_or(|(newest, _)| max > *newest) {
+                newest = Some((max, value));
             }
         }
         match newest {
-            Some((max, batch)) => first_record_at_or_after(&batch, |ts| ts == max),
+            Some((max, value)) => {
+                let batch = cursor.load(value).await?;
+                first_record_at_or_after(&batch, |ts| ts == max)
+            }
             None => Ok(None),
         }
     }
+}
+
+fn max_timestamp(stored: &StoredBatch) -> Result<i64, LogError> {
+    BatchView::new(stored.header())
+        .map(|header| header.max_timestamp())
+        .ok_or_else(|| LogError::Corrupt("short record batch".into()))
 }
 
 /// Whole batches from `cursor` on, up to `max_bytes` (at least one batch). The chunk keeps

@@ -129,3 +129,60 @@ def test_the_object_threshold_is_a_flag(make_broker, topic_name):
     assert len(objects(broker)) == 1, "80 KiB in one request is an object"
     got = consume(broker.bootstrap, topic_name, 0, 6)
     assert [m.value() for m in got] == big_values(0, 6)
+
+
+@IO_PATHS
+def test_offsets_by_time_over_batch_objects_and_sealed_segments(make_broker, topic_name, io):
+    """Look-ups by time judge batches by the headers stored with their objects' locations
+    and skip sealed segments whose stats say they are older; they must find what a scan
+    of every record would."""
+    from confluent_kafka import Consumer, TopicPartition
+    from confluent_kafka.admin import OffsetSpec
+
+    broker = make_broker(*FAST, *io)
+    create_topic(broker.bootstrap, topic_name, config={"retention.ms": "-1", "segment.ms": "500"})
+    t0 = 1_700_000_000_000
+
+    def produce_round(records):
+        reports = produce(broker.bootstrap, topic_name, records, **{"linger.ms": 50})
+        assert all(err is None for *_, err in reports)
+        time.sleep(0.6)  # the next round rolls the segment
+
+    # Segment of round 0: offsets 0-19, newest record t0 + 190.
+    produce_round([(0, None, v, None, t0 + 10 * i) for i, v in enumerate(big_values(0, 20))])
+    # Round 1: a small append (offset 20, kept in SlateDB), then offsets 21-40 in an object,
+    # offset 26 stamped later than anything else.
+    produce_round([(0, None, b"small", None, t0 + 10_000)])
+    stamps = [t0 + 10_010 + 10 * i for i in range(20)]
+    stamps[5] = t0 + 50_000
+    produce_round([(0, None, v, None, ts) for v, ts in zip(big_values(21, 20), stamps)])
+    # Round 2, in the active segment: offsets 41-60.
+    produce_round([(0, None, v, None, t0 + 20_000 + 10 * i) for i, v in enumerate(big_values(41, 20))])
+    assert objects(broker), "the large appends should be in batch objects"
+    time.sleep(0.5)  # retention's check stores the sealed segments' stats
+
+    consumer = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": "unused"})
+    try:
+        def at(ts):
+            found = consumer.offsets_for_times([TopicPartition(topic_name, 0, ts)], timeout=10)[0]
+            return found.offset
+
+        # A timestamp equal to a sealed segment's newest record still finds it there.
+        assert at(t0 - 1) == 0
+        assert at(t0 + 190) == 19
+        assert at(t0 + 191) == 20
+        assert at(t0 + 10_005) == 21
+        # The first record at or after the time, not the closest: offset 26 comes first.
+        assert at(t0 + 10_055) == 26
+        assert at(t0 + 20_015) == 26
+        assert at(t0 + 50_000) == 26
+        assert at(t0 + 50_001) == -1
+    finally:
+        consumer.close()
+    client = admin(broker.bootstrap)
+    tp = TopicPartition(topic_name, 0)
+    newest = client.list_offsets({tp: OffsetSpec.max_timestamp()})[tp].result(15)
+    assert (newest.offset, newest.timestamp) == (26, t0 + 50_000)
+    # What was found is what is there: the record at offset 26 carries that time.
+    record = consume(broker.bootstrap, topic_name, 0, 1, offset=26)[0]
+    assert record.timestamp() == (1, t0 + 50_000)
