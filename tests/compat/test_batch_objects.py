@@ -186,3 +186,21 @@ def test_offsets_by_time_over_batch_objects_and_sealed_segments(make_broker, top
     # What was found is what is there: the record at offset 26 carries that time.
     record = consume(broker.bootstrap, topic_name, 0, 1, offset=26)[0]
     assert record.timestamp() == (1, t0 + 50_000)
+
+
+def test_acked_large_appends_survive_sigkill_after_memtable_flushes(make_broker, topic_name):
+    """Large appends leave only locations in the memtable, so the broker flushes it after
+    512 WAL writes (at most every 2 s) to bound what a start replays; records acked before
+    and after such flushes all survive SIGKILL."""
+    broker = make_broker("--log", "info,shale::log::durability=debug")
+    create_topic(broker.bootstrap, topic_name)
+    # One 20 KB record per request and one request at a time: a WAL write per record.
+    serial = {"linger.ms": 0, "batch.num.messages": 1, "max.in.flight": 1}
+    acked = produce_until_killed(
+        broker, topic_name, 1, lambda i: str(i).encode().ljust(20_000, b"."), 2500, **serial
+    )
+    assert "memtable flushed to bound the WAL replayed at start" in broker.log()
+    broker.start()
+    ends = assert_acked_records_survived(broker, topic_name, 1, acked)
+    after = produce(broker.bootstrap, topic_name, [(0, None, b"after restart", None, None)])
+    assert after[0][1] == ends[0][1]
