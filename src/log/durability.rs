@@ -88,13 +88,14 @@ impl DurabilityQueue {
 /// A start replays every WAL file written since the last memtable flush. SlateDB flushes
 /// the memtable at 64 MiB or after 4096 WAL files (the least it allows), and large appends
 /// leave only their locations there, so a producer of large appends reached 4096 files:
-/// 200 ms of replay before the broker listened, in a local folder (~50 us a file), and a
-/// GET per file on S3. At this bound the replay stays within ~25 ms locally.
+/// ~200 ms before the broker listened, in a local folder (~50 us a file), and a GET per
+/// file on S3. With this bound (or 2 s of WAL writes, whichever is more) the same start
+/// took 69-114 ms (docs/performance.md).
 const WAL_WRITES_PER_MEMTABLE_FLUSH: u64 = 512;
 
-/// Writes of a few hundred bytes (offset commits) reach 512 WAL writes several times a
-/// second; flushing the memtable that often cost 8 committers a fifth of their commits.
-/// The extra L0 tables stay few for the compactor too.
+/// Offset commits, thousands a second, each ask for a WAL write: without a floor the
+/// memtable would be flushed several times a second, and 8 committers made 15-20% fewer
+/// commits. The extra L0 tables stay few for the compactor too.
 const MIN_MEMTABLE_FLUSH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Starts a WAL write as soon as an append waits for one, rather than at SlateDB's next
