@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::future::select_all;
+use futures::future::{join_all, select_all};
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::fetch_response::{
     AbortedTransaction, FetchableTopicResponse, PartitionData,
@@ -19,7 +19,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::{storage_error, Broker};
-use crate::log::{Isolation, LogError, PartitionLog};
+use crate::log::{FetchedRecords, Isolation, LogError, PartitionLog};
 
 /// Kafka's isolation level for consumers that only read committed transactions.
 const READ_COMMITTED: i8 = 1;
@@ -108,6 +108,12 @@ async fn wait_for_append(watches: &mut [watch::Receiver<i64>], deadline: Instant
 
 /// Reads every wanted partition once. Returns the response topics, the bytes read, and
 /// whether any partition failed (a failure is answered at once, like data).
+///
+/// When every partition's limit fits in the response's, each partition gets its own limit
+/// whatever the others return. On a remote store they are then read at once: there a read
+/// may be a GET of tens of milliseconds, and one after another they added up over many
+/// partitions. Otherwise each partition's limit is cut to what the response has left, and
+/// they are read in order (a local disk reads no faster several at a time).
 async fn read_all(
     broker: &Broker,
     request: &FetchRequest,
@@ -115,6 +121,21 @@ async fn read_all(
     response_max: usize,
     isolation: Isolation,
 ) -> (Vec<FetchableTopicResponse>, usize, bool) {
+    let limits_fit = wanted
+        .iter()
+        .flatten()
+        .try_fold(0usize, |sum, want| sum.checked_add(want.max_bytes))
+        .is_some_and(|sum| sum <= response_max);
+    let mut read_at_once = if limits_fit && broker.log.reads_wait_on_network() {
+        let reads = wanted
+            .iter()
+            .flatten()
+            .map(|want| read_partition(broker, want, want.max_bytes, isolation));
+        join_all(reads).await
+    } else {
+        Vec::new()
+    }
+    .into_iter();
     let read_committed = isolation == Isolation::ReadCommitted;
     let mut total = 0usize;
     let mut failed = false;
@@ -124,60 +145,56 @@ async fn read_all(
         topic_response.topic = topic.topic.clone();
         topic_response.topic_id = topic.topic_id;
         for want in partitions {
+            let read = match read_at_once.next() {
+                Some(read) => read,
+                None => {
+                    let budget = want.max_bytes.min(response_max.saturating_sub(total));
+                    read_partition(broker, want, budget, isolation).await
+                }
+            };
             let mut data = PartitionData::default();
             data.partition_index = want.index;
             data.aborted_transactions = read_committed.then(Vec::new);
             data.records = Some(Bytes::new());
-            match &want.partition {
+            match read {
                 None => {
                     data.error_code = ResponseError::UnknownTopicOrPartition.code();
                     failed = true;
                 }
-                Some(partition) => {
-                    // The first batch is always returned whole, even past the limits, so a
-                    // consumer can get past a batch larger than its fetch size.
-                    let budget = want.max_bytes.min(response_max.saturating_sub(total));
-                    let read = broker
-                        .log
-                        .read(partition, want.fetch_offset, budget, isolation)
-                        .await;
-                    match read {
-                        Ok(fetched) => {
-                            total += fetched.records.len();
-                            data.high_watermark = fetched.offsets.high_watermark;
-                            data.last_stable_offset = fetched.offsets.last_stable_offset;
-                            data.log_start_offset = fetched.offsets.log_start_offset;
-                            data.records = Some(fetched.records);
-                            if read_committed {
-                                data.aborted_transactions = Some(
-                                    fetched
-                                        .aborted
-                                        .iter()
-                                        .map(|a| {
-                                            let mut aborted = AbortedTransaction::default();
-                                            aborted.producer_id = a.producer_id.into();
-                                            aborted.first_offset = a.first_offset;
-                                            aborted
-                                        })
-                                        .collect(),
-                                );
-                            }
-                        }
-                        Err(e) => {
-                            if let LogError::OffsetOutOfRange {
-                                log_start_offset,
-                                high_watermark,
-                                ..
-                            } = e
-                            {
-                                data.high_watermark = high_watermark;
-                                data.last_stable_offset = high_watermark;
-                                data.log_start_offset = log_start_offset;
-                            }
-                            data.error_code = storage_error(&e).code();
-                            failed = true;
-                        }
+                Some(Ok(fetched)) => {
+                    total += fetched.records.len();
+                    data.high_watermark = fetched.offsets.high_watermark;
+                    data.last_stable_offset = fetched.offsets.last_stable_offset;
+                    data.log_start_offset = fetched.offsets.log_start_offset;
+                    data.records = Some(fetched.records);
+                    if read_committed {
+                        data.aborted_transactions = Some(
+                            fetched
+                                .aborted
+                                .iter()
+                                .map(|a| {
+                                    let mut aborted = AbortedTransaction::default();
+                                    aborted.producer_id = a.producer_id.into();
+                                    aborted.first_offset = a.first_offset;
+                                    aborted
+                                })
+                                .collect(),
+                        );
                     }
+                }
+                Some(Err(e)) => {
+                    if let LogError::OffsetOutOfRange {
+                        log_start_offset,
+                        high_watermark,
+                        ..
+                    } = e
+                    {
+                        data.high_watermark = high_watermark;
+                        data.last_stable_offset = high_watermark;
+                        data.log_start_offset = log_start_offset;
+                    }
+                    data.error_code = storage_error(&e).code();
+                    failed = true;
                 }
             }
             topic_response.partitions.push(data);
@@ -185,4 +202,22 @@ async fn read_all(
         topics.push(topic_response);
     }
     (topics, total, failed)
+}
+
+/// One partition's read with `budget` bytes; `None` for a partition the broker does not
+/// have. The first batch is always returned whole, even past the budget, so a consumer can
+/// get past a batch larger than its fetch size.
+async fn read_partition(
+    broker: &Broker,
+    want: &Wanted,
+    budget: usize,
+    isolation: Isolation,
+) -> Option<Result<FetchedRecords, LogError>> {
+    let partition = want.partition.as_ref()?;
+    Some(
+        broker
+            .log
+            .read(partition, want.fetch_offset, budget, isolation)
+            .await,
+    )
 }

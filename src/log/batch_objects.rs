@@ -196,6 +196,12 @@ impl BatchObjects {
         }
     }
 
+    /// Whether readers load objects ahead: on a remote store, where each read of an object
+    /// waits on a request.
+    pub(super) fn loads_ahead(&self) -> bool {
+        self.prefetch_bytes > 0
+    }
+
     /// Takes `bytes` of the room for loading ahead, if that much is left.
     fn reserve_prefetch(&self, bytes: usize) -> bool {
         self.prefetch_room

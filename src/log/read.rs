@@ -270,6 +270,13 @@ impl BatchCursor {
 }
 
 impl LogStore {
+    /// Whether a read may wait on the network (a remote store): there, reads of several
+    /// partitions are worth making at once. A local disk reads no faster several at a
+    /// time, and memory does not wait.
+    pub fn reads_wait_on_network(&self) -> bool {
+        self.objects.loads_ahead()
+    }
+
     /// Reads whole batches from `offset` on, up to `max_bytes` (but always at least one
     /// batch, so a consumer can make progress past a batch larger than its limit). Only
     /// durable records are returned. A read that stops at its limit starts reading the next

@@ -314,3 +314,37 @@ def test_consumers_catching_up_in_small_fetches_get_every_record_in_order(broker
         messages = got[partition]
         assert [m.offset() for m in messages] == list(range(backlog + more))
         assert [m.value() for m in messages] == [_sent(partition, i) for i in range(backlog + more)]
+
+
+def consume_partitions(bootstrap, topic, partitions, count, **config):
+    """One consumer assigned `partitions` partitions from offset 0 (so each fetch asks for
+    all of them) reads `count` records of each; returns (offset, value) lists by partition."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "unused",
+                         "enable.auto.commit": False, **config})
+    consumer.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
+    got = {p: [] for p in range(partitions)}
+    deadline = time.monotonic() + 60
+    try:
+        while sum(map(len, got.values())) < partitions * count and time.monotonic() < deadline:
+            msg = consumer.poll(0.5)
+            if msg is None:
+                continue
+            assert msg.error() is None, msg.error()
+            got[msg.partition()].append((msg.offset(), msg.value()))
+    finally:
+        consumer.close()
+    return got
+
+
+@pytest.mark.parametrize("fetches", [{}, SMALL_FETCHES], ids=["limits-fit", "limits-exceed"])
+def test_one_consumer_of_many_partitions_gets_each_its_own_records(broker, topic_name, fetches):
+    """Each partition of a fetch asking for many gets its own records, whole and in order,
+    whether their limits fit in the response's or are cut to what it has left."""
+    partitions, count = 6, 400
+    create_topic(broker.bootstrap, topic_name, partitions=partitions)
+    produce(broker.bootstrap, topic_name,
+            [(p, None, _sent(p, i), None, None) for i in range(count) for p in range(partitions)],
+            **{"linger.ms": 0, "batch.num.messages": 50})
+    got = consume_partitions(broker.bootstrap, topic_name, partitions, count, **fetches)
+    for p in range(partitions):
+        assert got[p] == [(i, _sent(p, i)) for i in range(count)]

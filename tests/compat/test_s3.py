@@ -13,6 +13,7 @@ import pytest
 
 from clients import consume, create_topic, produce
 from test_batch_objects import big_values, produce_big
+from test_confluent import SMALL_FETCHES, consume_partitions
 
 
 @pytest.fixture
@@ -130,3 +131,21 @@ def test_a_backlog_on_s3_reads_back_whole_and_in_order_while_objects_load_ahead(
     got = consume(broker.bootstrap, topic_name, 0, 100, offset=130, **small_fetches)
     assert [m.offset() for m in got] == list(range(130, 230))
     assert [m.value() for m in got] == big_values(130, 100)
+
+
+@pytest.mark.parametrize("fetches", [{}, SMALL_FETCHES], ids=["limits-fit", "limits-exceed"])
+def test_partitions_of_one_fetch_on_s3_each_get_their_own_records(make_broker, s3_env, topic_name, fetches):
+    """On S3 the partitions of a fetch whose limits fit in the response's are read at once
+    (each read may be a GET); each still gets its own records, whole and in order."""
+    broker = make_broker("--store", "s3://shale-test/many", "--object-cache-mb", "0", env=s3_env)
+    partitions, count = 6, 20
+    create_topic(broker.bootstrap, topic_name, partitions=partitions)
+    for p in range(partitions):
+        produce_big(broker, topic_name, 100 * p, count, partition=p)
+    # After a restart every object is read from the bucket.
+    broker.kill()
+    broker.start()
+    got = consume_partitions(broker.bootstrap, topic_name, partitions, count, **fetches)
+    for p in range(partitions):
+        assert got[p] == list(enumerate(big_values(100 * p, count)))
+
