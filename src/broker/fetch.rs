@@ -109,11 +109,13 @@ async fn wait_for_append(watches: &mut [watch::Receiver<i64>], deadline: Instant
 /// Reads every wanted partition once. Returns the response topics, the bytes read, and
 /// whether any partition failed (a failure is answered at once, like data).
 ///
-/// When every partition's limit fits in the response's, each partition gets its own limit
-/// whatever the others return. On a remote store they are then read at once: there a read
-/// may be a GET of tens of milliseconds, and one after another they added up over many
-/// partitions. Otherwise each partition's limit is cut to what the response has left, and
-/// they are read in order (a local disk reads no faster several at a time).
+/// When every partition's limit fits in the response's, a remote store reads them at once,
+/// each with its own limit: there a read may be a GET of tens of milliseconds, and one
+/// after another they added up over many partitions. (A first batch larger than its
+/// partition's limit, always returned whole, may then take the response past its limit by
+/// that much, as Kafka allows.) Otherwise each partition's limit is cut to what the
+/// response has left, and they are read in order; a local disk reads no faster several at
+/// a time.
 async fn read_all(
     broker: &Broker,
     request: &FetchRequest,
