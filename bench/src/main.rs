@@ -141,6 +141,11 @@ fn main() -> Result<()> {
         let disk_read = median(bench.args.runs, || {
             disk_read_gbps(&next_probe(), 512 << 20).unwrap_or(0.0)
         });
+        let disk_objects = median(bench.args.runs, || {
+            let folder = next_probe();
+            std::fs::create_dir(&folder).expect("probe folder");
+            disk_objects_gbps(&folder, 1024, OBJECT_WRITERS).unwrap_or(0.0)
+        });
         drop(probes);
         let start_sink = |partitions| {
             sink::start(
@@ -155,16 +160,19 @@ fn main() -> Result<()> {
         let mut client_runs = Vec::new();
         let mut client_8_runs = Vec::new();
         let mut consumer_runs = Vec::new();
+        let mut consumer_8_runs = Vec::new();
         let mut client_lent_runs = Vec::new();
         for _ in 0..bench.args.runs {
             client_runs.push(bench.produce_all(&sink, "sink", 1, Payload::Copied)? / 1e3);
             consumer_runs.push(bench.consume_all(&sink, "sink", 1)? / 1e3);
             client_lent_runs.push(bench.produce_all(&sink, "sink", 1, Payload::Lent)? / 1e3);
             client_8_runs.push(bench.produce_all(&sink_of_8, "sink", 8, Payload::Copied)? / 1e3);
+            consumer_8_runs.push(bench.consume_all(&sink_of_8, "sink", 8)? / 1e3);
         }
         let client = median_of(client_runs);
         let client_8 = median_of(client_8_runs);
         let consumer = median_of(consumer_runs);
+        let consumer_8 = median_of(consumer_8_runs);
         let client_lent = median_of(client_lent_runs);
         report.line(&format!(
             "- loopback TCP, one connection: **{loopback:.2} GB/s**"
@@ -175,6 +183,13 @@ fn main() -> Result<()> {
         report.line(&format!(
             "- the disk itself, the same rewriting a file already in the page cache: **{disk:.2} GB/s**"
         ));
+        if disk_objects > 0.0 {
+            report.line(&format!(
+                "- the disk as Shale writes batch objects: new 1 MiB files with direct I/O, each \
+                 followed by fdatasync and a sync of its folder, {OBJECT_WRITERS} at a time: \
+                 **{disk_objects:.2} GB/s**"
+            ));
+        }
         if disk_read > 0.0 {
             report.line(&format!(
                 "- the disk read back, 1 MiB reads one after another with direct I/O (past the \
@@ -198,23 +213,30 @@ fn main() -> Result<()> {
             "- the client itself: the consume workload below (1 partition) from the same sink, \
              answering fetches from one batch in memory: **{consumer:.2} GB/s**"
         ));
+        report.line(&format!(
+            "- the client itself: the consume workload below over 8 partitions, from the sink \
+             of 8: **{consumer_8:.2} GB/s**"
+        ));
         report.line(
-            "\nThe two write figures differ by what the page cache costs: new data needs pages \
-             of memory, and a VM whose host hands memory over lazily makes the first touch of a \
-             page slow (see docs/performance.md). Shale writes batch objects with direct I/O, \
-             past the page cache, so the second figure is its disk ceiling; the first is what a \
-             broker writing through the page cache gets when no recently freed pages are at \
-             hand. It reads them back with direct I/O too, so the read figure bounds a consumer \
-             reading from the beginning of a partition.",
+            "\nThe first two write figures differ by what the page cache costs: new data needs \
+             pages of memory, and a VM whose host hands memory over lazily makes the first touch \
+             of a page slow (see docs/performance.md). The first is what a broker writing \
+             through the page cache gets when no recently freed pages are at hand. Shale writes \
+             batch objects with direct I/O, past the page cache, one new file each: the third \
+             figure is the disk's rate for that pattern, file creation and syncs included, and \
+             so the disk's ceiling for produce. It reads them back with direct I/O too, so the \
+             read figure bounds a consumer reading from the beginning of a partition.",
         );
         limits = Some(MachineLimits {
             loopback,
             disk,
             disk_read,
+            disk_objects,
             client,
             client_8,
             client_lent,
             consumer,
+            consumer_8,
         });
     }
     if bench.args.runs(Section::Startup) {
@@ -272,6 +294,8 @@ struct MachineLimits {
     disk: f64,
     /// Direct-I/O reads of data not in memory.
     disk_read: f64,
+    /// New batch objects written as Shale writes them, several at once.
+    disk_objects: f64,
     /// What the producer sends to a sink.
     client: f64,
     /// The same over 8 partitions.
@@ -280,6 +304,8 @@ struct MachineLimits {
     client_lent: f64,
     /// What the consumer reads from a sink.
     consumer: f64,
+    /// The same over 8 partitions.
+    consumer_8: f64,
 }
 
 fn throughput(bench: &Bench, report: &mut Report, limits: Option<MachineLimits>) -> Result<()> {
@@ -298,6 +324,7 @@ fn throughput(bench: &Bench, report: &mut Report, limits: Option<MachineLimits>)
     let mut best_produce_mbps: f64 = 0.0;
     let mut produce_of_8_mbps = 0.0;
     let mut best_consume_mbps: f64 = 0.0;
+    let mut consume_of_8_mbps = 0.0;
     let mut best_lent_mbps: f64 = 0.0;
     let mut lent_rows = Vec::new();
     for partitions in [1, 8] {
@@ -309,6 +336,7 @@ fn throughput(bench: &Bench, report: &mut Report, limits: Option<MachineLimits>)
         best_produce_mbps = best_produce_mbps.max(pick(|t| t.produce_mbps));
         if partitions == 8 {
             produce_of_8_mbps = pick(|t| t.produce_mbps);
+            consume_of_8_mbps = pick(|t| t.consume_mbps);
         }
         best_consume_mbps = best_consume_mbps.max(pick(|t| t.consume_mbps));
         report.line(&format!(
@@ -342,29 +370,41 @@ fn throughput(bench: &Bench, report: &mut Report, limits: Option<MachineLimits>)
     }
     if let Some(limits) = limits {
         let share = |mbps: f64, gbps: f64| 100.0 * mbps / (gbps * 1000.0);
-        let disk_read_share = if limits.disk_read > 0.0 {
-            format!(
-                " and {:.0}% of the disk's read rate",
-                share(best_consume_mbps, limits.disk_read)
-            )
-        } else {
-            String::new()
+        // A limit the probe could not measure (no direct I/O there) is 0 and left out.
+        let and_share_of = |mbps: f64, gbps: f64, what: &str| {
+            if gbps > 0.0 {
+                format!(" and {:.0}% of {what}", share(mbps, gbps))
+            } else {
+                String::new()
+            }
         };
         report.line(&format!(
             "\nThe best produce figure is {:.0}% of what the client sends to a sink ({:.0}% on 8 \
              partitions, against the sink of 8), {:.0}% of loopback TCP and {:.0}% of the \
-             disk's own rate. The best consume figure is {:.0}% of what the client reads from a \
-             sink{disk_read_share}.",
+             disk's own rate{}. The best consume figure is {:.0}% of what the client reads from \
+             a sink ({:.0}% on 8 partitions, against the sink of 8){}.",
             share(best_produce_mbps, limits.client),
             share(produce_of_8_mbps, limits.client_8),
             share(best_produce_mbps, limits.loopback),
             share(best_produce_mbps, limits.disk),
+            and_share_of(
+                best_produce_mbps,
+                limits.disk_objects,
+                "its rate for batch objects"
+            ),
             share(best_consume_mbps, limits.consumer),
+            share(consume_of_8_mbps, limits.consumer_8),
+            and_share_of(best_consume_mbps, limits.disk_read, "the disk's read rate"),
         ));
         report.line(&format!(
             "With the payload not copied, the best produce figure is {:.0}% of what that client \
-             sends to the sink.",
+             sends to the sink{}.",
             share(best_lent_mbps, limits.client_lent),
+            and_share_of(
+                best_lent_mbps,
+                limits.disk_objects,
+                "the disk's rate for batch objects"
+            ),
         ));
     }
     Ok(())
@@ -1144,6 +1184,61 @@ fn disk_read_gbps(path: &std::path::Path, bytes: usize) -> Option<f64> {
         at += CHUNK;
     }
     Some(bytes as f64 / started.elapsed().as_secs_f64() / 1e9)
+}
+
+/// Batch objects written at once by the disk probe: about as many as a broker has in
+/// flight under the produce workload (8-10 requests of ~1 MB each, measured).
+const OBJECT_WRITERS: usize = 8;
+
+/// GB/s of `objects` new 1 MiB files in `folder`, written as Shale writes batch objects in a
+/// local folder (`O_DIRECT`, fdatasync, then a sync of the folder so the file's name is
+/// durable too), `writers` at a time: the disk's rate for the produce path's own pattern,
+/// file creation included. `None` where the file system refuses direct I/O.
+#[cfg(target_os = "linux")]
+fn disk_objects_gbps(folder: &std::path::Path, objects: usize, writers: usize) -> Option<f64> {
+    use std::os::unix::fs::OpenOptionsExt;
+    use std::sync::atomic::AtomicUsize;
+    const OBJECT: usize = 1 << 20;
+    let next = AtomicUsize::new(0);
+    let refused = AtomicBool::new(false);
+    let started = Instant::now();
+    std::thread::scope(|scope| {
+        for _ in 0..writers {
+            scope.spawn(|| {
+                // Direct I/O wants a buffer aligned to the block size.
+                let mut buffer = vec![5u8; OBJECT + 4096];
+                let start = buffer.as_ptr().align_offset(4096);
+                let aligned = &mut buffer[start..start + OBJECT];
+                loop {
+                    let object = next.fetch_add(1, Ordering::Relaxed);
+                    if object >= objects || refused.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    let written = std::fs::OpenOptions::new()
+                        .write(true)
+                        .create_new(true)
+                        .custom_flags(libc::O_DIRECT)
+                        .open(folder.join(format!("{object:016x}")))
+                        .and_then(|file| {
+                            file.write_all_at(aligned, 0)?;
+                            file.sync_data()
+                        })
+                        .and_then(|()| File::open(folder)?.sync_all());
+                    if written.is_err() {
+                        refused.store(true, Ordering::Relaxed);
+                    }
+                }
+            });
+        }
+    });
+    let elapsed = started.elapsed();
+    (!refused.load(Ordering::Relaxed))
+        .then(|| (objects * OBJECT) as f64 / elapsed.as_secs_f64() / 1e9)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn disk_objects_gbps(_: &std::path::Path, _: usize, _: usize) -> Option<f64> {
+    None
 }
 
 /// Shale reads batch objects with direct I/O only on Linux; elsewhere there is no such
