@@ -142,8 +142,11 @@ fn main() -> Result<()> {
             disk_read_gbps(&next_probe(), 512 << 20).unwrap_or(0.0)
         });
         let disk_objects = median(bench.args.runs, || {
-            let folder = next_probe();
-            std::fs::create_dir(&folder).expect("probe folder");
+            // Thousands of files: kept with the brokers' data folders until the benchmark
+            // ends, as deleting them would slow the file creation of the runs after it.
+            let folder = tempfile::tempdir_in(bench.data_root.path())
+                .expect("probe folder")
+                .keep();
             disk_objects_gbps(&folder, 1024, OBJECT_WRITERS).unwrap_or(0.0)
         });
         drop(probes);
@@ -1206,9 +1209,9 @@ fn disk_objects_gbps(folder: &std::path::Path, objects: usize, writers: usize) -
         for _ in 0..writers {
             scope.spawn(|| {
                 // Direct I/O wants a buffer aligned to the block size.
-                let mut buffer = vec![5u8; OBJECT + 4096];
+                let buffer = vec![5u8; OBJECT + 4096];
                 let start = buffer.as_ptr().align_offset(4096);
-                let aligned = &mut buffer[start..start + OBJECT];
+                let aligned = &buffer[start..start + OBJECT];
                 loop {
                     let object = next.fetch_add(1, Ordering::Relaxed);
                     if object >= objects || refused.load(Ordering::Relaxed) {
