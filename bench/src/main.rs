@@ -1196,7 +1196,8 @@ const OBJECT_WRITERS: usize = 8;
 /// GB/s of `objects` new 1 MiB files in `folder`, written as Shale writes batch objects in a
 /// local folder (`O_DIRECT`, fdatasync, then a sync of the folder so the file's name is
 /// durable too), `writers` at a time: the disk's rate for the produce path's own pattern,
-/// file creation included. `None` where the file system refuses direct I/O.
+/// file creation included. `None` if a write fails, as where the file system refuses
+/// direct I/O: the report then leaves this limit out.
 #[cfg(target_os = "linux")]
 fn disk_objects_gbps(folder: &std::path::Path, objects: usize, writers: usize) -> Option<f64> {
     use std::os::unix::fs::OpenOptionsExt;
