@@ -212,6 +212,12 @@ pub async fn open(
         garbage_collector_options: Some(GarbageCollectorOptions {
             compacted_options: Some(reclaim),
             wal_options: Some(reclaim),
+            // Boundary files guard old manifests and compaction records against a stalled
+            // second writer; they need a conditional overwrite, which a local folder cannot
+            // do. With them on there, every collection after the first failed and the
+            // manifests (one per memtable flush, ~1 a second under a trickle of small
+            // appends) piled up for good. One broker writes a folder; it fences others.
+            boundary_files_enabled: !matches!(location, StoreLocation::Folder(_)),
             ..GarbageCollectorOptions::default()
         }),
         ..Settings::default()

@@ -5,7 +5,7 @@ import subprocess
 import time
 
 import pytest
-from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
 from test_http import call, http_base
 from clients import admin, create_topic, produce
@@ -278,3 +278,36 @@ def test_a_fetch_below_deleted_records_is_out_of_range_though_read_ahead(broker,
     # Batches are served whole: the first is the one holding offset 2000, wherever the
     # producer's batches happened to start.
     assert error == 0 and batches[0][0] <= 2000 <= batches[0][1]
+
+
+def test_slatedb_metadata_files_do_not_pile_up_in_a_local_folder(make_broker, topic_name):
+    # SlateDB writes a manifest per memtable flush and compaction. Its garbage collector
+    # (here every second, for files a second old) must keep deleting the old ones: in a
+    # local folder it failed on every pass after the first, and they stayed for good.
+    fast_gc = {
+        f"SLATEDB_GARBAGE_COLLECTOR_OPTIONS.{kind}_OPTIONS.{field}": "1s"
+        for kind in ("MANIFEST", "COMPACTIONS")
+        for field in ("INTERVAL", "MIN_AGE")
+    }
+    broker = make_broker(env=fast_gc)
+    create_topic(broker.bootstrap, topic_name)
+    manifests = broker.data_dir / "shale" / "manifest"
+    producer = Producer({"bootstrap.servers": broker.bootstrap, "acks": "all", "linger.ms": 0})
+    sent = 0
+    deadline = time.time() + 10
+    # One WAL write per message; the broker flushes the memtable every 512 of them, at
+    # most every 2 s: five or so manifests from flushes, more from compactions.
+    while time.time() < deadline:
+        producer.produce(topic_name, value=b"%d" % sent)
+        assert producer.flush(10) == 0
+        sent += 1
+    written = max(int(p.stem) for p in manifests.iterdir())
+    assert written >= 6, f"only {written} manifests were written"
+
+    def collected():
+        present = sorted(int(p.stem) for p in manifests.iterdir())
+        return present[0] > written - 3
+
+    wait_for(collected, what="the garbage collector to delete old manifests")
+    assert "error collecting garbage" not in broker.log(), broker.log()
+    assert watermarks(broker, topic_name) == (0, sent)
