@@ -156,6 +156,10 @@ pub async fn handle(
                         AppendOutcome::Refused(SequenceError::OutOfOrder) => {
                             Err(ResponseError::OutOfOrderSequenceNumber)
                         }
+                        AppendOutcome::Unreadable(ref reason) => {
+                            partition.error_message = Some(str_bytes(reason.clone()));
+                            Err(ResponseError::CorruptMessage)
+                        }
                     };
                     match base_offset {
                         Ok(base_offset) => {

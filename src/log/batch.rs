@@ -12,7 +12,7 @@ use std::ops::Range;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::records::{
-    Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+    Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
 };
 
 pub const HEADER_LEN: usize = 61;
@@ -129,10 +129,7 @@ pub fn keyed_records(batch: &Bytes) -> Result<Vec<KeyedRecord>, String> {
     let mut records = if view.attributes() & 0x07 == 0 {
         uncompressed_keyed_records(batch).ok_or("malformed record")?
     } else {
-        let mut buf = batch.clone();
-        let decoded = RecordBatchDecoder::decode(&mut buf).map_err(|e| e.to_string())?;
-        decoded
-            .records
+        super::decode::records(batch)?
             .into_iter()
             .filter_map(|r| {
                 Some(KeyedRecord {
@@ -349,6 +346,7 @@ pub fn stamp_log_append_time(batch: &Bytes, now_ms: i64) -> Bytes {
 pub(crate) mod tests {
     use super::*;
     use kafka_protocol::protocol::StrBytes;
+    use kafka_protocol::records::RecordBatchDecoder;
 
     pub(crate) fn encode_batch(values: &[&str], compression: Compression) -> Bytes {
         encode_records(values, compression, |_| true)

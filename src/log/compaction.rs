@@ -12,13 +12,12 @@
 use std::collections::{HashMap, HashSet};
 
 use bytes::{Bytes, BytesMut};
-use kafka_protocol::records::{
-    Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions,
-};
+use kafka_protocol::records::{Compression, Record, RecordBatchEncoder, RecordEncodeOptions};
 use slatedb::WriteBatch;
 
 use super::batch::BatchView;
 use super::batch_objects::ObjectReader;
+use super::decode;
 use super::read::prefix_range;
 use super::{now_ms, LogError, LogStore, PartitionLog, Topic};
 use crate::storage::keys::{self, BatchKey, KeyIndexEntry};
@@ -203,10 +202,9 @@ impl LogStore {
                     visit(&entry.key, &batch, None);
                     continue;
                 }
-                let mut buf = batch.clone();
-                let decoded = RecordBatchDecoder::decode(&mut buf)
+                let records = decode::records(&batch)
                     .map_err(|e| LogError::Corrupt(format!("stored record batch: {e}")))?;
-                visit(&entry.key, &batch, Some(&decoded.records));
+                visit(&entry.key, &batch, Some(&records));
             }
         }
         Ok(())

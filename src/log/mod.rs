@@ -8,6 +8,7 @@
 pub mod batch;
 mod batch_objects;
 mod compaction;
+mod decode;
 mod durability;
 pub mod groups;
 mod partition;
@@ -124,7 +125,7 @@ pub struct TxnMarker {
 }
 
 /// What happened to one [`PartitionAppend`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AppendOutcome {
     Appended {
         base_offset: i64,
@@ -137,6 +138,9 @@ pub enum AppendOutcome {
     },
     /// An idempotent producer's batch that breaks its sequence or epoch; nothing was written.
     Refused(SequenceError),
+    /// A batch whose records could not be read to index their keys (malformed, or
+    /// decompressing past [`decode::MAX_DECOMPRESSED_BYTES`]); nothing was written.
+    Unreadable(String),
 }
 
 /// The outcome of [`LogStore::append`]: what happened to each partition, and a way to wait
@@ -825,12 +829,11 @@ fn index_record_keys(
     base_offset: i64,
     at: &IndexAt,
     puts: &mut Vec<(Bytes, Bytes)>,
-) -> Result<(), LogError> {
+) -> Result<(), String> {
     let Some(view) = BatchView::new(batch) else {
         return Ok(());
     };
-    let records = batch::keyed_records(batch)
-        .map_err(|e| LogError::Corrupt(format!("record batch to index: {e}")))?;
+    let records = batch::keyed_records(batch)?;
     let transactional_producer = view.is_transactional().then(|| view.producer_id());
     for record in records {
         let size = record.value.as_ref().map_or(0, Bytes::len)
@@ -1006,7 +1009,9 @@ fn plan_partition(
                 first_sequence: sequence,
                 copy_max_bytes,
             };
-            index_record_keys(batch, next_offset, &at, &mut puts)?;
+            if let Err(unreadable) = index_record_keys(batch, next_offset, &at, &mut puts) {
+                return Ok(Planned::Skip(AppendOutcome::Unreadable(unreadable)));
+            }
         }
         puts.push((key.encode(), stored));
         let entry = SequenceEntry {

@@ -5,11 +5,11 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
-use kafka_protocol::records::RecordBatchDecoder;
 use slatedb::{DbIterator, IterationOrder};
 
 use super::batch::BatchView;
 use super::batch_objects::ObjectReader;
+use super::decode;
 use super::partition::{PartitionLog, PartitionOffsets, PartitionState, TxnIndex};
 use super::producers::ProducerEntry;
 use super::read_ahead::{Chunk, ChunkRequest};
@@ -593,11 +593,9 @@ fn first_record_at_or_after(
             matches(view.max_timestamp()).then(|| (view.base_offset(), view.max_timestamp()))
         );
     }
-    let mut buf = batch.clone();
-    let set = RecordBatchDecoder::decode(&mut buf)
+    let records = decode::records(batch)
         .map_err(|e| LogError::Corrupt(format!("stored record batch: {e}")))?;
-    Ok(set
-        .records
+    Ok(records
         .iter()
         .find(|record| matches(record.timestamp))
         .map(|record| (record.offset, record.timestamp)))

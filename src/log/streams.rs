@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
-use kafka_protocol::records::{Record, RecordBatchDecoder};
+use kafka_protocol::records::Record;
 use slatedb::IterationOrder;
 use uuid::Uuid;
 
@@ -70,9 +70,7 @@ fn stream_record(topic: &str, partition: i32, sequence: u64, record: &Record) ->
 }
 
 fn decode(batch: &Bytes) -> Result<Vec<Record>, LogError> {
-    let mut buf = batch.clone();
-    RecordBatchDecoder::decode(&mut buf)
-        .map(|set| set.records)
+    super::decode::records(batch)
         .map_err(|e| LogError::Corrupt(format!("stored record batch: {e}")))
 }
 

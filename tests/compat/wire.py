@@ -73,6 +73,12 @@ def produce_v3(topic, partition, records, acks=-1):
     )
 
 
+def produce_v3_roundtrip(sock, topic, records):
+    """Sends a Produce v3 of `records` to partition 0 of `topic`; returns (error, base offset)."""
+    send(sock, header(0, 3) + produce_v3(topic, 0, records))
+    return produce_v3_error(receive(sock))
+
+
 def produce_v3_error(response):
     """(error code, base offset) of the single partition in a Produce v3 response."""
     body = response[4:]  # correlation id
