@@ -202,9 +202,21 @@ impl LogStore {
                     visit(&entry.key, &batch, None);
                     continue;
                 }
-                let records = decode::records(&batch)
-                    .map_err(|e| LogError::Corrupt(format!("stored record batch: {e}")))?;
-                visit(&entry.key, &batch, Some(&records));
+                match decode::records(&batch) {
+                    Ok(records) => visit(&entry.key, &batch, Some(&records)),
+                    Err(error) => {
+                        // Stored while the key index was off (nothing read its records then):
+                        // kept whole. Its keys are unknown, so it loses no record and
+                        // supersedes none.
+                        tracing::warn!(
+                            topic_id = %partition.topic_id,
+                            partition = partition.index,
+                            %error,
+                            "compaction keeps a batch whose records cannot be read"
+                        );
+                        visit(&entry.key, &batch, None);
+                    }
+                }
             }
         }
         Ok(())

@@ -96,16 +96,24 @@ impl LogStore {
                 .await?;
         }
         for topic in topics {
-            let (ids, starts) = self.droppable(&topic).await?;
-            if !ids.is_empty() {
-                self.drop_segments(Some(&topic), topic.id, &ids, starts)
-                    .await?;
-            }
-            if topic.policy.compact {
-                self.compact_topic(&topic).await?;
+            // One topic's failure does not hold back the others' retention.
+            if let Err(error) = self.enforce_topic_retention(&topic).await {
+                tracing::warn!(topic = %topic.name, %error, "retention of a topic failed; retrying");
             }
         }
         self.drain_unrecorded().await
+    }
+
+    async fn enforce_topic_retention(&self, topic: &Topic) -> Result<(), LogError> {
+        let (ids, starts) = self.droppable(topic).await?;
+        if !ids.is_empty() {
+            self.drop_segments(Some(topic), topic.id, &ids, starts)
+                .await?;
+        }
+        if topic.policy.compact {
+            self.compact_topic(topic).await?;
+        }
+        Ok(())
     }
 
     /// Seals active segments older than their topic's `segment.ms` (or of deleted topics),

@@ -3,11 +3,8 @@ connection, and keeps serving everyone else."""
 
 import struct
 import subprocess
-import time
-import zlib
 
 import pytest
-from kafka.record.util import calc_crc32c
 
 from clients import create_topic
 import wire
@@ -91,24 +88,6 @@ def test_produce_validates_record_batches(broker, topic_name):
     assert produce(good) == (0, 2)
 
 
-def compressed_batch(codec, records, count):
-    """A v2 batch (no keys checked, CRC right) of `count` records whose encoding, compressed
-    with `codec` (the attributes' low bits), is `records`."""
-    now = int(time.time() * 1000)
-    after_crc = struct.pack(">hiqqqhii", codec, count - 1, now, now, -1, -1, -1, count) + records
-    crc = calc_crc32c(after_crc)
-    return struct.pack(">qiibI", 0, 9 + len(after_crc), 0, 2, crc) + after_crc
-
-
-def zigzag(n):
-    n = (n << 1) ^ (n >> 63)
-    out = b""
-    while n >= 0x80:
-        out += bytes([n & 0x7F | 0x80])
-        n >>= 7
-    return out + bytes([n])
-
-
 def peak_rss_mb(broker):
     with open(f"/proc/{broker.proc.pid}/status") as status:
         return next(int(line.split()[1]) // 1024 for line in status if line.startswith("VmHWM"))
@@ -121,25 +100,16 @@ def test_compressed_batches_that_expand_past_the_bound_are_refused(broker, topic
     def produce(records):
         return wire.produce_v3_roundtrip(sock, topic_name, records)
 
-    # 600 keyed records of 1 MiB of zeros: 600 MiB, ~0.6 MB as gzip (the bound is 64 MiB).
-    value = bytes(1 << 20)
-    gzip = zlib.compressobj(6, zlib.DEFLATED, 31)
-    records = b""
-    for i in range(600):
-        record = b"\0" + zigzag(0) + zigzag(i) + zigzag(1) + b"k" + zigzag(len(value)) + value + zigzag(0)
-        records += gzip.compress(zigzag(len(record)) + record)
-    records += gzip.flush()
-    assert len(records) < 1_000_000
-    assert produce(compressed_batch(1, records, 600))[0] == 2  # CORRUPT_MESSAGE
+    # 600 MiB of records in ~0.6 MB (the bound is 64 MiB).
+    assert produce(wire.gzip_of_zeros(600, key=b"k"))[0] == 2  # CORRUPT_MESSAGE
 
     # Framed snappy whose one block claims 4 GiB in 5 bytes.
     liar = b"\x82SNAPPY\x00" + struct.pack(">ii", 1, 1) + struct.pack(">i", 5) + b"\xff\xff\xff\xff\x0f"
-    assert produce(compressed_batch(2, liar, 1))[0] == 2
+    assert produce(wire.compressed_batch(2, liar, 1))[0] == 2
 
     assert peak_rss_mb(broker) < 300
     # Ordinary compressed batches are still taken, after nothing of the refused ones.
-    small = b"".join(zigzag(len(r)) + r for r in [b"\0" + zigzag(0) + zigzag(0) + zigzag(1) + b"k" + zigzag(2) + b"ok" + zigzag(0)])
-    assert produce(compressed_batch(1, zlib.compress(small, wbits=31), 1)) == (0, 0)
+    assert produce(wire.gzip_of_zeros(1, key=b"k", value_bytes=100)) == (0, 0)
     assert_still_serving(broker)
 
 

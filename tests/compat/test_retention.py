@@ -13,6 +13,14 @@ import wire
 
 # Retention checks every 200 ms and deletes drained files 300 ms later.
 FAST = ["--retention-check-interval-ms", "200", "--reclaim-delay-ms", "300"]
+# A compacted topic whose segments seal at 2000 bytes or half a second, tombstones at once.
+COMPACT_FAST = {
+    "cleanup.policy": "compact",
+    "segment.bytes": "2000",
+    "segment.ms": "500",
+    "delete.retention.ms": "0",
+    "retention.ms": "-1",
+}
 
 
 def folder_bytes(broker):
@@ -193,14 +201,7 @@ def test_kill_during_retention_keeps_what_should_stay(make_broker, topic_name):
 
 def test_compacted_topic_keeps_the_latest_value_per_key(make_broker, topic_name):
     broker = make_broker(*FAST, "--http", "127.0.0.1:0")
-    config = {
-        "cleanup.policy": "compact",
-        "segment.bytes": "2000",
-        "segment.ms": "500",
-        "delete.retention.ms": "0",
-        "retention.ms": "-1",
-    }
-    create_topic(broker.bootstrap, topic_name, config=config)
+    create_topic(broker.bootstrap, topic_name, config=COMPACT_FAST)
     end = 0
     for round_ in range(5):
         records = [(0, f"k{k}".encode(), f"v{round_}-{k}".encode(), None, None) for k in range(10)]
@@ -249,6 +250,54 @@ def test_compacted_topic_keeps_the_latest_value_per_key(make_broker, topic_name)
     assert body["records"][0]["offset"] == dict((k, o) for o, k, _ in got)[b"k0"]
     assert call(base, "GET", f"/v1/topics/{topic_name}/keys/k3/records")[1]["records"] == []
     assert call(base, "GET", f"/v1/topics/{topic_name}/keys/k3/count")[1]["count"] == 6
+
+
+def test_compaction_keeps_a_stored_batch_it_cannot_read(make_broker, topic_name):
+    # With the key index off nothing reads a batch's records on produce, so one whose
+    # records decompress past the broker's bound (64 MiB) is stored. Compaction keeps it as
+    # it is and compacts the rest; it used to fail there, every pass, and hold back
+    # retention of every topic after it.
+    broker = make_broker(*FAST)
+    config = {**COMPACT_FAST, "shale.key.index": "false"}
+    create_topic(broker.bootstrap, topic_name, config=config)
+    sock = wire.connect(broker)
+    huge = wire.gzip_of_zeros(100, key=b"k0")
+    assert wire.produce_v3_roundtrip(sock, topic_name, huge) == (0, 0)
+    end = 100
+    for round_ in range(4):
+        records = [(0, f"k{k}".encode(), f"v{round_}".encode(), None, None) for k in range(10)]
+        assert all(err is None for *_, err in produce(broker.bootstrap, topic_name, records))
+        end += len(records)
+    produce(broker.bootstrap, topic_name, [(0, b"last", b"x", None, None)])
+    end += 1
+
+    wait_for(lambda: "compacted topic" in broker.log(), what="compaction")
+    assert "compaction keeps a batch whose records cannot be read" in broker.log()
+    assert "retention pass failed" not in broker.log()
+    # The batch is served as it was stored, and the records after it were compacted:
+    # only the last round's ten and the last record are left of the 41.
+    wire.send(sock, wire.header(1, 4) + wire.fetch_v4(topic_name, 0, 0, 0))
+    error, batches = wire.fetch_v4_result(wire.receive(sock))
+    assert error == 0 and batches[0] == (0, 99)
+    kept = read_from_earliest_raw(broker, topic_name, start=100)
+    assert [value for _, value in kept] == [b"v3"] * 10 + [b"x"]
+    assert watermarks(broker, topic_name) == (0, end)
+
+
+def read_from_earliest_raw(broker, topic, start):
+    """(offset, value) of every record from `start` to the end of partition 0."""
+    consumer = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": "raw-" + topic})
+    consumer.assign([TopicPartition(topic, 0, start)])
+    got = []
+    try:
+        while True:
+            msg = consumer.poll(2)
+            if msg is None:
+                return got
+            if not msg.error():
+                got.append((msg.offset(), msg.value()))
+    finally:
+        consumer.close()
 
 
 def test_a_fetch_below_deleted_records_is_out_of_range_though_read_ahead(broker, topic_name):

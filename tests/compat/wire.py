@@ -2,8 +2,11 @@
 
 import socket
 import struct
+import time
+import zlib
 
 from kafka.record.default_records import DefaultRecordBatchBuilder
+from kafka.record.util import calc_crc32c
 
 
 def connect(broker):
@@ -116,3 +119,33 @@ def fetch_v4_result(response):
         batches.append((base, base + last_delta))
         records = records[12 + length :]
     return error, batches
+
+
+def compressed_batch(codec, records, count):
+    """A v2 batch (no keys checked, CRC right) of `count` records whose encoding, compressed
+    with `codec` (the attributes' low bits), is `records`."""
+    now = int(time.time() * 1000)
+    after_crc = struct.pack(">hiqqqhii", codec, count - 1, now, now, -1, -1, -1, count) + records
+    crc = calc_crc32c(after_crc)
+    return struct.pack(">qiibI", 0, 9 + len(after_crc), 0, 2, crc) + after_crc
+
+
+def zigzag(n):
+    n = (n << 1) ^ (n >> 63)
+    out = b""
+    while n >= 0x80:
+        out += bytes([n & 0x7F | 0x80])
+        n >>= 7
+    return out + bytes([n])
+
+
+def gzip_of_zeros(count, key, value_bytes=1 << 20):
+    """A gzip batch of `count` records keyed `key`, each value `value_bytes` zeros: 1 MiB
+    values compress about a thousandfold, so it holds far more than it weighs."""
+    value = bytes(value_bytes)
+    gzip = zlib.compressobj(6, zlib.DEFLATED, 31)
+    records = b""
+    for i in range(count):
+        record = b"\0" + zigzag(0) + zigzag(i) + zigzag(len(key)) + key + zigzag(len(value)) + value + zigzag(0)
+        records += gzip.compress(zigzag(len(record)) + record)
+    return compressed_batch(1, records + gzip.flush(), count)
