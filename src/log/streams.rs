@@ -2,7 +2,7 @@
 //! index), the global log of every append in sequence order, and appends conditional on a
 //! key's version (its record count). Only durable records are returned, as with Fetch.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::Arc;
 
@@ -66,6 +66,22 @@ fn stream_record(topic: &str, partition: i32, sequence: u64, record: &Record) ->
             .iter()
             .map(|(k, v)| (k.to_string(), v.clone()))
             .collect(),
+    }
+}
+
+/// `record` with its fields copied out of the batch they were cut from, so the batch's
+/// buffer is freed with the rest of its records.
+fn detached(record: Record) -> Record {
+    let copy = |bytes: Bytes| Bytes::copy_from_slice(&bytes);
+    Record {
+        key: record.key.map(copy),
+        value: record.value.map(copy),
+        headers: record
+            .headers
+            .into_iter()
+            .map(|(name, value)| (name, value.map(copy)))
+            .collect(),
+        ..record
     }
 }
 
@@ -212,12 +228,27 @@ impl LogStore {
                 self.batch_records(key)
             })
             .collect();
-        let fetched: Vec<Vec<Record>> = futures::stream::iter(lookups)
-            .buffered(CONCURRENT_LOOKUPS)
-            .try_collect()
-            .await?;
-        let batches: HashMap<(u32, i32, i64), Vec<Record>> =
-            wanted.into_iter().zip(fetched).collect();
+        // Each batch gives up the records the page needs, copied out, as it arrives: a page
+        // of 10,000 records from as many 1 MB batches would otherwise hold them all at
+        // once (measured: 1000 records of 512 KB batches took the broker from 130 to
+        // 709 MB).
+        let needed: HashSet<(i32, i64)> = entries
+            .iter()
+            .filter(|e| e.record.is_none())
+            .map(|e| (e.partition, e.offset))
+            .collect();
+        let mut found: HashMap<(i32, i64), Record> = HashMap::with_capacity(needed.len());
+        let mut fetched = futures::stream::iter(lookups).buffered(CONCURRENT_LOOKUPS);
+        for &(_, partition, _) in &wanted {
+            let Some(records) = fetched.try_next().await? else {
+                break;
+            };
+            for record in records {
+                if needed.contains(&(partition, record.offset)) {
+                    found.insert((partition, record.offset), detached(record));
+                }
+            }
+        }
         let key = Bytes::copy_from_slice(key);
         let records = entries
             .into_iter()
@@ -236,18 +267,10 @@ impl LogStore {
                         .map(|(name, value)| (String::from_utf8_lossy(&name).into_owned(), value))
                         .collect(),
                 }),
-                None => {
-                    let batch =
-                        &batches[&(entry.segment, entry.partition, entry.batch_last_offset)];
-                    // Gone when compaction removed the record.
-                    let record = batch.iter().find(|r| r.offset == entry.offset)?;
-                    Some(stream_record(
-                        &topic.name,
-                        entry.partition,
-                        entry.sequence,
-                        record,
-                    ))
-                }
+                // Missing when compaction removed the record.
+                None => found.get(&(entry.partition, entry.offset)).map(|record| {
+                    stream_record(&topic.name, entry.partition, entry.sequence, record)
+                }),
             })
             .collect();
         Ok(StreamPage { records, next })

@@ -9,7 +9,7 @@ import time
 import urllib.error
 import urllib.request
 
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, Producer, TopicPartition
 from kafka.partitioner.default import murmur2
 
 from clients import create_topic, produce
@@ -311,6 +311,34 @@ def test_key_streams_of_large_appends_give_each_record_its_offset(make_broker, t
         assert sum(len(records) for records in by_key.values()) == 24
     batch_objects = [p for p in (broker.data_dir / "shale" / "batches").rglob("*") if p.is_file()]
     assert len(batch_objects) >= 6, "each round of 128 KiB is at least one object per topic"
+
+
+def test_a_key_spread_over_many_batches_is_read_without_holding_them(make_broker, topic_name):
+    """A key with one record in each of 300 batches of ~512 KB: a page of its records reads
+    all 150 MB of them, and must not hold them at once."""
+    broker, base = http_broker(make_broker)
+    create_topic(broker.bootstrap, topic_name)
+    producer = Producer({"bootstrap.servers": broker.bootstrap, "linger.ms": 1000, "batch.size": 600_000})
+    filler = b"f" * 1024
+    for batch in range(300):
+        producer.produce(topic_name, key=b"spread", value=b"%d" % batch + filler)
+        for i in range(500):
+            producer.produce(topic_name, key=b"k%d" % i, value=filler)
+        producer.flush(30)
+    with open(f"/proc/{broker.proc.pid}/clear_refs", "w") as refs:
+        refs.write("5")  # restarts the peak RSS count (VmHWM) from the RSS now
+    before_mb = memory_mb(broker, "VmRSS")
+    status, body = call(base, "GET", f"/v1/topics/{topic_name}/keys/spread/records?limit=1000")
+    assert status == 200 and body["next"] == 300
+    assert [r["value"] for r in body["records"]] == [f"{b}".ljust(len(filler) + len(str(b)), "f") for b in range(300)]
+    assert [r["offset"] for r in body["records"]] == [501 * b for b in range(300)]
+    held_mb = memory_mb(broker, "VmHWM") - before_mb
+    assert held_mb < 50, f"the read held {held_mb} MB"
+
+
+def memory_mb(broker, field):
+    with open(f"/proc/{broker.proc.pid}/status") as status:
+        return next(int(line.split()[1]) >> 10 for line in status if line.startswith(field + ":"))
 
 
 def test_key_streams_and_the_global_log_show_committed_transactions_only(make_broker, topic_name):
