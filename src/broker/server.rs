@@ -7,6 +7,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::stream::FuturesOrdered;
 use futures::{FutureExt, StreamExt};
@@ -21,6 +22,12 @@ use crate::protocol::{self, frame, Incoming, ResponseFrame};
 
 /// Requests one connection may have in progress; Kafka clients send at most 5 by default.
 const MAX_IN_FLIGHT: usize = 32;
+
+/// How long a connection whose client stopped sending still waits to answer what it asked.
+/// A client that only shut down its sending side gets those answers; one that went away
+/// with a long-polling fetch pending (its wait can be 24 days) frees its socket and its
+/// connection slot by then. Kafka closes such a connection at once.
+const ANSWER_AFTER_EOF: Duration = Duration::from_secs(5);
 
 /// Accepts connections until `shutdown` resolves, at most `max_connections` at a time.
 pub async fn serve(
@@ -77,7 +84,12 @@ async fn run_connection(
     // What the next produce request waits on before it appends: the last one's turn.
     let mut last_produce: Option<oneshot::Receiver<()>> = None;
     let mut reading = true;
+    let gave_up = tokio::time::sleep(ANSWER_AFTER_EOF);
+    tokio::pin!(gave_up);
     loop {
+        if !reading && in_flight.is_empty() {
+            return Ok(());
+        }
         tokio::select! {
             frame = frames.next(), if reading && in_flight.len() < MAX_IN_FLIGHT => match frame {
                 Some(Ok(frame)) => {
@@ -92,8 +104,11 @@ async fn run_connection(
                     in_flight.push_back(tokio::spawn(respond(broker.clone(), incoming, peer, turn)));
                 }
                 Some(Err(e)) => return Err(format!("bad frame: {e}")),
-                // The client is done sending; answer what it already asked.
-                None => reading = false,
+                // The client is done sending; answer what it already asked, for a while.
+                None => {
+                    reading = false;
+                    gave_up.as_mut().reset(tokio::time::Instant::now() + ANSWER_AFTER_EOF);
+                }
             },
             Some(done) = in_flight.next() => {
                 write_response(&mut writer, done).await?;
@@ -103,6 +118,7 @@ async fn run_connection(
                 }
                 writer.flush().await.map_err(|e| e.to_string())?;
             },
+            () = &mut gave_up, if !reading => return Ok(()),
             else => return Ok(()),
         }
     }

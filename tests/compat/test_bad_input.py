@@ -1,8 +1,10 @@
 """Hostile and broken input: the broker answers with Kafka errors or closes that one
 connection, and keeps serving everyone else."""
 
+import socket
 import struct
 import subprocess
+import time
 
 import pytest
 
@@ -113,6 +115,29 @@ def test_compressed_batches_that_expand_past_the_bound_are_refused(broker, topic
     assert_still_serving(broker)
 
 
+def test_clients_gone_with_long_fetches_pending_free_their_connections(make_broker, topic_name):
+    broker = make_broker("--max-connections", "10")
+    create_topic(broker.bootstrap, topic_name)
+    # Ten clients each leave a fetch waiting an hour for more than will ever come, and go.
+    gone = [wire.connect(broker) for _ in range(10)]
+    for sock in gone:
+        wire.send(sock, wire.header(1, 4) + wire.fetch_v4(topic_name, 0, 3_600_000, 100_000_000))
+    time.sleep(0.5)
+    for sock in gone:
+        sock.close()
+    # Their connection slots come back within seconds: a new client is served.
+    started = time.monotonic()
+    newcomer = wire.connect(broker)
+    wire.send(newcomer, wire.header(18, 0, correlation_id=9))
+    assert struct.unpack_from(">ih", wire.receive(newcomer)) == (9, 0)
+    assert time.monotonic() - started < 8
+    # One that only stops sending still gets what it asked.
+    half_closed = wire.connect(broker)
+    wire.send(half_closed, wire.header(18, 0, correlation_id=10))
+    half_closed.shutdown(socket.SHUT_WR)
+    assert struct.unpack_from(">ih", wire.receive(half_closed)) == (10, 0)
+
+
 def test_acks_zero_gets_no_response(broker, topic_name):
     create_topic(broker.bootstrap, topic_name)
     sock = wire.connect(broker)
@@ -148,8 +173,6 @@ def test_a_partition_repeated_in_one_produce_request_is_refused(broker, topic_na
 
 @pytest.mark.parametrize("min_bytes, answers_at_once", [(0, True), (1, False)])
 def test_fetch_min_bytes_decides_whether_an_empty_fetch_waits(broker, topic_name, min_bytes, answers_at_once):
-    import time
-
     create_topic(broker.bootstrap, topic_name)
     sock = wire.connect(broker)
     started = time.monotonic()
