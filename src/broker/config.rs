@@ -173,7 +173,13 @@ pub struct ServeArgs {
     pub http: Option<std::net::SocketAddr>,
 
     /// Log filter (tracing's EnvFilter syntax), e.g. `info` or `shale=debug,slatedb=warn`.
-    #[arg(long, env = "SHALE_LOG", default_value = "info,slatedb=warn")]
+    /// SlateDB's retries of a failing store stay visible by default: with the disk full,
+    /// its WAL writes retry (and acks wait) with no other sign in the log.
+    #[arg(
+        long,
+        env = "SHALE_LOG",
+        default_value = "info,slatedb=warn,slatedb::retrying_object_store=info"
+    )]
     pub log: String,
 }
 
