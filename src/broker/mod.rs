@@ -149,9 +149,9 @@ impl Broker {
             RequestKind::Metadata(r) => {
                 ResponseKind::Metadata(metadata::handle(self, version, r).await)
             }
-            RequestKind::Produce(r) => {
-                ResponseKind::Produce(produce::handle(self, &context.append_turn, r).await?)
-            }
+            RequestKind::Produce(r) => ResponseKind::Produce(
+                produce::handle(self, version, &context.append_turn, r).await?,
+            ),
             RequestKind::Fetch(r) => ResponseKind::Fetch(fetch::handle(self, version, r).await),
             RequestKind::ListOffsets(r) => {
                 ResponseKind::ListOffsets(list_offsets::handle(self, version, r).await)

@@ -32,6 +32,7 @@ enum Outcome {
 
 pub async fn handle(
     broker: &Broker,
+    version: i16,
     turn: &AppendTurn,
     request: ProduceRequest,
 ) -> Option<ProduceResponse> {
@@ -158,7 +159,7 @@ pub async fn handle(
                         }
                         AppendOutcome::Unreadable(ref reason) => {
                             partition.error_message = Some(str_bytes(reason.clone()));
-                            Err(ResponseError::CorruptMessage)
+                            Err(invalid_record(version))
                         }
                     };
                     match base_offset {
@@ -178,6 +179,16 @@ pub async fn handle(
         response.responses.push(topic_response);
     }
     Some(response)
+}
+
+/// A batch whose records fail validation: INVALID_RECORD, which clients do not retry, from
+/// Produce v8 (KIP-467) on; CORRUPT_MESSAGE before it, as Kafka answers.
+fn invalid_record(version: i16) -> ResponseError {
+    if version >= 8 {
+        ResponseError::InvalidRecord
+    } else {
+        ResponseError::CorruptMessage
+    }
 }
 
 /// Validates a partition's records against its topic's configs; stamps the append time on

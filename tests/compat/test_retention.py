@@ -262,7 +262,7 @@ def test_compaction_keeps_a_stored_batch_it_cannot_read(make_broker, topic_name)
     create_topic(broker.bootstrap, topic_name, config=config)
     sock = wire.connect(broker)
     huge = wire.gzip_of_zeros(100, key=b"k0")
-    assert wire.produce_v3_roundtrip(sock, topic_name, huge) == (0, 0)
+    assert wire.produce_roundtrip(sock, topic_name, huge) == (0, 0)
     end = 100
     for round_ in range(4):
         records = [(0, f"k{k}".encode(), f"v{round_}".encode(), None, None) for k in range(10)]

@@ -76,9 +76,10 @@ def produce_v3(topic, partition, records, acks=-1):
     )
 
 
-def produce_v3_roundtrip(sock, topic, records):
-    """Sends a Produce v3 of `records` to partition 0 of `topic`; returns (error, base offset)."""
-    send(sock, header(0, 3) + produce_v3(topic, 0, records))
+def produce_roundtrip(sock, topic, records, version=3):
+    """Sends a Produce of `records` to partition 0 of `topic` (v3 by default; v3 to v8 share
+    the request layout and the start of the response); returns (error, base offset)."""
+    send(sock, header(0, version) + produce_v3(topic, 0, records))
     return produce_v3_error(receive(sock))
 
 
