@@ -86,6 +86,11 @@ class Broker:
     def log(self):
         return "".join(self.lines)
 
+    def memory_mb(self, field="VmRSS"):
+        """The process's memory in MB: `VmRSS` now, or `VmHWM`, its peak."""
+        with open(f"/proc/{self.proc.pid}/status") as status:
+            return next(int(line.split()[1]) >> 10 for line in status if line.startswith(field + ":"))
+
 
 @pytest.fixture
 def make_broker(tmp_path):

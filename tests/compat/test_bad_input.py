@@ -90,11 +90,6 @@ def test_produce_validates_record_batches(broker, topic_name):
     assert produce(good) == (0, 2)
 
 
-def peak_rss_mb(broker):
-    with open(f"/proc/{broker.proc.pid}/status") as status:
-        return next(int(line.split()[1]) // 1024 for line in status if line.startswith("VmHWM"))
-
-
 def test_compressed_batches_that_expand_past_the_bound_are_refused(broker, topic_name):
     create_topic(broker.bootstrap, topic_name)
     sock = wire.connect(broker)
@@ -112,7 +107,7 @@ def test_compressed_batches_that_expand_past_the_bound_are_refused(broker, topic
     liar = b"\x82SNAPPY\x00" + struct.pack(">ii", 1, 1) + struct.pack(">i", 5) + b"\xff\xff\xff\xff\x0f"
     assert produce(wire.compressed_batch(2, liar, 1))[0] == 2
 
-    assert peak_rss_mb(broker) < 300
+    assert broker.memory_mb("VmHWM") < 300
     # Ordinary compressed batches are still taken, after nothing of the refused ones.
     assert produce(wire.gzip_of_zeros(1, key=b"k", value_bytes=100)) == (0, 0)
     assert_still_serving(broker)

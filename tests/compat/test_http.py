@@ -327,18 +327,13 @@ def test_a_key_spread_over_many_batches_is_read_without_holding_them(make_broker
         producer.flush(30)
     with open(f"/proc/{broker.proc.pid}/clear_refs", "w") as refs:
         refs.write("5")  # restarts the peak RSS count (VmHWM) from the RSS now
-    before_mb = memory_mb(broker, "VmRSS")
+    before_mb = broker.memory_mb()
     status, body = call(base, "GET", f"/v1/topics/{topic_name}/keys/spread/records?limit=1000")
     assert status == 200 and body["next"] == 300
     assert [r["value"] for r in body["records"]] == [f"{b}".ljust(len(filler) + len(str(b)), "f") for b in range(300)]
     assert [r["offset"] for r in body["records"]] == [501 * b for b in range(300)]
-    held_mb = memory_mb(broker, "VmHWM") - before_mb
+    held_mb = broker.memory_mb("VmHWM") - before_mb
     assert held_mb < 50, f"the read held {held_mb} MB"
-
-
-def memory_mb(broker, field):
-    with open(f"/proc/{broker.proc.pid}/status") as status:
-        return next(int(line.split()[1]) >> 10 for line in status if line.startswith(field + ":"))
 
 
 def test_key_streams_and_the_global_log_show_committed_transactions_only(make_broker, topic_name):
