@@ -87,9 +87,6 @@ async fn run_connection(
     let gave_up = tokio::time::sleep(ANSWER_AFTER_EOF);
     tokio::pin!(gave_up);
     loop {
-        if !reading && in_flight.is_empty() {
-            return Ok(());
-        }
         tokio::select! {
             frame = frames.next(), if reading && in_flight.len() < MAX_IN_FLIGHT => match frame {
                 Some(Ok(frame)) => {
@@ -118,7 +115,8 @@ async fn run_connection(
                 }
                 writer.flush().await.map_err(|e| e.to_string())?;
             },
-            () = &mut gave_up, if !reading => return Ok(()),
+            () = &mut gave_up, if !reading && !in_flight.is_empty() => return Ok(()),
+            // Not reading and nothing left to answer.
             else => return Ok(()),
         }
     }
