@@ -1,20 +1,32 @@
 #!/usr/bin/env bash
-# Installs what the tests need (kcat from Debian, Python Kafka clients in a venv) and runs
-# every test: formatting, lints, unit tests, and the compat suite against the real broker.
+# Installs what the tests need (kcat and Node.js from Debian, Python Kafka clients in a venv,
+# KafkaJS from npm) and runs every test: formatting, lints, unit tests, and the compat suite
+# against the real broker.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/shale-target}"
 venv="${SHALE_TEST_VENV:-$HOME/.cache/shale-venv}"
 
-if ! command -v kcat >/dev/null; then
+missing=()
+command -v kcat >/dev/null || missing+=(kcat)
+command -v npm >/dev/null || missing+=(nodejs npm)
+if [ ${#missing[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo=sudo
   $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq kcat >/dev/null
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
 "$venv/bin/pip" install -q --disable-pip-version-check -r tests/compat/requirements.txt
+# KafkaJS, pinned by tests/compat/kafkajs/package-lock.json, installed outside the checkout.
+node_dir="${SHALE_TEST_NODE:-$HOME/.cache/shale-node}"
+mkdir -p "$node_dir"
+if ! cmp -s tests/compat/kafkajs/package-lock.json "$node_dir/package-lock.json" || [ ! -d "$node_dir/node_modules" ]; then
+  cp tests/compat/kafkajs/package.json tests/compat/kafkajs/package-lock.json "$node_dir/"
+  (cd "$node_dir" && npm ci --silent --no-audit --no-fund)
+fi
+export SHALE_TEST_NODE_MODULES="$node_dir/node_modules"
 
 cargo fmt --all -- --check
 cargo clippy --release --locked --workspace --all-targets -- -D warnings
