@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Installs what the tests need (kcat and Node.js from Debian, Python Kafka clients in a venv,
-# KafkaJS from npm) and runs every test: formatting, lints, unit tests, and the compat suite
-# against the real broker.
+# Installs what the tests need (kcat, Node.js, Go and Sarama from Debian, Python Kafka clients
+# in a venv, KafkaJS from npm) and runs every test: formatting, lints, unit tests, and the
+# compat suite against the real broker.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,6 +11,8 @@ venv="${SHALE_TEST_VENV:-$HOME/.cache/shale-venv}"
 missing=()
 command -v kcat >/dev/null || missing+=(kcat)
 command -v npm >/dev/null || missing+=(nodejs npm)
+command -v go >/dev/null || missing+=(golang-go)
+[ -d /usr/share/gocode/src/github.com/Shopify/sarama ] || missing+=(golang-github-shopify-sarama-dev)
 if [ ${#missing[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo=sudo
@@ -27,6 +29,11 @@ if ! cmp -s tests/compat/kafkajs/package-lock.json "$node_dir/package-lock.json"
   (cd "$node_dir" && npm ci --silent --no-audit --no-fund)
 fi
 export SHALE_TEST_NODE_MODULES="$node_dir/node_modules"
+# Sarama comes from Debian as Go source (no module proxy here), built in GOPATH mode.
+go_dir="${SHALE_TEST_GO:-$HOME/.cache/shale-go}"
+(cd tests/compat/sarama && GO111MODULE=off GOPATH=/usr/share/gocode GOCACHE="$go_dir/build" \
+  CGO_CFLAGS=-Wno-deprecated-declarations go build -o "$go_dir/sarama-scenarios" .)
+export SHALE_TEST_SARAMA="$go_dir/sarama-scenarios"
 
 cargo fmt --all -- --check
 cargo clippy --release --locked --workspace --all-targets -- -D warnings
