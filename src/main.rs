@@ -97,6 +97,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         default_partitions: args.default_partitions,
         max_request_bytes: args.max_request_bytes,
         max_connections: args.max_connections,
+        sasl_users: args.sasl_users.clone(),
     };
     tracing::info!(
         "Shale listening on {bound} (advertised as {}:{}), data in {location}, ready in {} ms",

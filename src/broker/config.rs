@@ -172,6 +172,13 @@ pub struct ServeArgs {
     #[arg(long, env = "SHALE_HTTP")]
     pub http: Option<std::net::SocketAddr>,
 
+    /// SASL users as `name:password,...`: every client must then authenticate as one of
+    /// them (SASL_PLAINTEXT with PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512). Unset, clients need
+    /// no authentication, and those configured for SASL PLAIN are accepted whatever their
+    /// credentials.
+    #[arg(long, env = "SHALE_SASL_USERS", value_parser = super::sasl::SaslUsers::parse, hide_env_values = true)]
+    pub sasl_users: Option<super::sasl::SaslUsers>,
+
     /// Log filter (tracing's EnvFilter syntax), e.g. `info` or `shale=debug,slatedb=warn`.
     /// SlateDB's retries of a failing store stay visible by default: with the disk full,
     /// its WAL writes retry (and acks wait) with no other sign in the log.
@@ -193,6 +200,8 @@ pub struct BrokerConfig {
     pub default_partitions: u32,
     pub max_request_bytes: u32,
     pub max_connections: u32,
+    /// Who may connect; `None`: anyone.
+    pub sasl_users: Option<super::sasl::SaslUsers>,
 }
 
 /// Kafka's `ConfigType` codes, reported in DescribeConfigs v3+.

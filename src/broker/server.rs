@@ -17,7 +17,10 @@ use tokio::sync::{oneshot, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_util::codec::FramedRead;
 
-use super::{AppendTurn, Broker, RequestContext};
+use kafka_protocol::messages::{ApiKey, RequestHeader, RequestKind, ResponseKind};
+
+use super::sasl::Authenticator;
+use super::{sasl_authenticate, sasl_handshake, AppendTurn, Broker, RequestContext};
 use crate::protocol::{self, frame, Incoming, ResponseFrame};
 
 /// Requests one connection may have in progress; Kafka clients send at most 5 by default.
@@ -28,6 +31,10 @@ const MAX_IN_FLIGHT: usize = 32;
 /// with a long-polling fetch pending (its wait can be 24 days) frees its socket and its
 /// connection slot by then. Kafka closes such a connection at once.
 const ANSWER_AFTER_EOF: Duration = Duration::from_secs(5);
+
+/// How long a connection whose SASL exchange failed stays open after its answer, as Kafka's
+/// `connection.failed.authentication.delay.ms` (100 ms by default).
+const FAILED_AUTHENTICATION_CLOSE_DELAY: Duration = Duration::from_millis(100);
 
 /// Accepts connections until `shutdown` resolves, at most `max_connections` at a time.
 pub async fn serve(
@@ -83,7 +90,10 @@ async fn run_connection(
     let mut in_flight: FuturesOrdered<JoinHandle<Response>> = FuturesOrdered::new();
     // What the next produce request waits on before it appends: the last one's turn.
     let mut last_produce: Option<oneshot::Receiver<()>> = None;
+    let mut auth = Authenticator::new(broker.config.sasl_users.clone());
     let mut reading = true;
+    // The SASL exchange failed: the connection ends once its answer is written.
+    let mut refused = false;
     let gave_up = tokio::time::sleep(ANSWER_AFTER_EOF);
     tokio::pin!(gave_up);
     loop {
@@ -91,6 +101,25 @@ async fn run_connection(
             frame = frames.next(), if reading && in_flight.len() < MAX_IN_FLIGHT => match frame {
                 Some(Ok(frame)) => {
                     let incoming = protocol::decode_request(frame.freeze()).map_err(|e| e.to_string())?;
+                    let incoming = match incoming {
+                        Incoming::Request { header, body } if is_sasl(&body) => {
+                            let (answer, close) = answer_sasl(&mut auth, &header, *body);
+                            if close {
+                                // A failed exchange: answer, then end the connection.
+                                reading = false;
+                                refused = true;
+                            }
+                            in_flight.push_back(tokio::spawn(std::future::ready(answer)));
+                            continue;
+                        }
+                        Incoming::Request { header, .. } if !auth.may_serve(api_of(&header)) => {
+                            return Err(format!(
+                                "{:?} before SASL authentication",
+                                api_of(&header)
+                            ));
+                        }
+                        other => other,
+                    };
                     let turn = if incoming.is_produce() {
                         let (turn, next) = AppendTurn::after(last_produce.take());
                         last_produce = Some(next);
@@ -117,9 +146,61 @@ async fn run_connection(
             },
             () = &mut gave_up, if !reading && !in_flight.is_empty() => return Ok(()),
             // Not reading and nothing left to answer.
-            else => return Ok(()),
+            else => {
+                if refused {
+                    // Closed at once, the answer can be lost with the connection
+                    // (kafka-python reports only "socket disconnected"); Kafka delays the close
+                    // too (`connection.failed.authentication.delay.ms`).
+                    tokio::time::sleep(FAILED_AUTHENTICATION_CLOSE_DELAY).await;
+                    return Err("SASL exchange failed".to_string());
+                }
+                return Ok(());
+            }
         }
     }
+}
+
+fn is_sasl(body: &RequestKind) -> bool {
+    matches!(
+        body,
+        RequestKind::SaslHandshake(_) | RequestKind::SaslAuthenticate(_)
+    )
+}
+
+fn api_of(header: &RequestHeader) -> ApiKey {
+    ApiKey::try_from(header.request_api_key).expect("the codec decodes only known APIs")
+}
+
+/// SaslHandshake and SaslAuthenticate change the connection's state, which the requests
+/// after them depend on, so they are answered here, in turn, not on tasks of their own.
+/// Returns the answer and whether the connection must close after it.
+fn answer_sasl(
+    auth: &mut Authenticator,
+    header: &RequestHeader,
+    body: RequestKind,
+) -> (Response, bool) {
+    let (response, close) = match body {
+        RequestKind::SaslHandshake(request) => {
+            let (response, close) =
+                sasl_handshake::handle(auth, header.request_api_version, request);
+            (ResponseKind::SaslHandshake(response), close)
+        }
+        RequestKind::SaslAuthenticate(request) => {
+            let (response, close) = sasl_authenticate::handle(auth, request);
+            (ResponseKind::SaslAuthenticate(response), close)
+        }
+        _ => unreachable!("answer_sasl is only given SASL requests"),
+    };
+    let api = api_of(header);
+    let frame = protocol::encode_response(
+        header.correlation_id,
+        api,
+        header.request_api_version,
+        response,
+    )
+    .map(Some)
+    .map_err(|e| format!("encoding {api:?} response: {e}"));
+    (frame, close)
 }
 
 async fn write_response(

@@ -13,6 +13,8 @@
 //!   partition, optionally in a time range
 //!
 //! Reads take `since_ms`/`until_ms` to keep only records with timestamps in that range.
+//!
+//! With `--sasl-users`, every request needs HTTP Basic credentials of one of those users.
 
 mod murmur2;
 
@@ -21,8 +23,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::Request;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
-use axum::http::StatusCode;
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -59,8 +63,40 @@ pub async fn serve(broker: Arc<Broker>, listener: TcpListener) -> std::io::Resul
         .route("/v1/log", get(global_log))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint") })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(middleware::from_fn_with_state(broker.clone(), require_user))
         .with_state(broker);
     axum::serve(listener, app).await
+}
+
+/// With `--sasl-users`, lets through only requests with one of those users' name and
+/// password as HTTP Basic credentials; 401 otherwise, as Kafka clients are refused.
+async fn require_user(State(broker): State<Arc<Broker>>, request: Request, next: Next) -> Response {
+    let Some(users) = &broker.config.sasl_users else {
+        return next.run(request).await;
+    };
+    let credentials = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Basic "))
+        .and_then(|encoded| {
+            base64::engine::general_purpose::STANDARD
+                .decode(encoded)
+                .ok()
+        })
+        .and_then(|raw| String::from_utf8(raw).ok());
+    match credentials.as_deref().and_then(|c| c.split_once(':')) {
+        Some((name, password)) if users.check_password(name, password) => next.run(request).await,
+        _ => {
+            let mut refused =
+                ApiError::new(StatusCode::UNAUTHORIZED, "credentials required").into_response();
+            refused.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Basic realm=\"shale\""),
+            );
+            refused
+        }
+    }
 }
 
 /// An error answered as `{"error": message}` (plus fields such as the current version).

@@ -41,6 +41,11 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DescribeProducers, 0, 0),
     (ApiKey::DescribeTransactions, 0, 0),
     (ApiKey::ListTransactions, 0, 1),
+    // librdkafka enables SASL only if v0 is listed too, but a v0 handshake (whose exchange
+    // follows as raw frames outside the protocol) is refused: clients since Kafka 1.0 use
+    // v1 and SaslAuthenticate.
+    (ApiKey::SaslHandshake, 0, 1),
+    (ApiKey::SaslAuthenticate, 0, 2),
 ];
 
 /// The supported version range of `api`, if Shale implements it.

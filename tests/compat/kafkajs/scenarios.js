@@ -11,11 +11,19 @@ const {
 
 const [scenario, bootstrap, topic] = process.argv.slice(2)
 
+// SASL, when the test sets it: KAFKAJS_SASL=mechanism:username:password.
+const sasl = process.env.KAFKAJS_SASL
+  ? (([mechanism, username, ...password]) => ({ mechanism, username, password: password.join(':') }))(
+      process.env.KAFKAJS_SASL.split(':')
+    )
+  : undefined
+
 const kafka = new Kafka({
   clientId: 'shale-compat',
   brokers: [bootstrap],
   logLevel: logLevel.NOTHING,
   retry: { retries: 3, initialRetryTime: 100 },
+  sasl,
 })
 
 const text = (buffer) => (buffer === null ? null : buffer.toString())
@@ -257,6 +265,21 @@ const scenarios = {
       autoListed: listed.includes(`${topic}-auto`),
       badName,
     }
+  },
+
+  // Produce and consume in a group over an authenticated connection (KAFKAJS_SASL), or what
+  // KafkaJS reports when the broker refuses the credentials.
+  async sasl() {
+    const producer = kafka.producer()
+    try {
+      await producer.connect()
+    } catch (e) {
+      return { refused: e.name, message: e.message }
+    }
+    const sent = await producer.send({ topic, acks: -1, messages: [{ value: 'a' }, { value: 'b' }] })
+    await producer.disconnect()
+    const read = await consumeCount(`g-${topic}`, 2)
+    return { sent: sent.map((a) => Number(a.baseOffset)), read: read.map((m) => [m.offset, m.value]) }
   },
 
   // Transactions: committed, aborted, and offsets sent with a transaction; an idempotent

@@ -1,0 +1,303 @@
+"""SASL_PLAINTEXT: PLAIN and SCRAM-SHA-256/512 with `--sasl-users`, and an open broker that
+lets clients configured for SASL PLAIN in whatever their credentials."""
+
+import asyncio
+import base64
+import json
+import os
+import struct
+import subprocess
+import time
+
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.errors import KafkaConnectionError
+from confluent_kafka import Consumer, Producer
+from kafka import KafkaConsumer, KafkaProducer
+from kafka import TopicPartition as KafkaTopicPartition
+from kafka.errors import KafkaError
+
+import wire
+from test_kafkajs import NODE_MODULES, SCENARIOS
+
+USERS = "alice:alice-secret,bob:pass:with:colons"
+
+
+def logged(broker, text, timeout=5):
+    """Whether the broker logs `text` within `timeout` seconds (its log is read by a thread)."""
+    deadline = time.monotonic() + timeout
+    while text not in broker.log():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+@pytest.fixture
+def secured(make_broker):
+    """A broker that requires SASL; the users come from the environment, as advised."""
+    return make_broker(env={"SHALE_SASL_USERS": USERS})
+
+
+def kcat(broker, mechanism, user, password, *args, stdin=None):
+    return subprocess.run(
+        [
+            "kcat",
+            "-b",
+            broker.bootstrap,
+            "-X",
+            "security.protocol=SASL_PLAINTEXT",
+            "-X",
+            f"sasl.mechanisms={mechanism}",
+            "-X",
+            f"sasl.username={user}",
+            "-X",
+            f"sasl.password={password}",
+            *args,
+        ],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
+@pytest.mark.parametrize("mechanism", ["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"])
+def test_kcat_authenticates_with_each_mechanism(secured, topic_name, mechanism):
+    produced = kcat(secured, mechanism, "bob", "pass:with:colons", "-P", "-t", topic_name, "-K:", stdin="k:v\n")
+    assert produced.returncode == 0, produced.stderr
+    consumed = kcat(secured, mechanism, "alice", "alice-secret", "-C", "-t", topic_name, "-e", "-f", "%k=%s @%o\n")
+    assert consumed.returncode == 0, consumed.stderr
+    assert consumed.stdout == "k=v @0\n"
+
+
+@pytest.mark.parametrize("mechanism", ["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"])
+def test_kcat_with_a_wrong_password_or_user_is_refused(secured, topic_name, mechanism):
+    refused = kcat(secured, mechanism, "alice", "wrong", "-P", "-t", topic_name, stdin="lost\n")
+    assert f"invalid credentials with SASL mechanism {mechanism}" in refused.stderr
+    unknown = kcat(secured, mechanism, "mallory", "alice-secret", "-P", "-t", topic_name, stdin="lost\n")
+    assert "invalid credentials" in unknown.stderr
+    assert logged(secured, "SASL authentication failed")
+
+
+def test_a_client_without_sasl_is_disconnected_before_any_request(secured):
+    sock = wire.connect(secured)
+    # ApiVersions is answered, and lists the SASL APIs.
+    wire.send(sock, wire.header(18, 0))
+    response = wire.receive(sock)
+    (count,) = struct.unpack(">i", response[6:10])
+    apis = {struct.unpack(">hhh", response[10 + 6 * i : 16 + 6 * i]) for i in range(count)}
+    assert (17, 0, 1) in apis and (36, 0, 2) in apis
+    # Metadata before authentication closes the connection, as Kafka's SASL listener does.
+    wire.send(sock, wire.header(3, 1) + struct.pack(">i", -1))
+    assert wire.receive(sock) is None
+    assert logged(secured, "Metadata before SASL authentication")
+
+
+def test_sasl_state_errors_on_the_wire(secured):
+    # SaslAuthenticate without a handshake: ILLEGAL_SASL_STATE, then the connection closes.
+    sock = wire.connect(secured)
+    wire.send(sock, wire.header(36, 0) + struct.pack(">i", 3) + b"abc")
+    response = wire.receive(sock)
+    assert struct.unpack(">h", response[4:6])[0] == 34
+    assert wire.receive(sock) is None
+    # A v0 handshake (raw tokens to follow) is refused with UNSUPPORTED_VERSION.
+    sock = wire.connect(secured)
+    wire.send(sock, wire.header(17, 0) + wire.string("PLAIN"))
+    response = wire.receive(sock)
+    assert struct.unpack(">h", response[4:6])[0] == 35
+    assert wire.receive(sock) is None
+    # An unknown mechanism: UNSUPPORTED_SASL_MECHANISM with the ones offered.
+    sock = wire.connect(secured)
+    wire.send(sock, wire.header(17, 1) + wire.string("GSSAPI"))
+    response = wire.receive(sock)
+    assert struct.unpack(">h", response[4:6])[0] == 33
+    assert b"PLAIN" in response and b"SCRAM-SHA-256" in response and b"SCRAM-SHA-512" in response
+    assert wire.receive(sock) is None
+
+
+def confluent_config(broker, mechanism, user, password):
+    return {
+        "bootstrap.servers": broker.bootstrap,
+        "security.protocol": "SASL_PLAINTEXT",
+        "sasl.mechanisms": mechanism,
+        "sasl.username": user,
+        "sasl.password": password,
+    }
+
+
+def test_confluent_kafka_scram_producer_and_group_consumer(secured, topic_name):
+    config = confluent_config(secured, "SCRAM-SHA-512", "alice", "alice-secret")
+    producer = Producer({**config, "acks": "all"})
+    for i in range(5):
+        producer.produce(topic_name, value=f"m{i}".encode())
+    assert producer.flush(30) == 0
+    consumer = Consumer({**config, "group.id": "g-" + topic_name, "auto.offset.reset": "earliest"})
+    consumer.subscribe([topic_name])
+    values = []
+    deadline = time.monotonic() + 30
+    while len(values) < 5 and time.monotonic() < deadline:
+        msg = consumer.poll(0.5)
+        if msg is not None:
+            assert msg.error() is None, msg.error()
+            values.append(msg.value())
+    committed = consumer.commit(asynchronous=False)
+    consumer.close()
+    assert values == [f"m{i}".encode() for i in range(5)]
+    assert [(tp.partition, tp.offset) for tp in committed] == [(0, 5)]
+
+
+def test_confluent_kafka_reports_an_authentication_error(secured, topic_name):
+    errors = []
+    producer = Producer(
+        {**confluent_config(secured, "SCRAM-SHA-256", "alice", "wrong"), "error_cb": errors.append}
+    )
+    producer.produce(topic_name, value=b"lost")
+    deadline = time.monotonic() + 15
+    while not errors and time.monotonic() < deadline:
+        producer.poll(0.2)
+    assert errors, "no error reported"
+    assert "invalid credentials" in errors[0].str()
+    assert errors[0].name() == "_AUTHENTICATION"
+
+
+def test_kafka_python_plain_and_scram(secured, topic_name, caplog):
+    for mechanism in ("PLAIN", "SCRAM-SHA-256"):
+        producer = KafkaProducer(
+            bootstrap_servers=secured.bootstrap,
+            security_protocol="SASL_PLAINTEXT",
+            sasl_mechanism=mechanism,
+            sasl_plain_username="bob",
+            sasl_plain_password="pass:with:colons",
+            acks="all",
+        )
+        producer.send(topic_name, mechanism.encode()).get(30)
+        producer.close()
+    consumer = KafkaConsumer(
+        bootstrap_servers=secured.bootstrap,
+        security_protocol="SASL_PLAINTEXT",
+        sasl_mechanism="SCRAM-SHA-512",
+        sasl_plain_username="alice",
+        sasl_plain_password="alice-secret",
+        auto_offset_reset="earliest",
+        consumer_timeout_ms=10000,
+    )
+    consumer.assign([KafkaTopicPartition(topic_name, 0)])
+    values = [m.value for _, m in zip(range(2), consumer)]
+    consumer.close()
+    assert values == [b"PLAIN", b"SCRAM-SHA-256"]
+    # kafka-python logs the broker's reason and gives up bootstrapping.
+    with pytest.raises(KafkaError):
+        KafkaProducer(
+            bootstrap_servers=secured.bootstrap,
+            security_protocol="SASL_PLAINTEXT",
+            sasl_mechanism="SCRAM-SHA-256",
+            sasl_plain_username="alice",
+            sasl_plain_password="wrong",
+            bootstrap_timeout_ms=3000,
+        ).send(topic_name, b"lost").get(10)
+    assert "invalid credentials with SASL mechanism SCRAM-SHA-256" in caplog.text
+
+
+async def aiokafka_round_trip(bootstrap, topic, password):
+    sasl = {
+        "security_protocol": "SASL_PLAINTEXT",
+        "sasl_mechanism": "SCRAM-SHA-256",
+        "sasl_plain_username": "alice",
+        "sasl_plain_password": password,
+    }
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", **sasl)
+    await producer.start()
+    try:
+        sent = await producer.send_and_wait(topic, b"aio")
+    finally:
+        await producer.stop()
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, auto_offset_reset="earliest", **sasl)
+    await consumer.start()
+    try:
+        tp = TopicPartition(topic, 0)
+        consumer.assign([tp])
+        batch = await asyncio.wait_for(consumer.getmany(tp, timeout_ms=5000), 20)
+    finally:
+        await consumer.stop()
+    return sent.offset, [r.value for r in batch.get(tp, [])]
+
+
+def test_aiokafka_scram(secured, topic_name, caplog):
+    assert asyncio.run(aiokafka_round_trip(secured.bootstrap, topic_name, "alice-secret")) == (0, [b"aio"])
+    # aiokafka logs the broker's reason and gives up bootstrapping.
+    with pytest.raises(KafkaConnectionError):
+        asyncio.run(aiokafka_round_trip(secured.bootstrap, topic_name, "wrong"))
+    assert "SaslAuthenticationFailed: Authentication failed: invalid credentials" in caplog.text
+
+
+def kafkajs_sasl(broker, topic, sasl):
+    done = subprocess.run(
+        ["node", str(SCENARIOS), "sasl", broker.bootstrap, topic],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=dict(os.environ, NODE_PATH=NODE_MODULES, KAFKAJS_SASL=sasl),
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+@pytest.mark.parametrize("mechanism", ["plain", "scram-sha-256", "scram-sha-512"])
+def test_kafkajs_sasl(secured, topic_name, mechanism):
+    seen = kafkajs_sasl(secured, topic_name, f"{mechanism}:bob:pass:with:colons")
+    assert seen == {"sent": [0], "read": [[0, "a"], [1, "b"]]}
+    refused = kafkajs_sasl(secured, topic_name + "-x", f"{mechanism}:bob:wrong")
+    assert refused["refused"] == "KafkaJSSASLAuthenticationError"
+    assert "invalid credentials" in refused["message"]
+
+
+def test_an_open_broker_lets_sasl_plain_clients_in_with_any_credentials(broker, topic_name):
+    produced = kcat(broker, "PLAIN", "anyone", "anything", "-P", "-t", topic_name, stdin="v\n")
+    assert produced.returncode == 0, produced.stderr
+    assert kafkajs_sasl(broker, topic_name + "-js", "plain:someone:else") == {
+        "sent": [0],
+        "read": [[0, "a"], [1, "b"]],
+    }
+    consumed = subprocess.run(
+        ["kcat", "-b", broker.bootstrap, "-C", "-t", topic_name, "-e", "-f", "%s @%o\n"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert consumed.stdout == "v @0\n"
+    # SCRAM needs the password to prove the broker to the client, so it is not offered.
+    scram = kcat(broker, "SCRAM-SHA-256", "anyone", "anything", "-P", "-t", topic_name, stdin="lost\n")
+    assert "Unsupported SASL mechanism: broker's supported mechanisms: PLAIN" in scram.stderr
+
+
+def test_bad_sasl_users_stop_the_broker_with_a_message(tmp_path):
+    from conftest import SHALE_BIN
+
+    done = subprocess.run(
+        [SHALE_BIN, "serve", "--listen", "127.0.0.1:0", "--data-dir", str(tmp_path), "--sasl-users", "alice"],
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
+    assert done.returncode != 0
+    assert "--sasl-users" in done.stderr and "`alice` is not name:password" in done.stderr
+
+
+def test_the_http_api_asks_the_same_users_for_basic_credentials(make_broker, topic_name):
+    from test_http import call, http_base
+
+    broker = make_broker("--http", "127.0.0.1:0", env={"SHALE_SASL_USERS": USERS})
+    base = http_base(broker)
+    path = f"/v1/topics/{topic_name}/keys/k/records"
+
+    def basic(user, password):
+        return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+
+    assert call(base, "POST", path, {"value": "v"})[0] == 401
+    assert call(base, "POST", path, {"value": "v"}, headers=basic("alice", "wrong"))[0] == 401
+    assert call(base, "GET", "/v1/log", headers=basic("mallory", "alice-secret"))[0] == 401
+    status, body = call(base, "POST", path, {"value": "v"}, headers=basic("bob", "pass:with:colons"))
+    assert status == 200, body
+    status, body = call(base, "GET", path, headers=basic("alice", "alice-secret"))
+    assert status == 200 and [r["value"] for r in body["records"]] == ["v"]
