@@ -10,7 +10,7 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::protocol::{Decodable, Encodable};
 
-use super::versions;
+use super::{legacy, versions};
 
 /// A decoded frame.
 #[derive(Debug)]
@@ -72,7 +72,14 @@ pub fn decode_request(mut frame: Bytes) -> Result<Incoming, DecodeError> {
     };
     let header = RequestHeader::decode(&mut frame, api.request_header_version(version))
         .map_err(malformed)?;
-    let body = RequestKind::decode(api, &mut frame, version).map_err(malformed)?;
+    let body = match legacy::decoded_as(api, version) {
+        Some(decoded_as) => {
+            let mut upgraded = legacy::upgrade_request(api, frame).map_err(malformed)?;
+            RequestKind::decode(api, &mut upgraded, decoded_as)
+        }
+        None => RequestKind::decode(api, &mut frame, version),
+    }
+    .map_err(malformed)?;
     Ok(Incoming::Request {
         header,
         body: Box::new(body),
@@ -120,7 +127,11 @@ pub fn encode_response(
     let mut frame = BytesMut::with_capacity(64);
     frame.put_i32(0);
     header.encode(&mut frame, api.response_header_version(version))?;
-    body.encode(&mut frame, version)?;
+    if legacy::decoded_as(api, version).is_some() {
+        legacy::encode_response(&body, version, &mut frame)?;
+    } else {
+        body.encode(&mut frame, version)?;
+    }
     let length = i32::try_from(frame.len() - 4)?;
     frame[..4].copy_from_slice(&length.to_be_bytes());
     if record_sets.is_empty() {

@@ -5,6 +5,7 @@
 
 pub mod codec;
 pub mod frame;
+mod legacy;
 pub mod versions;
 
 pub use codec::{

@@ -1,5 +1,5 @@
 """Sarama (Go), the version Debian packages (1.22, set to speak Kafka 2.1): its own protocol
-implementation. Each test runs one scenario of sarama/main.go, built by scripts/test.sh into
+implementation, which picks request versions from its configuration, not from ApiVersions. Each test runs one scenario of sarama/main.go, built by scripts/test.sh into
 SHALE_TEST_SARAMA, and asserts on what Sarama saw.
 """
 
@@ -26,10 +26,17 @@ def test_sarama_round_trips_records_and_manages_topics(broker, topic_name):
     ]
     assert seen["newest"] == 10
     assert seen["partitions"] == 2 and seen["grown"] == 3
+    # ListTopics and DescribeConfig speak DescribeConfigs v0, which Shale still serves.
+    assert seen["listed"] == 2
+    assert seen["configs"] == {
+        "cleanup.policy": {"value": "delete", "default": True},
+        "retention.ms": {"value": "3600000", "default": False},
+    }
     assert seen["oldest"] == 4
 
 
 def test_sarama_consumer_group_commits_and_resumes(broker, topic_name):
+    # With its default configuration Sarama 1.22 commits with OffsetCommit v1.
     seen = run("group", broker, topic_name)
     assert [(r["partition"], r["offset"], r["value"]) for r in seen["first"]] == [
         (p, o, f"m{o * 3 + p}") for p in range(3) for o in range(4)

@@ -65,7 +65,8 @@ func roundTrip(bootstrap, topic string) map[string]interface{} {
 	admin, err := sarama.NewClusterAdmin([]string{bootstrap}, config())
 	must(err, "admin")
 	defer admin.Close()
-	must(admin.CreateTopic(topic, &sarama.TopicDetail{NumPartitions: 2, ReplicationFactor: 1}, false), "create topic")
+	retention := "3600000"
+	must(admin.CreateTopic(topic, &sarama.TopicDetail{NumPartitions: 2, ReplicationFactor: 1, ConfigEntries: map[string]*string{"retention.ms": &retention}}, false), "create topic")
 	sent := []int64{}
 	for _, codec := range []sarama.CompressionCodec{sarama.CompressionNone, sarama.CompressionGZIP} {
 		c := config()
@@ -110,7 +111,16 @@ func roundTrip(bootstrap, topic string) map[string]interface{} {
 	defer client.Close()
 	newest, err := client.GetOffset(topic, 1, sarama.OffsetNewest)
 	must(err, "newest offset")
-	// Not ListTopics: Sarama 1.22's asks DescribeConfigs v0, which Kafka 4.0 dropped (KIP-896).
+	// Sarama 1.22's ListTopics and DescribeConfig ask DescribeConfigs v0, which Kafka 4.0
+	// dropped (KIP-896) and Shale still serves.
+	listed, err := admin.ListTopics()
+	must(err, "list topics")
+	entries, err := admin.DescribeConfig(sarama.ConfigResource{Type: sarama.TopicResource, Name: topic, ConfigNames: []string{"cleanup.policy", "retention.ms"}})
+	must(err, "describe config")
+	configs := map[string]interface{}{}
+	for _, e := range entries {
+		configs[e.Name] = map[string]interface{}{"value": e.Value, "default": e.Default}
+	}
 	topics, err := admin.DescribeTopics([]string{topic})
 	must(err, "describe topics")
 	must(admin.CreatePartitions(topic, 3, nil, false), "create partitions")
@@ -126,6 +136,8 @@ func roundTrip(bootstrap, topic string) map[string]interface{} {
 		"read":       read,
 		"newest":     newest,
 		"partitions": len(topics[0].Partitions),
+		"listed":     listed[topic].NumPartitions,
+		"configs":    configs,
 		"grown":      len(grown[0].Partitions),
 		"oldest":     oldest,
 	}
@@ -158,10 +170,9 @@ func (h *handler) ConsumeClaim(session sarama.ConsumerGroupSession, claim sarama
 // Reads `want` records with a consumer group, committing what it read.
 func consumeGroup(bootstrap, topic, group string, want int) []record {
 	c := config()
+	// Sarama 1.22 commits with OffsetCommit v1 (dropped by Kafka 4.0, KIP-896), as no
+	// Consumer.Offsets.Retention is set.
 	c.Consumer.Offsets.CommitInterval = 100 * time.Millisecond
-	// Sarama 1.22 commits with OffsetCommit v1 unless a retention is set, and Kafka 4.0
-	// dropped v1 (KIP-896); with one it sends v2.
-	c.Consumer.Offsets.Retention = 24 * time.Hour
 	g, err := sarama.NewConsumerGroup([]string{bootstrap}, group, c)
 	must(err, "consumer group")
 	h := &handler{want: want, done: make(chan struct{})}
