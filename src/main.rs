@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use clap::{Parser, Subcommand};
 use shale::broker::config::{BrokerConfig, ServeArgs};
 use shale::broker::group_coordinator::{GroupConfig, GroupCoordinator};
+use shale::broker::sasl::SaslUsers;
 use shale::broker::txn_coordinator::{TxnConfig, TxnCoordinator};
 use shale::broker::{server, Broker};
 use shale::log::{retention, LogStore, RetentionDefaults};
@@ -64,6 +65,12 @@ fn main() -> ExitCode {
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let started = Instant::now();
+    let sasl_users = args
+        .sasl_users
+        .as_deref()
+        .map(SaslUsers::parse)
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("--sasl-users (SHALE_SASL_USERS): {e}"))?;
     let location = StoreLocation::parse(args.store.as_deref(), &args.data_dir)?;
     let settings = StorageSettings {
         flush_interval: Duration::from_millis(args.flush_interval_ms),
@@ -97,7 +104,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         default_partitions: args.default_partitions,
         max_request_bytes: args.max_request_bytes,
         max_connections: args.max_connections,
-        sasl_users: args.sasl_users.clone(),
+        sasl_users,
     };
     tracing::info!(
         "Shale listening on {bound} (advertised as {}:{}), data in {location}, ready in {} ms",

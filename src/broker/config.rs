@@ -175,9 +175,10 @@ pub struct ServeArgs {
     /// SASL users as `name:password,...`: every client must then authenticate as one of
     /// them (SASL_PLAINTEXT with PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512). Unset, clients need
     /// no authentication, and those configured for SASL PLAIN are accepted whatever their
-    /// credentials.
-    #[arg(long, env = "SHALE_SASL_USERS", value_parser = super::sasl::SaslUsers::parse, hide_env_values = true)]
-    pub sasl_users: Option<super::sasl::SaslUsers>,
+    /// credentials. Parsed in `main`, so that a bad value's message does not repeat the
+    /// passwords.
+    #[arg(long, env = "SHALE_SASL_USERS", hide_env_values = true)]
+    pub sasl_users: Option<String>,
 
     /// Log filter (tracing's EnvFilter syntax), e.g. `info` or `shale=debug,slatedb=warn`.
     /// SlateDB's retries of a failing store stay visible by default: with the disk full,

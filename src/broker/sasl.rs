@@ -82,11 +82,15 @@ impl SaslUsers {
     pub fn parse(spec: &str) -> Result<Self, String> {
         let mut users = HashMap::new();
         for entry in spec.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+            // Messages name the user, never the password.
             let (name, password) = entry
                 .split_once(':')
                 .ok_or_else(|| format!("`{entry}` is not name:password"))?;
-            if name.is_empty() || password.is_empty() {
-                return Err(format!("`{entry}` needs a name and a password"));
+            if name.is_empty() {
+                return Err("an entry has a password but no name".to_string());
+            }
+            if password.is_empty() {
+                return Err(format!("user `{name}` has no password"));
             }
             let user = User {
                 password: password.to_string(),

@@ -282,6 +282,17 @@ def test_bad_sasl_users_stop_the_broker_with_a_message(tmp_path):
     )
     assert done.returncode != 0
     assert "--sasl-users" in done.stderr and "`alice` is not name:password" in done.stderr
+    # The message never repeats a password.
+    done = subprocess.run(
+        [SHALE_BIN, "serve", "--listen", "127.0.0.1:0", "--data-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=20,
+        env=dict(os.environ, SHALE_SASL_USERS="bob:b-pass,:hunter2"),
+    )
+    assert done.returncode != 0
+    assert "an entry has a password but no name" in done.stderr
+    assert "hunter2" not in done.stderr and "b-pass" not in done.stderr
 
 
 def test_the_http_api_asks_the_same_users_for_basic_credentials(make_broker, topic_name):
