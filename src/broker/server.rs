@@ -4,6 +4,8 @@
 //! [`MAX_IN_FLIGHT`] requests at once (each on its own task, so a produce waiting for
 //! durability does not hold up the next one), writing responses back in request order as
 //! Kafka requires. A frame that cannot be served closes only its own connection.
+//! SaslHandshake and SaslAuthenticate are the exception: the connection answers them itself,
+//! in turn, since they decide what it may serve next (see `sasl`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
