@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the tests need (kcat, Node.js, Go and Sarama from Debian, Python Kafka clients
-# in a venv, KafkaJS from npm) and runs every test: formatting, lints, unit tests, and the
-# compat suite against the real broker.
+# in venvs (current and older releases), KafkaJS from npm) and runs every test: formatting,
+# lints, unit tests, and the compat suite against the real broker.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,6 +21,11 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
 "$venv/bin/pip" install -q --disable-pip-version-check -r tests/compat/requirements.txt
+# Older releases of the Python clients need a venv of their own (they conflict).
+older="${SHALE_TEST_OLDER_VENV:-$HOME/.cache/shale-venv-older}"
+[ -x "$older/bin/python" ] || python3 -m venv "$older"
+"$older/bin/pip" install -q --disable-pip-version-check -r tests/compat/older/requirements.txt
+export SHALE_TEST_OLDER_PYTHON="$older/bin/python"
 # KafkaJS, pinned by tests/compat/kafkajs/package-lock.json, installed outside the checkout.
 node_dir="${SHALE_TEST_NODE:-$HOME/.cache/shale-node}"
 mkdir -p "$node_dir"
