@@ -24,7 +24,7 @@ use subtle::ConstantTimeEq;
 const SCRAM_ITERATIONS: u32 = 4096;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mechanism {
+enum Mechanism {
     Plain,
     ScramSha256,
     ScramSha512,
@@ -68,6 +68,15 @@ struct User {
     password: String,
     sha256: ScramKeys,
     sha512: ScramKeys,
+}
+
+impl User {
+    fn keys(&self, hash: Hash) -> &ScramKeys {
+        match hash {
+            Hash::Sha256 => &self.sha256,
+            Hash::Sha512 => &self.sha512,
+        }
+    }
 }
 
 struct ScramKeys {
@@ -132,6 +141,13 @@ impl Hash {
         }
     }
 
+    fn mechanism(self) -> Mechanism {
+        match self {
+            Hash::Sha256 => Mechanism::ScramSha256,
+            Hash::Sha512 => Mechanism::ScramSha512,
+        }
+    }
+
     fn digest(self, data: &[u8]) -> Vec<u8> {
         match self {
             Hash::Sha256 => Sha256::digest(data).to_vec(),
@@ -183,7 +199,7 @@ impl ScramKeys {
 /// Why an authentication failed; the client gets SASL_AUTHENTICATION_FAILED with this text
 /// and the connection is closed.
 #[derive(Debug)]
-pub struct AuthFailure(pub String);
+struct AuthFailure(String);
 
 /// One connection's authentication state.
 pub struct Authenticator {
@@ -292,6 +308,10 @@ impl Authenticator {
         }
     }
 
+    fn user(&self, name: &str) -> Option<&User> {
+        self.users.as_ref().and_then(|users| users.users.get(name))
+    }
+
     /// PLAIN's one message: `authzid NUL name NUL password`. Returns the user.
     fn check_plain(&self, message: &[u8]) -> Result<String, AuthFailure> {
         let text = std::str::from_utf8(message)
@@ -325,10 +345,6 @@ impl Authenticator {
         hash: Hash,
         message: &[u8],
     ) -> Result<(ScramExchange, String), AuthFailure> {
-        let mechanism = match hash {
-            Hash::Sha256 => Mechanism::ScramSha256,
-            Hash::Sha512 => Mechanism::ScramSha512,
-        };
         let malformed = || AuthFailure("malformed SCRAM client-first message".to_string());
         let text = std::str::from_utf8(message).map_err(|_| malformed())?;
         // gs2-header: a channel-binding flag, an optional authzid, then the bare message.
@@ -364,14 +380,9 @@ impl Authenticator {
             }
         }
         let user = self
-            .users
-            .as_ref()
-            .and_then(|users| users.users.get(&name))
-            .ok_or_else(|| invalid_credentials(mechanism))?;
-        let keys = match hash {
-            Hash::Sha256 => &user.sha256,
-            Hash::Sha512 => &user.sha512,
-        };
+            .user(&name)
+            .ok_or_else(|| invalid_credentials(hash.mechanism()))?;
+        let keys = user.keys(hash);
         let mut random = [0u8; 18];
         getrandom::fill(&mut random).map_err(|e| AuthFailure(format!("no random nonce: {e}")))?;
         let nonce = format!("{client_nonce}{}", BASE64.encode(random));
@@ -393,10 +404,6 @@ impl Authenticator {
     /// SCRAM's client-final message (`c=...,r=...,p=proof`); checks the proof and answers
     /// server-final with the server's own proof.
     fn scram_final(&self, exchange: &ScramExchange, message: &[u8]) -> Result<String, AuthFailure> {
-        let mechanism = match exchange.hash {
-            Hash::Sha256 => Mechanism::ScramSha256,
-            Hash::Sha512 => Mechanism::ScramSha512,
-        };
         let malformed = || AuthFailure("malformed SCRAM client-final message".to_string());
         let text = std::str::from_utf8(message).map_err(|_| malformed())?;
         let (without_proof, proof) = text.rsplit_once(",p=").ok_or_else(malformed)?;
@@ -424,14 +431,9 @@ impl Authenticator {
         }
         let proof = BASE64.decode(proof).map_err(|_| malformed())?;
         let user = self
-            .users
-            .as_ref()
-            .and_then(|users| users.users.get(&exchange.user))
-            .ok_or_else(|| invalid_credentials(mechanism))?;
-        let keys = match exchange.hash {
-            Hash::Sha256 => &user.sha256,
-            Hash::Sha512 => &user.sha512,
-        };
+            .user(&exchange.user)
+            .ok_or_else(|| invalid_credentials(exchange.hash.mechanism()))?;
+        let keys = user.keys(exchange.hash);
         let auth_message = format!(
             "{},{},{without_proof}",
             exchange.client_first_bare, exchange.server_first
@@ -440,7 +442,7 @@ impl Authenticator {
             .hash
             .hmac(&keys.stored_key, auth_message.as_bytes());
         if proof.len() != client_signature.len() {
-            return Err(invalid_credentials(mechanism));
+            return Err(invalid_credentials(exchange.hash.mechanism()));
         }
         let client_key: Vec<u8> = proof
             .iter()
@@ -449,7 +451,7 @@ impl Authenticator {
             .collect();
         let stored_key = exchange.hash.digest(&client_key);
         if !bool::from(stored_key.ct_eq(&keys.stored_key)) {
-            return Err(invalid_credentials(mechanism));
+            return Err(invalid_credentials(exchange.hash.mechanism()));
         }
         let server_signature = exchange
             .hash
