@@ -103,6 +103,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         auto_create_topics: args.auto_create_topics,
         default_partitions: args.default_partitions,
         max_request_bytes: args.max_request_bytes,
+        queued_max_request_bytes: args.queued_max_request_bytes,
         max_connections: args.max_connections,
         sasl_users,
     };

@@ -40,6 +40,14 @@ pub struct ServeArgs {
           value_parser = clap::value_parser!(u32).range(1024..=1 << 30))]
     pub max_request_bytes: u32,
 
+    /// Request bytes held at once over all connections (Kafka's
+    /// `queued.max.request.bytes`): while they are, connections stop reading until requests
+    /// are answered, so memory follows this setting rather than the load. A request larger
+    /// than this is read once every other one is answered.
+    #[arg(long, env = "SHALE_QUEUED_MAX_REQUEST_BYTES", default_value_t = 128 * 1024 * 1024,
+          value_parser = clap::value_parser!(u64).range(1024..=1 << 40))]
+    pub queued_max_request_bytes: u64,
+
     /// Most client connections served at once; further ones wait to be accepted until one
     /// closes, so a flood of connections cannot exhaust file descriptors or memory.
     #[arg(long, env = "SHALE_MAX_CONNECTIONS", default_value_t = 10_000,
@@ -200,6 +208,7 @@ pub struct BrokerConfig {
     pub auto_create_topics: bool,
     pub default_partitions: u32,
     pub max_request_bytes: u32,
+    pub queued_max_request_bytes: u64,
     pub max_connections: u32,
     /// Who may connect; `None`: anyone.
     pub sasl_users: Option<super::sasl::SaslUsers>,

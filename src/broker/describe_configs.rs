@@ -155,6 +155,12 @@ fn broker_entries(broker: &Broker) -> Vec<Entry> {
             "Partitions of auto-created topics (--default-partitions).",
         ),
         setting(
+            "queued.max.request.bytes",
+            config.queued_max_request_bytes.to_string(),
+            ConfigType::Long,
+            "Request bytes held at once over all connections (--queued-max-request-bytes).",
+        ),
+        setting(
             "socket.request.max.bytes",
             config.max_request_bytes.to_string(),
             ConfigType::Int,

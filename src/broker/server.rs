@@ -1,7 +1,7 @@
 //! Accepting connections and serving their requests.
 //!
-//! Each connection reads frames as fast as the client sends them and runs up to
-//! [`MAX_IN_FLIGHT`] requests at once (each on its own task, so a produce waiting for
+//! Each connection reads frames as fast as the client sends them and the broker's request
+//! budget allows (see `protocol::frame`), and runs up to [`MAX_IN_FLIGHT`] requests at once (each on its own task, so a produce waiting for
 //! durability does not hold up the next one), writing responses back in request order as
 //! Kafka requires. A frame that cannot be served closes only its own connection.
 //! SaslHandshake and SaslAuthenticate are the exception: the connection answers them itself,
@@ -17,13 +17,13 @@ use tokio::io::{AsyncWriteExt, BufWriter};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, Semaphore};
 use tokio::task::JoinHandle;
-use tokio_util::codec::FramedRead;
 
 use kafka_protocol::messages::{ApiKey, RequestHeader, RequestKind, ResponseKind};
 
 use super::sasl::Authenticator;
 use super::{sasl_authenticate, sasl_handshake, AppendTurn, Broker, RequestContext};
-use crate::protocol::{self, frame, Incoming, ResponseFrame};
+use crate::protocol::frame::{FrameReader, RequestBudget};
+use crate::protocol::{self, Incoming, ResponseFrame};
 
 /// Requests one connection may have in progress; Kafka clients send at most 5 by default.
 const MAX_IN_FLIGHT: usize = 32;
@@ -46,6 +46,7 @@ pub async fn serve(
 ) {
     tokio::pin!(shutdown);
     let slots = Arc::new(Semaphore::new(broker.config.max_connections as usize));
+    let budget = RequestBudget::new(broker.config.queued_max_request_bytes as usize);
     loop {
         // Wait for a free slot before accepting, so excess clients queue in the backlog.
         let slot = tokio::select! {
@@ -61,8 +62,9 @@ pub async fn serve(
                 Ok((socket, peer)) => {
                     let _ = socket.set_nodelay(true);
                     let broker = broker.clone();
+                    let budget = budget.clone();
                     tokio::spawn(async move {
-                        if let Err(reason) = run_connection(broker, socket, peer).await {
+                        if let Err(reason) = run_connection(broker, socket, peer, &budget).await {
                             tracing::info!(%peer, %reason, "closed connection");
                         }
                         drop(slot);
@@ -84,10 +86,10 @@ async fn run_connection(
     broker: Arc<Broker>,
     socket: TcpStream,
     peer: SocketAddr,
+    budget: &RequestBudget,
 ) -> Result<(), String> {
     let (reader, writer) = socket.into_split();
-    let codec = frame::request_codec(broker.config.max_request_bytes as usize);
-    let mut frames = FramedRead::new(reader, codec);
+    let mut frames = FrameReader::new(reader, broker.config.max_request_bytes as usize, budget);
     let mut writer = BufWriter::new(writer);
     let mut in_flight: FuturesOrdered<JoinHandle<Response>> = FuturesOrdered::new();
     // What the next produce request waits on before it appends: the last one's turn.
@@ -102,7 +104,7 @@ async fn run_connection(
         tokio::select! {
             frame = frames.next(), if reading && in_flight.len() < MAX_IN_FLIGHT => match frame {
                 Some(Ok(frame)) => {
-                    let incoming = protocol::decode_request(frame.freeze()).map_err(|e| e.to_string())?;
+                    let incoming = protocol::decode_request(frame.bytes).map_err(|e| e.to_string())?;
                     let incoming = match incoming {
                         Incoming::Request { header, body } if is_sasl(&body) => {
                             let (answer, close) = answer_sasl(&mut auth, &header, *body);
@@ -129,7 +131,13 @@ async fn run_connection(
                     } else {
                         AppendTurn::default()
                     };
-                    in_flight.push_back(tokio::spawn(respond(broker.clone(), incoming, peer, turn)));
+                    let (broker, share) = (broker.clone(), frame.share);
+                    in_flight.push_back(tokio::spawn(async move {
+                        let response = respond(broker, incoming, peer, turn).await;
+                        // The request is answered: its bytes go back to the budget.
+                        drop(share);
+                        response
+                    }));
                 }
                 Some(Err(e)) => return Err(format!("bad frame: {e}")),
                 // The client is done sending; answer what it already asked, for a while.

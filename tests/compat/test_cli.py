@@ -22,6 +22,7 @@ from conftest import SHALE_BIN
         (["--log", "shale=[[["], "invalid --log filter"),
         (["--object-min-kb", "0"], "--object-min-kb"),
         (["--direct-io", "sometimes"], "--direct-io"),
+        (["--queued-max-request-bytes", "100"], "--queued-max-request-bytes"),
     ],
 )
 def test_bad_flags_fail_with_a_clear_message(tmp_path, args, message):

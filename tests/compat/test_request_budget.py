@@ -1,0 +1,84 @@
+"""The request budget (`--queued-max-request-bytes`): request bytes held at once over all
+connections are bounded; clients past it wait, and none is refused or loses data."""
+
+import socket
+import struct
+import threading
+import time
+
+import pytest
+from confluent_kafka import Producer
+from confluent_kafka.admin import ConfigResource, ResourceType
+
+from clients import admin, consume, create_topic
+import wire
+
+
+def test_a_request_past_the_budget_waits_and_small_ones_pass(make_broker, topic_name):
+    broker = make_broker("--queued-max-request-bytes", "3000000")
+    create_topic(broker.bootstrap, topic_name)
+    resource = ConfigResource(ResourceType.BROKER, "0")
+    client = admin(broker.bootstrap)
+    configs = client.describe_configs([resource])[resource].result(15)
+    assert configs["queued.max.request.bytes"].value == "3000000"
+    # A client sends the start of a 2.5 MB request and stalls: that much of the budget is
+    # spoken for.
+    stalled = wire.connect(broker)
+    stalled.sendall(struct.pack(">i", 2_500_000) + bytes(100))
+    time.sleep(0.3)
+
+    # A ~1 MB produce does not fit in what is left, so the broker does not read it yet.
+    records = wire.record_batch([b"x" * 1000] * 1000)
+    producer = wire.connect(broker)
+    sending = threading.Thread(
+        target=wire.send, args=(producer, wire.header(0, 3) + wire.produce_v3(topic_name, 0, records))
+    )
+    sending.start()
+    producer.settimeout(1.5)
+    with pytest.raises(socket.timeout):
+        producer.recv(1)
+
+    # A small request fits in what is left: another client is answered at once.
+    other = wire.connect(broker)
+    wire.send(other, wire.header(18, 0, correlation_id=7))
+    assert struct.unpack_from(">ih", wire.receive(other)) == (7, 0)
+
+    # The stalled client goes away, its share comes back, and the produce is served.
+    stalled.close()
+    producer.settimeout(10)
+    assert wire.produce_v3_error(wire.receive(producer)) == (0, 0)
+    sending.join(10)
+    assert [m.value() for m in consume(broker.bootstrap, topic_name, 0, 1000)] == [b"x" * 1000] * 1000
+
+
+def test_producers_past_a_small_budget_all_get_through(make_broker, topic_name):
+    # Every ~1 MB request is larger than the whole budget: each is read when no other
+    # request is held, and four producers at once still deliver everything.
+    broker = make_broker("--queued-max-request-bytes", "262144")
+    create_topic(broker.bootstrap, topic_name, partitions=4)
+    per_producer = 8000
+    errors = []
+
+    def run(partition):
+        producer = Producer(
+            {"bootstrap.servers": broker.bootstrap, "acks": "all", "linger.ms": 20, "batch.size": 1 << 20}
+        )
+
+        def delivered(err, _msg):
+            if err is not None:
+                errors.append(err)
+
+        for i in range(per_producer):
+            producer.produce(topic_name, value=f"{partition}-{i}".encode().ljust(1000, b"."), partition=partition, on_delivery=delivered)
+            producer.poll(0)
+        assert producer.flush(60) == 0
+
+    threads = [threading.Thread(target=run, args=(p,)) for p in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert errors == []
+    for partition in range(4):
+        values = [m.value() for m in consume(broker.bootstrap, topic_name, partition, per_producer, timeout=60)]
+        assert values == [f"{partition}-{i}".encode().ljust(1000, b".") for i in range(per_producer)]
