@@ -48,6 +48,14 @@ pub struct ServeArgs {
           value_parser = clap::value_parser!(u64).range(1024..=1 << 40))]
     pub queued_max_request_bytes: u64,
 
+    /// Milliseconds a connection may go without a whole request read or an answer written
+    /// while it has nothing in progress, before it is closed (Kafka's
+    /// `connections.max.idle.ms`). Clients reconnect when they next need to; a client that
+    /// stops in the middle of a request gives its share of the request budget back.
+    #[arg(long, env = "SHALE_CONNECTIONS_MAX_IDLE_MS", default_value_t = 600_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub connections_max_idle_ms: u64,
+
     /// Most client connections served at once; further ones wait to be accepted until one
     /// closes, so a flood of connections cannot exhaust file descriptors or memory.
     #[arg(long, env = "SHALE_MAX_CONNECTIONS", default_value_t = 10_000,
@@ -209,6 +217,7 @@ pub struct BrokerConfig {
     pub default_partitions: u32,
     pub max_request_bytes: u32,
     pub queued_max_request_bytes: u64,
+    pub connections_max_idle: std::time::Duration,
     pub max_connections: u32,
     /// Who may connect; `None`: anyone.
     pub sasl_users: Option<super::sasl::SaslUsers>,

@@ -155,6 +155,12 @@ fn broker_entries(broker: &Broker) -> Vec<Entry> {
             "Partitions of auto-created topics (--default-partitions).",
         ),
         setting(
+            "connections.max.idle.ms",
+            config.connections_max_idle.as_millis().to_string(),
+            ConfigType::Long,
+            "Idle time after which a connection is closed (--connections-max-idle-ms).",
+        ),
+        setting(
             "queued.max.request.bytes",
             config.queued_max_request_bytes.to_string(),
             ConfigType::Long,

@@ -5,7 +5,8 @@
 //! durability does not hold up the next one), writing responses back in request order as
 //! Kafka requires. A frame that cannot be served closes only its own connection.
 //! SaslHandshake and SaslAuthenticate are the exception: the connection answers them itself,
-//! in turn, since they decide what it may serve next (see `sasl`).
+//! in turn, since they decide what it may serve next (see `sasl`). A connection with nothing
+//! in progress that reads no whole request for `connections.max.idle.ms` is closed.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -100,10 +101,14 @@ async fn run_connection(
     let mut refused = false;
     let gave_up = tokio::time::sleep(ANSWER_AFTER_EOF);
     tokio::pin!(gave_up);
+    let idle_limit = broker.config.connections_max_idle;
+    let idle = tokio::time::sleep(idle_limit);
+    tokio::pin!(idle);
     loop {
         tokio::select! {
             frame = frames.next(), if reading && in_flight.len() < MAX_IN_FLIGHT => match frame {
                 Some(Ok(frame)) => {
+                    idle.as_mut().reset(tokio::time::Instant::now() + idle_limit);
                     let incoming = protocol::decode_request(frame.bytes).map_err(|e| e.to_string())?;
                     let incoming = match incoming {
                         Incoming::Request { header, body } if is_sasl(&body) => {
@@ -153,6 +158,12 @@ async fn run_connection(
                     write_response(&mut writer, done).await?;
                 }
                 writer.flush().await.map_err(|e| e.to_string())?;
+                idle.as_mut().reset(tokio::time::Instant::now() + idle_limit);
+            },
+            // Counted from the last whole request or answer, so a client that stalls in
+            // the middle of a request is closed too, and its budget share comes back.
+            () = &mut idle, if reading && in_flight.is_empty() => {
+                return Err(format!("idle for {} ms", idle_limit.as_millis()));
             },
             () = &mut gave_up, if !reading && !in_flight.is_empty() => return Ok(()),
             // Not reading and nothing left to answer.

@@ -2,9 +2,10 @@
 
 import os
 import subprocess
+import time
 
 import pytest
-from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka import KafkaError, KafkaException, Producer
 from confluent_kafka.admin import NewTopic
 
 from clients import admin, consume, produce
@@ -23,6 +24,7 @@ from conftest import SHALE_BIN
         (["--object-min-kb", "0"], "--object-min-kb"),
         (["--direct-io", "sometimes"], "--direct-io"),
         (["--queued-max-request-bytes", "100"], "--queued-max-request-bytes"),
+        (["--connections-max-idle-ms", "0"], "--connections-max-idle-ms"),
     ],
 )
 def test_bad_flags_fail_with_a_clear_message(tmp_path, args, message):
@@ -77,6 +79,18 @@ def test_file_url_store_uses_that_folder(make_broker, tmp_path, topic_name):
     broker = make_broker("--store", f"file://{folder}")
     produce(broker.bootstrap, topic_name, [(0, None, b"on disk", None, None)])
     assert any(folder.rglob("*.sst")), "SlateDB objects should be in the --store folder"
+
+
+def test_clients_reconnect_after_an_idle_connection_is_closed(make_broker, topic_name):
+    broker = make_broker("--connections-max-idle-ms", "1000")
+    producer = Producer({"bootstrap.servers": broker.bootstrap, "acks": "all"})
+    producer.produce(topic_name, b"before")
+    assert producer.flush(15) == 0
+    time.sleep(2.5)
+    assert "idle for 1000 ms" in broker.log()
+    producer.produce(topic_name, b"after")
+    assert producer.flush(15) == 0
+    assert [m.value() for m in consume(broker.bootstrap, topic_name, 0, 2)] == [b"before", b"after"]
 
 
 def test_connections_beyond_the_limit_wait_for_a_free_slot(make_broker):

@@ -82,3 +82,25 @@ def test_producers_past_a_small_budget_all_get_through(make_broker, topic_name):
     for partition in range(4):
         values = [m.value() for m in consume(broker.bootstrap, topic_name, partition, per_producer, timeout=60)]
         assert values == [f"{partition}-{i}".encode().ljust(1000, b".") for i in range(per_producer)]
+
+
+def test_a_client_stalled_in_a_request_is_closed_when_idle_and_its_share_returns(make_broker, topic_name):
+    broker = make_broker("--queued-max-request-bytes", "3000000", "--connections-max-idle-ms", "1500")
+    create_topic(broker.bootstrap, topic_name)
+    stalled = wire.connect(broker)
+    stalled.sendall(struct.pack(">i", 2_500_000) + bytes(100))
+    time.sleep(0.3)
+    records = wire.record_batch([b"y" * 1000] * 1000)
+    producer = wire.connect(broker)
+    sending = threading.Thread(
+        target=wire.send, args=(producer, wire.header(0, 3) + wire.produce_v3(topic_name, 0, records))
+    )
+    sending.start()
+    # The stalled client never finishes its request nor goes away; the broker closes it
+    # once it has been idle that long, and the waiting produce is served.
+    producer.settimeout(15)
+    assert wire.produce_v3_error(wire.receive(producer)) == (0, 0)
+    sending.join(10)
+    stalled.settimeout(5)
+    assert stalled.recv(1) == b""
+    assert "idle for 1500 ms" in broker.log()
