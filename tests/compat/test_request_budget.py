@@ -14,6 +14,22 @@ from clients import admin, consume, create_topic
 import wire
 
 
+def stall_then_produce(broker, topic, value):
+    """Starts a 2.5 MB request and stalls in it (that much of the budget is spoken for),
+    then sends a ~1 MB produce of 1000 `value`s from another connection, from a thread
+    since the broker may not read it yet. Returns both sockets and the sending thread."""
+    stalled = wire.connect(broker)
+    stalled.sendall(struct.pack(">i", 2_500_000) + bytes(100))
+    time.sleep(0.3)
+    records = wire.record_batch([value] * 1000)
+    producer = wire.connect(broker)
+    sending = threading.Thread(
+        target=wire.send, args=(producer, wire.header(0, 3) + wire.produce_v3(topic, 0, records))
+    )
+    sending.start()
+    return stalled, producer, sending
+
+
 def test_a_request_past_the_budget_waits_and_small_ones_pass(make_broker, topic_name):
     broker = make_broker("--queued-max-request-bytes", "3000000")
     create_topic(broker.bootstrap, topic_name)
@@ -21,19 +37,8 @@ def test_a_request_past_the_budget_waits_and_small_ones_pass(make_broker, topic_
     client = admin(broker.bootstrap)
     configs = client.describe_configs([resource])[resource].result(15)
     assert configs["queued.max.request.bytes"].value == "3000000"
-    # A client sends the start of a 2.5 MB request and stalls: that much of the budget is
-    # spoken for.
-    stalled = wire.connect(broker)
-    stalled.sendall(struct.pack(">i", 2_500_000) + bytes(100))
-    time.sleep(0.3)
-
-    # A ~1 MB produce does not fit in what is left, so the broker does not read it yet.
-    records = wire.record_batch([b"x" * 1000] * 1000)
-    producer = wire.connect(broker)
-    sending = threading.Thread(
-        target=wire.send, args=(producer, wire.header(0, 3) + wire.produce_v3(topic_name, 0, records))
-    )
-    sending.start()
+    # The produce does not fit in what the stalled request left, so it is not read yet.
+    stalled, producer, sending = stall_then_produce(broker, topic_name, b"x" * 1000)
     producer.settimeout(1.5)
     with pytest.raises(socket.timeout):
         producer.recv(1)
@@ -87,15 +92,7 @@ def test_producers_past_a_small_budget_all_get_through(make_broker, topic_name):
 def test_a_client_stalled_in_a_request_is_closed_when_idle_and_its_share_returns(make_broker, topic_name):
     broker = make_broker("--queued-max-request-bytes", "3000000", "--connections-max-idle-ms", "1500")
     create_topic(broker.bootstrap, topic_name)
-    stalled = wire.connect(broker)
-    stalled.sendall(struct.pack(">i", 2_500_000) + bytes(100))
-    time.sleep(0.3)
-    records = wire.record_batch([b"y" * 1000] * 1000)
-    producer = wire.connect(broker)
-    sending = threading.Thread(
-        target=wire.send, args=(producer, wire.header(0, 3) + wire.produce_v3(topic_name, 0, records))
-    )
-    sending.start()
+    stalled, producer, sending = stall_then_produce(broker, topic_name, b"y" * 1000)
     # The stalled client never finishes its request nor goes away; the broker closes it
     # once it has been idle that long, and the waiting produce is served.
     producer.settimeout(15)
