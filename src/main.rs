@@ -104,6 +104,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         default_partitions: args.default_partitions,
         max_request_bytes: args.max_request_bytes,
         queued_max_request_bytes: args.queued_max_request_bytes,
+        fetch_memory_bytes: args.fetch_memory_bytes,
         connections_max_idle: Duration::from_millis(args.connections_max_idle_ms),
         max_connections: args.max_connections,
         sasl_users,

@@ -48,6 +48,14 @@ pub struct ServeArgs {
           value_parser = clap::value_parser!(u64).range(1024..=1 << 40))]
     pub queued_max_request_bytes: u64,
 
+    /// Record bytes fetches hold at once over all connections, from their read until their
+    /// answer is written. A fetch that finds too little of it free answers with what it
+    /// has (or waits, up to its `max_wait_ms`, for room or new data), so consumers slow
+    /// down rather than the broker's memory growing with their number.
+    #[arg(long, env = "SHALE_FETCH_MEMORY_BYTES", default_value_t = 128 * 1024 * 1024,
+          value_parser = clap::value_parser!(u64).range(1 << 20..=1 << 40))]
+    pub fetch_memory_bytes: u64,
+
     /// Milliseconds a connection may go without a whole request read or an answer written
     /// while it has nothing in progress, before it is closed (Kafka's
     /// `connections.max.idle.ms`). Clients reconnect when they next need to; a client that
@@ -217,6 +225,7 @@ pub struct BrokerConfig {
     pub default_partitions: u32,
     pub max_request_bytes: u32,
     pub queued_max_request_bytes: u64,
+    pub fetch_memory_bytes: u64,
     pub connections_max_idle: std::time::Duration,
     pub max_connections: u32,
     /// Who may connect; `None`: anyone.

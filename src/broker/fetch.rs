@@ -4,6 +4,10 @@
 //! woken the moment an append becomes durable, and answers at `max_wait_ms` at the latest.
 //! Fetch sessions (KIP-227) are not kept: every response is a full one (session id 0),
 //! which clients handle by sending full requests.
+//!
+//! The records a fetch reads come out of the broker's fetch budget, held until the answer
+//! is written. A partition that finds too little of it free is answered without records,
+//! as if it had none yet, and the fetch waits for room as it waits for data.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,11 +22,16 @@ use kafka_protocol::messages::{FetchRequest, FetchResponse};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::{storage_error, Broker};
-use crate::log::{FetchedRecords, Isolation, LogError, PartitionLog};
+use super::{storage_error, Broker, RequestContext};
+use crate::log::{FetchedRecords, Isolation, LogError, PartitionLog, PartitionOffsets};
+use crate::protocol::budget::Share;
 
 /// Kafka's isolation level for consumers that only read committed transactions.
 const READ_COMMITTED: i8 = 1;
+
+/// A partition is read with less of the fetch budget than its limit, down to this much
+/// (or its limit, if smaller); with less free it waits.
+const LEAST_SHARE: usize = 1 << 20;
 
 struct Wanted {
     partition: Option<Arc<PartitionLog>>,
@@ -31,7 +40,23 @@ struct Wanted {
     max_bytes: usize,
 }
 
-pub async fn handle(broker: &Broker, version: i16, request: FetchRequest) -> FetchResponse {
+/// What one pass over the wanted partitions read.
+struct Pass {
+    topics: Vec<FetchableTopicResponse>,
+    bytes: usize,
+    /// Some partition failed: answered at once, like data.
+    failed: bool,
+    /// Some partition was not read for want of the fetch budget.
+    starved: bool,
+    shares: Vec<Share>,
+}
+
+pub async fn handle(
+    broker: &Broker,
+    context: &RequestContext,
+    version: i16,
+    request: FetchRequest,
+) -> FetchResponse {
     let mut response = FetchResponse::default();
     if request.session_id != 0 {
         // Shale never hands out a session id, so a client cannot hold one.
@@ -80,34 +105,51 @@ pub async fn handle(broker: &Broker, version: i16, request: FetchRequest) -> Fet
         for watch in &mut watches {
             watch.borrow_and_update();
         }
-        let (topics, bytes, failed) =
-            read_all(broker, &request, &wanted, response_max, isolation).await;
-        if bytes >= min_bytes || failed || Instant::now() >= deadline {
-            response.responses = topics;
-            return response;
-        }
-        if !wait_for_append(&mut watches, deadline).await {
-            response.responses = topics;
+        let pass = read_all(broker, &request, &wanted, response_max, isolation).await;
+        let done = pass.bytes >= min_bytes || pass.failed || Instant::now() >= deadline;
+        if done || !wait_for_more(broker, &mut watches, pass.starved, deadline).await {
+            for share in pass.shares {
+                context.hold(share);
+            }
+            response.responses = pass.topics;
             return response;
         }
     }
 }
 
-/// Waits until any high watermark moves (true) or the deadline passes (false).
-async fn wait_for_append(watches: &mut [watch::Receiver<i64>], deadline: Instant) -> bool {
-    if watches.is_empty() {
-        tokio::time::sleep_until(deadline).await;
-        return false;
+/// Waits until any high watermark moves or, for a fetch that went without records for want
+/// of budget, until some comes back (true); or until the deadline passes (false).
+async fn wait_for_more(
+    broker: &Broker,
+    watches: &mut [watch::Receiver<i64>],
+    starved: bool,
+    deadline: Instant,
+) -> bool {
+    let returned = broker.fetch_budget.returned();
+    tokio::pin!(returned);
+    if starved {
+        returned.as_mut().enable();
+        // Room may have come back since the partitions were read.
+        if broker.fetch_budget.free() >= LEAST_SHARE {
+            return true;
+        }
     }
-    let changes = select_all(watches.iter_mut().map(|w| Box::pin(w.changed())));
+    let changes = async {
+        if watches.is_empty() {
+            return std::future::pending().await;
+        }
+        let (changed, _, _) = select_all(watches.iter_mut().map(|w| Box::pin(w.changed()))).await;
+        // A closed watch: the partition is gone, and the fetch is answered.
+        changed.is_ok()
+    };
     tokio::select! {
-        (changed, _, _) = changes => changed.is_ok(),
+        more = changes => more,
+        () = &mut returned, if starved => true,
         () = tokio::time::sleep_until(deadline) => false,
     }
 }
 
-/// Reads every wanted partition once. Returns the response topics, the bytes read, and
-/// whether any partition failed (a failure is answered at once, like data).
+/// Reads every wanted partition once, each with a share of the fetch budget.
 ///
 /// When every partition's limit fits in the response's, a remote store reads them at once,
 /// each with its own limit: there a read may be a GET of tens of milliseconds, and one
@@ -122,7 +164,7 @@ async fn read_all(
     wanted: &[Vec<Wanted>],
     response_max: usize,
     isolation: Isolation,
-) -> (Vec<FetchableTopicResponse>, usize, bool) {
+) -> Pass {
     let limits_fit = wanted
         .iter()
         .flatten()
@@ -139,9 +181,13 @@ async fn read_all(
     }
     .into_iter();
     let read_committed = isolation == Isolation::ReadCommitted;
-    let mut total = 0usize;
-    let mut failed = false;
-    let mut topics = Vec::with_capacity(wanted.len());
+    let mut pass = Pass {
+        topics: Vec::with_capacity(wanted.len()),
+        bytes: 0,
+        failed: false,
+        starved: false,
+        shares: Vec::new(),
+    };
     for (topic, partitions) in request.topics.iter().zip(wanted) {
         let mut topic_response = FetchableTopicResponse::default();
         topic_response.topic = topic.topic.clone();
@@ -150,8 +196,8 @@ async fn read_all(
             let read = match read_at_once.next() {
                 Some(read) => read,
                 None => {
-                    let budget = want.max_bytes.min(response_max.saturating_sub(total));
-                    read_partition(broker, want, budget, isolation).await
+                    let limit = want.max_bytes.min(response_max.saturating_sub(pass.bytes));
+                    read_partition(broker, want, limit, isolation).await
                 }
             };
             let mut data = PartitionData::default();
@@ -161,10 +207,18 @@ async fn read_all(
             match read {
                 None => {
                     data.error_code = ResponseError::UnknownTopicOrPartition.code();
-                    failed = true;
+                    pass.failed = true;
                 }
-                Some(Ok(fetched)) => {
-                    total += fetched.records.len();
+                Some(Ok(Budgeted::Starved(offsets))) => {
+                    pass.starved = true;
+                    data.high_watermark = offsets.high_watermark;
+                    data.last_stable_offset = offsets.last_stable_offset;
+                    data.log_start_offset = offsets.log_start_offset;
+                }
+                Some(Ok(Budgeted::Read(fetched, mut share))) => {
+                    share.shrink_to(fetched.records.len());
+                    pass.shares.push(share);
+                    pass.bytes += fetched.records.len();
                     data.high_watermark = fetched.offsets.high_watermark;
                     data.last_stable_offset = fetched.offsets.last_stable_offset;
                     data.log_start_offset = fetched.offsets.log_start_offset;
@@ -196,30 +250,38 @@ async fn read_all(
                         data.log_start_offset = log_start_offset;
                     }
                     data.error_code = storage_error(&e).code();
-                    failed = true;
+                    pass.failed = true;
                 }
             }
             topic_response.partitions.push(data);
         }
-        topics.push(topic_response);
+        pass.topics.push(topic_response);
     }
-    (topics, total, failed)
+    pass
 }
 
-/// One partition's read with `budget` bytes; `None` for a partition the broker does not
-/// have. The first batch is always returned whole, even past the budget, so a consumer can
-/// get past a batch larger than its fetch size.
+/// A partition's read, or its offsets alone when the fetch budget had too little free.
+enum Budgeted {
+    Read(FetchedRecords, Share),
+    Starved(PartitionOffsets),
+}
+
+/// One partition's read of up to `limit` bytes, as many as the fetch budget gives; `None`
+/// for a partition the broker does not have. The first batch is always returned whole,
+/// even past the limit, so a consumer can get past a batch larger than its fetch size.
 async fn read_partition(
     broker: &Broker,
     want: &Wanted,
-    budget: usize,
+    limit: usize,
     isolation: Isolation,
-) -> Option<Result<FetchedRecords, LogError>> {
+) -> Option<Result<Budgeted, LogError>> {
     let partition = want.partition.as_ref()?;
-    Some(
-        broker
-            .log
-            .read(partition, want.fetch_offset, budget, isolation)
-            .await,
-    )
+    let Some(share) = broker.fetch_budget.try_take(limit, limit.min(LEAST_SHARE)) else {
+        return Some(broker.log.offsets(partition).await.map(Budgeted::Starved));
+    };
+    let read = broker
+        .log
+        .read(partition, want.fetch_offset, share.bytes(), isolation)
+        .await;
+    Some(read.map(|fetched| Budgeted::Read(fetched, share)))
 }

@@ -54,6 +54,7 @@ use kafka_protocol::protocol::StrBytes;
 use tokio::sync::oneshot;
 
 use crate::log::{LogError, LogStore, Topic};
+use crate::protocol::budget::{ByteBudget, Share};
 use config::{validate_topic_name, BrokerConfig};
 use group_coordinator::GroupCoordinator;
 use txn_coordinator::TxnCoordinator;
@@ -64,6 +65,9 @@ pub struct Broker {
     pub groups: Arc<GroupCoordinator>,
     pub txns: Arc<TxnCoordinator>,
     pub config: BrokerConfig,
+    /// Record bytes fetches may hold at once, from their read until their answer is
+    /// written (`--fetch-memory-bytes`).
+    pub fetch_budget: ByteBudget,
 }
 
 /// Who sent a request, and where it stands among its connection's produce requests.
@@ -71,6 +75,9 @@ pub struct RequestContext {
     pub client_id: String,
     pub peer: std::net::SocketAddr,
     pub append_turn: AppendTurn,
+    /// Budget shares held until the answer is written: the request's own, and those of
+    /// the records read for it.
+    pub held: std::sync::Mutex<Vec<Share>>,
 }
 
 /// A produce request's turn to append. Requests on one connection are handled
@@ -118,6 +125,14 @@ impl AppendTurn {
 }
 
 impl RequestContext {
+    /// Keeps `share` until the answer is written.
+    pub fn hold(&self, share: Share) {
+        self.held
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(share);
+    }
+
     /// The client host as Kafka reports it in group descriptions.
     fn client_host(&self) -> String {
         format!("/{}", self.peer.ip())
@@ -131,11 +146,13 @@ impl Broker {
         txns: Arc<TxnCoordinator>,
         config: BrokerConfig,
     ) -> Self {
+        let fetch_budget = ByteBudget::new(config.fetch_memory_bytes as usize);
         Broker {
             log,
             groups,
             txns,
             config,
+            fetch_budget,
         }
     }
 
@@ -155,7 +172,9 @@ impl Broker {
             RequestKind::Produce(r) => ResponseKind::Produce(
                 produce::handle(self, version, &context.append_turn, r).await?,
             ),
-            RequestKind::Fetch(r) => ResponseKind::Fetch(fetch::handle(self, version, r).await),
+            RequestKind::Fetch(r) => {
+                ResponseKind::Fetch(fetch::handle(self, context, version, r).await)
+            }
             RequestKind::ListOffsets(r) => {
                 ResponseKind::ListOffsets(list_offsets::handle(self, version, r).await)
             }

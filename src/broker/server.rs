@@ -1,9 +1,9 @@
 //! Accepting connections and serving their requests.
 //!
 //! Each connection reads frames as fast as the client sends them and the broker's request
-//! budget allows (see `protocol::frame`), and runs up to [`MAX_IN_FLIGHT`] requests at once (each on its own task, so a produce waiting for
-//! durability does not hold up the next one), writing responses back in request order as
-//! Kafka requires. A frame that cannot be served closes only its own connection.
+//! budget allows (see `protocol::budget`), and runs up to [`MAX_IN_FLIGHT`] requests at
+//! once (each on its own task, so a produce waiting for durability does not hold up the
+//! next one), writing responses back in request order as Kafka requires. A frame that cannot be served closes only its own connection.
 //! SaslHandshake and SaslAuthenticate are the exception: the connection answers them itself,
 //! in turn, since they decide what it may serve next (see `sasl`). A connection with nothing
 //! in progress that reads no whole request for `connections.max.idle.ms` is closed.
@@ -23,7 +23,8 @@ use kafka_protocol::messages::{ApiKey, RequestHeader, RequestKind, ResponseKind}
 
 use super::sasl::Authenticator;
 use super::{sasl_authenticate, sasl_handshake, AppendTurn, Broker, RequestContext};
-use crate::protocol::frame::{FrameReader, RequestBudget};
+use crate::protocol::budget::{ByteBudget, Share};
+use crate::protocol::frame::FrameReader;
 use crate::protocol::{self, Incoming, ResponseFrame};
 
 /// Requests one connection may have in progress; Kafka clients send at most 5 by default.
@@ -47,7 +48,7 @@ pub async fn serve(
 ) {
     tokio::pin!(shutdown);
     let slots = Arc::new(Semaphore::new(broker.config.max_connections as usize));
-    let budget = RequestBudget::new(broker.config.queued_max_request_bytes as usize);
+    let budget = ByteBudget::new(broker.config.queued_max_request_bytes as usize);
     loop {
         // Wait for a free slot before accepting, so excess clients queue in the backlog.
         let slot = tokio::select! {
@@ -81,13 +82,20 @@ pub async fn serve(
     }
 }
 
-type Response = Result<Option<ResponseFrame>, String>;
+/// An answer (none to a produce with acks=0), and the budget shares it holds until it is
+/// written: its request's, and those of the records read for it.
+struct Answer {
+    frame: Option<ResponseFrame>,
+    held: Vec<Share>,
+}
+
+type Response = Result<Answer, String>;
 
 async fn run_connection(
     broker: Arc<Broker>,
     socket: TcpStream,
     peer: SocketAddr,
-    budget: &RequestBudget,
+    budget: &ByteBudget,
 ) -> Result<(), String> {
     let (reader, writer) = socket.into_split();
     let mut frames = FrameReader::new(reader, broker.config.max_request_bytes as usize, budget);
@@ -136,13 +144,8 @@ async fn run_connection(
                     } else {
                         AppendTurn::default()
                     };
-                    let (broker, share) = (broker.clone(), frame.share);
-                    in_flight.push_back(tokio::spawn(async move {
-                        let response = respond(broker, incoming, peer, turn).await;
-                        // The request is answered: its bytes go back to the budget.
-                        drop(share);
-                        response
-                    }));
+                    let respond = respond(broker.clone(), incoming, peer, turn, frame.share);
+                    in_flight.push_back(tokio::spawn(respond));
                 }
                 Some(Err(e)) => return Err(format!("bad frame: {e}")),
                 // The client is done sending; answer what it already asked, for a while.
@@ -219,7 +222,10 @@ fn answer_sasl(
         header.request_api_version,
         response,
     )
-    .map(Some)
+    .map(|frame| Answer {
+        frame: Some(frame),
+        held: Vec::new(),
+    })
     .map_err(|e| format!("encoding {api:?} response: {e}"));
     (frame, close)
 }
@@ -228,10 +234,12 @@ async fn write_response(
     writer: &mut BufWriter<tokio::net::tcp::OwnedWriteHalf>,
     done: Result<Response, tokio::task::JoinError>,
 ) -> Result<(), String> {
-    let response = done.map_err(|e| format!("request handler failed: {e}"))??;
-    for piece in response.iter().flat_map(|frame| &frame.pieces) {
+    let answer = done.map_err(|e| format!("request handler failed: {e}"))??;
+    for piece in answer.frame.iter().flat_map(|frame| &frame.pieces) {
         writer.write_all(piece).await.map_err(|e| e.to_string())?;
     }
+    // Written (or copied into the writer's buffer): the answer's shares go back.
+    drop(answer.held);
     Ok(())
 }
 
@@ -240,11 +248,15 @@ async fn respond(
     incoming: Incoming,
     peer: SocketAddr,
     append_turn: AppendTurn,
+    request_share: Share,
 ) -> Response {
     match incoming {
         Incoming::ApiVersionsTooNew { correlation_id } => {
             protocol::encode_api_versions_too_new(correlation_id)
-                .map(Some)
+                .map(|frame| Answer {
+                    frame: Some(frame),
+                    held: vec![request_share],
+                })
                 .map_err(|e| e.to_string())
         }
         Incoming::Request { header, body } => {
@@ -258,9 +270,15 @@ async fn respond(
                     .unwrap_or_default(),
                 peer,
                 append_turn,
+                held: std::sync::Mutex::new(vec![request_share]),
             };
-            let Some(response) = broker.handle(&context, &header, *body).await else {
-                return Ok(None);
+            let response = broker.handle(&context, &header, *body).await;
+            let held = context
+                .held
+                .into_inner()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let Some(response) = response else {
+                return Ok(Answer { frame: None, held });
             };
             protocol::encode_response(
                 header.correlation_id,
@@ -268,7 +286,10 @@ async fn respond(
                 header.request_api_version,
                 response,
             )
-            .map(Some)
+            .map(|frame| Answer {
+                frame: Some(frame),
+                held,
+            })
             .map_err(|e| format!("encoding {api:?} response: {e}"))
         }
     }

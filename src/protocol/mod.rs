@@ -3,6 +3,7 @@
 //! Turns bytes into decoded requests and responses into bytes; it never decides what a
 //! request means (that is `broker`'s) and never touches storage.
 
+pub mod budget;
 pub mod codec;
 pub mod frame;
 mod legacy;

@@ -92,10 +92,10 @@ def produce_v3_error(response):
     return error, base_offset
 
 
-def fetch_v4(topic, offset, max_wait_ms, min_bytes, partition_max_bytes=1 << 20):
+def fetch_v4(topic, offset, max_wait_ms, min_bytes, partition_max_bytes=1 << 20, max_bytes=1 << 20):
     """Fetch v4 of partition 0 of `topic`."""
     return (
-        struct.pack(">iiiib", -1, max_wait_ms, min_bytes, 1 << 20, 0)
+        struct.pack(">iiiib", -1, max_wait_ms, min_bytes, max_bytes, 0)
         + struct.pack(">i", 1)
         + string(topic)
         + struct.pack(">i", 1)
@@ -103,16 +103,21 @@ def fetch_v4(topic, offset, max_wait_ms, min_bytes, partition_max_bytes=1 << 20)
     )
 
 
-def fetch_v4_result(response):
-    """(error code, log offsets of the returned batches as (base, last)) of the one partition."""
+def fetch_v4_partition(response):
+    """(error code, high watermark, records) of the one partition of a Fetch v4 response."""
     pos = 8  # correlation id, throttle time
     pos += 4  # topic count
     (name_len,) = struct.unpack_from(">h", response, pos)
     pos += 2 + name_len + 4  # name, partition count
-    _, error, _, _, aborted = struct.unpack_from(">ihqqi", response, pos)
+    _, error, high_watermark, _, aborted = struct.unpack_from(">ihqqi", response, pos)
     pos += 4 + 2 + 8 + 8 + 4 + max(aborted, 0) * 16
     (size,) = struct.unpack_from(">i", response, pos)
-    records = response[pos + 4 : pos + 4 + max(size, 0)]
+    return error, high_watermark, response[pos + 4 : pos + 4 + max(size, 0)]
+
+
+def fetch_v4_result(response):
+    """(error code, log offsets of the returned batches as (base, last)) of the one partition."""
+    error, _, records = fetch_v4_partition(response)
     batches = []
     while len(records) >= 27:
         base, length = struct.unpack_from(">qi", records, 0)

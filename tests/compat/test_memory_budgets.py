@@ -1,5 +1,6 @@
-"""The request budget (`--queued-max-request-bytes`): request bytes held at once over all
-connections are bounded; clients past it wait, and none is refused or loses data."""
+"""The broker's memory budgets: request bytes (`--queued-max-request-bytes`) and fetched
+record bytes (`--fetch-memory-bytes`) held at once over all connections are bounded;
+clients past them wait, and none is refused or loses data."""
 
 import socket
 import struct
@@ -10,7 +11,7 @@ import pytest
 from confluent_kafka import Producer
 from confluent_kafka.admin import ConfigResource, ResourceType
 
-from clients import admin, consume, create_topic
+from clients import admin, consume, create_topic, produce
 import wire
 
 
@@ -101,3 +102,52 @@ def test_a_client_stalled_in_a_request_is_closed_when_idle_and_its_share_returns
     stalled.settimeout(5)
     assert stalled.recv(1) == b""
     assert "idle for 1500 ms" in broker.log()
+
+
+def test_a_fetch_past_the_fetch_budget_waits_for_room(make_broker, topic_name):
+    broker = make_broker("--fetch-memory-bytes", str(32 << 20))
+    create_topic(broker.bootstrap, topic_name)
+    sock = wire.connect(broker)
+    batch = wire.record_batch([b"z" * 1000] * 1000)
+    for _ in range(40):
+        assert wire.produce_roundtrip(sock, topic_name, batch)[0] == 0
+
+    # A client asks for 32 MB and does not read the answer: it is larger than the socket's
+    # buffers, so the broker is still writing it and holds the whole budget.
+    hog = socket.socket()
+    hog.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 16)
+    hog.connect(("127.0.0.1", broker.port))
+    wire.send(hog, wire.header(1, 4) + wire.fetch_v4(topic_name, 0, 0, 1, 32 << 20, 32 << 20))
+    time.sleep(0.5)
+
+    # Another consumer is answered without records at the end of its wait; the high
+    # watermark tells it there are some.
+    consumer = wire.connect(broker)
+    wire.send(consumer, wire.header(1, 4) + wire.fetch_v4(topic_name, 0, 300, 1))
+    assert wire.fetch_v4_partition(wire.receive(consumer)) == (0, 40_000, b"")
+
+    # The hog goes away; its share comes back, and a waiting fetch is answered with records.
+    wire.send(consumer, wire.header(1, 4, correlation_id=2) + wire.fetch_v4(topic_name, 0, 10_000, 1))
+    time.sleep(0.3)
+    hog.close()
+    error, batches = wire.fetch_v4_result(wire.receive(consumer))
+    assert (error, batches[0]) == (0, (0, 999))
+
+
+def test_consumers_past_a_small_fetch_budget_all_get_everything(make_broker, topic_name):
+    broker = make_broker("--fetch-memory-bytes", str(1 << 20))
+    create_topic(broker.bootstrap, topic_name, partitions=4)
+    values = [f"{i}".encode().ljust(1000, b".") for i in range(5000)]
+    produce(broker.bootstrap, topic_name, [(p, None, v, None, None) for p in range(4) for v in values], **{"batch.size": 1 << 20})
+    results = {}
+
+    def run(partition):
+        read = consume(broker.bootstrap, topic_name, partition, len(values), timeout=60, **{"fetch.message.max.bytes": 4 << 20})
+        results[partition] = [m.value() for m in read]
+
+    threads = [threading.Thread(target=run, args=(p,)) for p in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(90)
+    assert results == {p: values for p in range(4)}
