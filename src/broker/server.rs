@@ -6,7 +6,8 @@
 //! next one), writing responses back in request order as Kafka requires. A frame that cannot be served closes only its own connection.
 //! SaslHandshake and SaslAuthenticate are the exception: the connection answers them itself,
 //! in turn, since they decide what it may serve next (see `sasl`). A connection with nothing
-//! in progress that reads no whole request for `connections.max.idle.ms` is closed.
+//! in progress that reads no whole request for `connections.max.idle.ms` is closed, and so
+//! is one whose client reads no answer for that long.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -155,12 +156,23 @@ async fn run_connection(
                 }
             },
             Some(done) = in_flight.next() => {
-                write_response(&mut writer, done).await?;
-                // Write every response that is already finished before one flush.
-                while let Some(Some(done)) = in_flight.next().now_or_never() {
+                let written = async {
                     write_response(&mut writer, done).await?;
+                    // Write every response that is already finished before one flush.
+                    while let Some(Some(done)) = in_flight.next().now_or_never() {
+                        write_response(&mut writer, done).await?;
+                    }
+                    writer.flush().await.map_err(|e| e.to_string())
+                };
+                // A client that stops reading its answers would hold their budget shares
+                // for as long as it keeps the connection; it gets as long as an idle one.
+                idle.as_mut().reset(tokio::time::Instant::now() + idle_limit);
+                tokio::select! {
+                    written = written => written?,
+                    () = &mut idle => {
+                        return Err(format!("answers not read for {} ms", idle_limit.as_millis()));
+                    }
                 }
-                writer.flush().await.map_err(|e| e.to_string())?;
                 idle.as_mut().reset(tokio::time::Instant::now() + idle_limit);
             },
             // Counted from the last whole request or answer, so a client that stalls in

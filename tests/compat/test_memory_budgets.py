@@ -31,6 +31,23 @@ def stall_then_produce(broker, topic, value):
     return stalled, producer, sending
 
 
+def hog_the_fetch_budget(broker, topic, value):
+    """Stores 40 MB in `topic`, then asks for 32 MB of it from a connection that reads
+    nothing: the answer is larger than the socket's buffers, so the broker is still
+    writing it and holds that much of the fetch budget. Returns the hog's socket."""
+    create_topic(broker.bootstrap, topic)
+    sock = wire.connect(broker)
+    batch = wire.record_batch([value] * 1000)
+    for _ in range(40):
+        assert wire.produce_roundtrip(sock, topic, batch)[0] == 0
+    hog = socket.socket()
+    hog.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 16)
+    hog.connect(("127.0.0.1", broker.port))
+    wire.send(hog, wire.header(1, 4) + wire.fetch_v4(topic, 0, 0, 1, 32 << 20, 32 << 20))
+    time.sleep(0.4)
+    return hog
+
+
 def test_a_request_past_the_budget_waits_and_small_ones_pass(make_broker, topic_name):
     broker = make_broker("--queued-max-request-bytes", "3000000")
     create_topic(broker.bootstrap, topic_name)
@@ -106,19 +123,7 @@ def test_a_client_stalled_in_a_request_is_closed_when_idle_and_its_share_returns
 
 def test_a_fetch_past_the_fetch_budget_waits_for_room(make_broker, topic_name):
     broker = make_broker("--fetch-memory-bytes", str(32 << 20))
-    create_topic(broker.bootstrap, topic_name)
-    sock = wire.connect(broker)
-    batch = wire.record_batch([b"z" * 1000] * 1000)
-    for _ in range(40):
-        assert wire.produce_roundtrip(sock, topic_name, batch)[0] == 0
-
-    # A client asks for 32 MB and does not read the answer: it is larger than the socket's
-    # buffers, so the broker is still writing it and holds the whole budget.
-    hog = socket.socket()
-    hog.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 16)
-    hog.connect(("127.0.0.1", broker.port))
-    wire.send(hog, wire.header(1, 4) + wire.fetch_v4(topic_name, 0, 0, 1, 32 << 20, 32 << 20))
-    time.sleep(0.5)
+    hog = hog_the_fetch_budget(broker, topic_name, b"z" * 1000)
 
     # Another consumer is answered without records at the end of its wait; the high
     # watermark tells it there are some.
@@ -132,6 +137,21 @@ def test_a_fetch_past_the_fetch_budget_waits_for_room(make_broker, topic_name):
     hog.close()
     error, batches = wire.fetch_v4_result(wire.receive(consumer))
     assert (error, batches[0]) == (0, (0, 999))
+
+
+def test_a_client_that_reads_no_answers_is_closed_when_idle_and_its_share_returns(make_broker, topic_name):
+    broker = make_broker("--fetch-memory-bytes", str(32 << 20), "--connections-max-idle-ms", "1500")
+    hog = hog_the_fetch_budget(broker, topic_name, b"w" * 1000)
+    # The hog keeps its connection but reads nothing; the broker gives up on it once its
+    # answer has waited that long, and a waiting fetch is answered with records.
+    consumer = wire.connect(broker)
+    started = time.monotonic()
+    wire.send(consumer, wire.header(1, 4) + wire.fetch_v4(topic_name, 0, 10_000, 1))
+    error, batches = wire.fetch_v4_result(wire.receive(consumer))
+    assert (error, batches[0]) == (0, (0, 999))
+    assert time.monotonic() - started < 8
+    assert "answers not read for 1500 ms" in broker.log()
+    hog.close()
 
 
 def test_consumers_past_a_small_fetch_budget_all_get_everything(make_broker, topic_name):
