@@ -237,11 +237,15 @@ impl Authenticator {
         }
     }
 
+    /// Whether the connection is past authentication (or needs none).
+    pub fn authenticated(&self) -> bool {
+        self.users.is_none() || matches!(self.state, State::Authenticated)
+    }
+
     /// Whether the connection may be served `api` now. With users configured only
     /// ApiVersions and the SASL exchange come before authentication.
     pub fn may_serve(&self, api: ApiKey) -> bool {
-        self.users.is_none()
-            || matches!(self.state, State::Authenticated)
+        self.authenticated()
             || matches!(
                 api,
                 ApiKey::ApiVersions | ApiKey::SaslHandshake | ApiKey::SaslAuthenticate

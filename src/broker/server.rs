@@ -37,6 +37,11 @@ const MAX_IN_FLIGHT: usize = 32;
 /// connection slot by then. Kafka closes such a connection at once.
 const ANSWER_AFTER_EOF: Duration = Duration::from_secs(5);
 
+/// Largest frame read from a connection that has yet to authenticate, as Kafka's
+/// `sasl.server.max.receive.size`: a client without credentials cannot make the broker
+/// hold much of its request budget.
+const MAX_FRAME_BEFORE_AUTHENTICATION: usize = 512 << 10;
+
 /// How long a connection whose SASL exchange failed stays open after its answer, as Kafka's
 /// `connection.failed.authentication.delay.ms` (100 ms by default).
 const FAILED_AUTHENTICATION_CLOSE_DELAY: Duration = Duration::from_millis(100);
@@ -99,12 +104,12 @@ async fn run_connection(
     budget: &ByteBudget,
 ) -> Result<(), String> {
     let (reader, writer) = socket.into_split();
-    let mut frames = FrameReader::new(reader, broker.config.max_request_bytes as usize, budget);
+    let mut auth = Authenticator::new(broker.config.sasl_users.clone());
+    let mut frames = FrameReader::new(reader, frame_limit(&broker, &auth), budget);
     let mut writer = BufWriter::new(writer);
     let mut in_flight: FuturesOrdered<JoinHandle<Response>> = FuturesOrdered::new();
     // What the next produce request waits on before it appends: the last one's turn.
     let mut last_produce: Option<oneshot::Receiver<()>> = None;
-    let mut auth = Authenticator::new(broker.config.sasl_users.clone());
     let mut reading = true;
     // The SASL exchange failed: the connection ends once its answer is written.
     let mut refused = false;
@@ -122,6 +127,7 @@ async fn run_connection(
                     let incoming = match incoming {
                         Incoming::Request { header, body } if is_sasl(&body) => {
                             let (answer, close) = answer_sasl(&mut auth, &header, *body);
+                            frames.set_max_frame_bytes(frame_limit(&broker, &auth));
                             if close {
                                 // A failed exchange: answer, then end the connection.
                                 reading = false;
@@ -193,6 +199,15 @@ async fn run_connection(
                 return Ok(());
             }
         }
+    }
+}
+
+fn frame_limit(broker: &Broker, auth: &Authenticator) -> usize {
+    let limit = broker.config.max_request_bytes as usize;
+    if auth.authenticated() {
+        limit
+    } else {
+        limit.min(MAX_FRAME_BEFORE_AUTHENTICATION)
     }
 }
 

@@ -46,6 +46,11 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         }
     }
 
+    /// Changes the largest frame accepted from the next one on.
+    pub fn set_max_frame_bytes(&mut self, max_frame_bytes: usize) {
+        self.max_frame_bytes = max_frame_bytes;
+    }
+
     /// The next frame, or `None` once the client ended the stream between frames. A length
     /// over the limit (or negative, which reads as huge) is an error before any buffer for
     /// the frame is allocated. Cancel-safe: dropping the future loses nothing.

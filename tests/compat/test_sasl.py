@@ -94,6 +94,22 @@ def test_a_client_without_sasl_is_disconnected_before_any_request(secured):
     assert logged(secured, "Metadata before SASL authentication")
 
 
+def test_requests_before_authentication_are_limited_to_512_kib(secured, topic_name):
+    # A client that has not authenticated cannot start a large request (Kafka's
+    # sasl.server.max.receive.size): the broker closes the connection on the length alone.
+    sock = wire.connect(secured)
+    sock.sendall(struct.pack(">i", 600_000) + bytes(100))
+    sock.settimeout(5)
+    assert sock.recv(1) == b""
+    assert logged(secured, "a frame of 600000 bytes; the limit is 524288")
+    # Once authenticated, large requests are read as usual.
+    big = "x" * 900_000
+    produced = kcat(secured, "SCRAM-SHA-256", "alice", "alice-secret", "-P", "-t", topic_name, stdin=big + "\n")
+    assert produced.returncode == 0, produced.stderr
+    consumed = kcat(secured, "PLAIN", "alice", "alice-secret", "-C", "-t", topic_name, "-e", "-f", "%S\n")
+    assert consumed.stdout == "900000\n", consumed.stderr
+
+
 def test_sasl_state_errors_on_the_wire(secured):
     # SaslAuthenticate without a handshake: ILLEGAL_SASL_STATE, then the connection closes.
     sock = wire.connect(secured)
