@@ -146,7 +146,8 @@ impl Broker {
         txns: Arc<TxnCoordinator>,
         config: BrokerConfig,
     ) -> Self {
-        let fetch_budget = ByteBudget::new(config.fetch_memory_bytes as usize);
+        let fetch_budget =
+            ByteBudget::new(config.fetch_memory_bytes as usize, "--fetch-memory-bytes");
         Broker {
             log,
             groups,

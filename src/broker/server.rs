@@ -54,7 +54,10 @@ pub async fn serve(
 ) {
     tokio::pin!(shutdown);
     let slots = Arc::new(Semaphore::new(broker.config.max_connections as usize));
-    let budget = ByteBudget::new(broker.config.queued_max_request_bytes as usize);
+    let budget = ByteBudget::new(
+        broker.config.queued_max_request_bytes as usize,
+        "--queued-max-request-bytes",
+    );
     loop {
         // Wait for a free slot before accepting, so excess clients queue in the backlog.
         let slot = tokio::select! {

@@ -5,8 +5,9 @@
 //! fetch. Each share goes back once its answer is written, so the broker's memory follows
 //! its configuration, not its load.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
@@ -25,15 +26,27 @@ struct BudgetState {
     free: AtomicUsize,
     /// Signalled whenever a share (or part of one) comes back.
     returned: Notify,
+    /// The flag that sets `total`, named in the log when the budget runs short.
+    setting: &'static str,
+    created: Instant,
+    /// When the log last said so, in milliseconds after `created` (`u64::MAX`: never).
+    last_reported_ms: AtomicU64,
 }
 
+/// How often, at most, the log says that a budget ran short.
+const REPORT_EVERY: Duration = Duration::from_secs(60);
+
 impl ByteBudget {
-    pub fn new(total: usize) -> Self {
+    /// A budget of `total` bytes, set by the flag `setting`.
+    pub fn new(total: usize, setting: &'static str) -> Self {
         ByteBudget {
             inner: Arc::new(BudgetState {
                 total,
                 free: AtomicUsize::new(total),
                 returned: Notify::new(),
+                setting,
+                created: Instant::now(),
+                last_reported_ms: AtomicU64::new(u64::MAX),
             }),
         }
     }
@@ -60,13 +73,17 @@ impl ByteBudget {
         let wanted = wanted.min(self.inner.total);
         let least = least.min(wanted);
         let mut bytes = 0;
-        self.inner
+        let taken = self
+            .inner
             .free
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |free| {
                 bytes = free.min(wanted);
                 (free >= least).then(|| free - bytes)
-            })
-            .ok()?;
+            });
+        if taken.is_err() {
+            self.inner.report_short();
+            return None;
+        }
         Some(Share {
             budget: self.inner.clone(),
             bytes,
@@ -111,6 +128,26 @@ impl Drop for Share {
 }
 
 impl BudgetState {
+    /// Says in the log, at most once every [`REPORT_EVERY`], that clients wait for this
+    /// budget: the cause of clients slowing down, and the setting that moves it.
+    fn report_short(&self) {
+        let now = self.created.elapsed().as_millis() as u64;
+        let last = self.last_reported_ms.load(Ordering::Relaxed);
+        let due = last == u64::MAX || now >= last + REPORT_EVERY.as_millis() as u64;
+        if due
+            && self
+                .last_reported_ms
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            tracing::info!(
+                total = self.total,
+                "{} is spent: clients wait until answers give some back",
+                self.setting
+            );
+        }
+    }
+
     fn give_back(&self, bytes: usize) {
         if bytes > 0 {
             self.free.fetch_add(bytes, Ordering::AcqRel);
@@ -125,7 +162,7 @@ mod tests {
 
     #[tokio::test]
     async fn shares_come_back_when_dropped_or_shrunk() {
-        let budget = ByteBudget::new(100);
+        let budget = ByteBudget::new(100, "test");
         let mut share = budget.take(60).await;
         assert_eq!(budget.free(), 40);
         share.shrink_to(10);
@@ -138,7 +175,7 @@ mod tests {
 
     #[tokio::test]
     async fn try_take_takes_what_is_free_down_to_the_least_wanted() {
-        let budget = ByteBudget::new(100);
+        let budget = ByteBudget::new(100, "test");
         let held = budget.take(70).await;
         assert_eq!(budget.try_take(50, 20).map(|s| s.bytes()), Some(30));
         assert!(budget.try_take(50, 40).is_none());
@@ -155,7 +192,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_small_share_is_not_held_up_by_a_large_one_waiting() {
-        let budget = ByteBudget::new(100);
+        let budget = ByteBudget::new(100, "test");
         let held = budget.take(60).await;
         let waiting = budget.take(50);
         tokio::pin!(waiting);

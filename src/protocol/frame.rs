@@ -117,7 +117,7 @@ mod tests {
 
     #[tokio::test]
     async fn frames_over_the_limit_are_refused_unread() {
-        let budget = ByteBudget::new(1 << 20);
+        let budget = ByteBudget::new(1 << 20, "test");
         for length in [i32::MAX, -1, 1025] {
             let mut stream = length.to_be_bytes().to_vec();
             stream.extend_from_slice(b"hello");
@@ -129,7 +129,7 @@ mod tests {
 
     #[tokio::test]
     async fn frames_are_split_from_a_stream_and_its_end() {
-        let budget = ByteBudget::new(1 << 20);
+        let budget = ByteBudget::new(1 << 20, "test");
         let mut stream = framed(b"hello");
         stream.extend(framed(b""));
         stream.extend(framed(&[7; 20_000]));
@@ -150,7 +150,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_frame_waits_for_its_share_before_its_body_is_read() {
-        let budget = ByteBudget::new(30_000);
+        let budget = ByteBudget::new(30_000, "test");
         let held = budget.take(20_000).await;
         let (mut client, server) = tokio::io::duplex(1 << 16);
         let mut reader = FrameReader::new(server, 1 << 20, &budget);
@@ -169,7 +169,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_frame_larger_than_the_budget_takes_all_of_it() {
-        let budget = ByteBudget::new(10);
+        let budget = ByteBudget::new(10, "test");
         let stream = framed(&[1; 50]);
         let mut reader = FrameReader::new(stream.as_slice(), 1 << 20, &budget);
         let frame = reader.next().await.unwrap().unwrap();

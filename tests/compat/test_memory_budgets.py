@@ -60,6 +60,7 @@ def test_a_request_past_the_budget_waits_and_small_ones_pass(make_broker, topic_
     producer.settimeout(1.5)
     with pytest.raises(socket.timeout):
         producer.recv(1)
+    assert "--queued-max-request-bytes is spent" in broker.log()
 
     # A small request fits in what is left: another client is answered at once.
     other = wire.connect(broker)
@@ -130,6 +131,7 @@ def test_a_fetch_past_the_fetch_budget_waits_for_room(make_broker, topic_name):
     consumer = wire.connect(broker)
     wire.send(consumer, wire.header(1, 4) + wire.fetch_v4(topic_name, 0, 300, 1))
     assert wire.fetch_v4_partition(wire.receive(consumer)) == (0, 40_000, b"")
+    assert "--fetch-memory-bytes is spent" in broker.log()
 
     # The hog goes away; its share comes back, and a waiting fetch is answered with records.
     wire.send(consumer, wire.header(1, 4, correlation_id=2) + wire.fetch_v4(topic_name, 0, 10_000, 1))
