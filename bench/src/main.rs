@@ -62,8 +62,8 @@ struct Args {
     /// Largest partition count for the metadata test (a multiple of 1000).
     #[arg(long, default_value_t = 100_000)]
     max_partitions: i32,
-    /// Run only these sections (comma-separated: limits, startup, throughput, latency,
-    /// metadata); all of them by default. For quick before/after comparisons.
+    /// Run only these sections (comma-separated: limits, startup, throughput, clients,
+    /// latency, metadata); all of them by default. For quick before/after comparisons.
     #[arg(long, value_delimiter = ',')]
     only: Vec<Section>,
     /// Do not pin the broker and the client to different cores.
@@ -79,9 +79,21 @@ enum Section {
     Limits,
     Startup,
     Throughput,
+    Clients,
     Latency,
     Metadata,
 }
+
+/// Producers, each to a topic of its own, in the many-clients run: enough that requests
+/// waiting on the disk would take the broker past the memory target without its budgets.
+const MANY_PRODUCERS: usize = 16;
+
+/// Consumers in the many-clients run, three per producer's topic.
+const MANY_CONSUMERS: usize = 48;
+
+/// What each of those consumers asks for per fetch (`fetch.message.max.bytes`; librdkafka's
+/// default is 1 MiB): large fetches, so that without a budget their answers would add up.
+const MANY_CONSUMERS_FETCH_BYTES: usize = 8 << 20;
 
 impl Args {
     fn runs(&self, section: Section) -> bool {
@@ -248,8 +260,11 @@ fn main() -> Result<()> {
     if bench.args.runs(Section::Throughput) {
         throughput(&bench, &mut report, limits)?;
     }
+    if bench.args.runs(Section::Clients) {
+        many_clients(&bench, &mut report)?;
+    }
     if bench.args.runs(Section::Latency) {
-        if bench.args.runs(Section::Throughput) {
+        if bench.args.runs(Section::Throughput) || bench.args.runs(Section::Clients) {
             std::thread::sleep(SETTLE_BEFORE_LATENCY);
         }
         latency(&bench, &mut report)?;
@@ -288,6 +303,38 @@ fn startup_and_memory(bench: &Bench, report: &mut Report) -> Result<()> {
         "- startup (process start to accepting connections): **{startup:.1} ms**"
     ));
     report.line(&format!("- idle RSS: **{idle:.1} MB**"));
+    Ok(())
+}
+
+fn many_clients(bench: &Bench, report: &mut Report) -> Result<()> {
+    report.section("Memory with many clients");
+    let runs: Vec<[(f64, f64); 2]> = (0..bench.args.runs)
+        .map(|_| bench.many_clients())
+        .collect::<Result<_>>()?;
+    let median_at = |phase: usize, field: fn(&(f64, f64)) -> f64| {
+        median_of(runs.iter().map(|run| field(&run[phase])).collect())
+    };
+    let records = bench.args.records / MANY_PRODUCERS;
+    report.line(&format!(
+        "- {MANY_PRODUCERS} producers at once (payload lent), each {records} records of {} B \
+         to a topic of its own: peak broker RSS **{:.0} MB** ({:.0} MB/s in all)",
+        bench.args.record_bytes,
+        median_at(0, |r| r.0),
+        median_at(0, |r| r.1),
+    ));
+    report.line(&format!(
+        "- then, on a restarted broker, {MANY_CONSUMERS} consumers at once, three per topic, \
+         each reading its topic from the beginning with fetches of up to {} MiB: peak broker \
+         RSS **{:.0} MB** ({:.0} MB/s in all)",
+        MANY_CONSUMERS_FETCH_BYTES >> 20,
+        median_at(1, |r| r.0),
+        median_at(1, |r| r.1),
+    ));
+    report.line(
+        "The broker holds at most `--queued-max-request-bytes` of requests and \
+         `--fetch-memory-bytes` of fetched records at once (128 MiB each by default), \
+         whatever the number of clients.",
+    );
     Ok(())
 }
 
@@ -464,6 +511,7 @@ struct Broker {
     child: Child,
     bootstrap: String,
     startup: Duration,
+    data: PathBuf,
 }
 
 impl Broker {
@@ -568,6 +616,11 @@ struct Latency {
 impl Bench {
     fn start_broker(&self, extra: &[&str]) -> Result<Broker> {
         let data = tempfile::tempdir_in(self.data_root.path())?.keep();
+        self.start_broker_in(data, extra)
+    }
+
+    /// A broker on the data folder `data`, new or left by an earlier one.
+    fn start_broker_in(&self, data: PathBuf, extra: &[&str]) -> Result<Broker> {
         let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let listen = format!("127.0.0.1:{port}");
         let mut command = if self.pin {
@@ -598,6 +651,7 @@ impl Bench {
             child,
             bootstrap: listen,
             startup: started.elapsed(),
+            data,
         })
     }
 
@@ -650,6 +704,18 @@ impl Bench {
         partitions: i32,
         payload_use: Payload,
     ) -> Result<f64> {
+        self.produce_records(bootstrap, topic, partitions, payload_use, self.args.records)
+    }
+
+    /// [`Bench::produce_all`] of `records` records.
+    fn produce_records(
+        &self,
+        bootstrap: &str,
+        topic: &str,
+        partitions: i32,
+        payload_use: Payload,
+        records: usize,
+    ) -> Result<f64> {
         // Declared before the producer so that it is dropped after it: records lent from it
         // may still be queued when an error returns early, and dropping the producer
         // purges them and stops librdkafka's threads.
@@ -664,31 +730,40 @@ impl Bench {
         let started = Instant::now();
         match payload_use {
             Payload::Copied => {
-                for i in 0..self.args.records {
+                for i in 0..records {
                     let record = BaseRecord::<(), [u8], usize>::with_opaque_to(topic, 0)
                         .payload(&payload[..])
                         .partition((i % partitions as usize) as i32);
                     send(&producer, record);
                 }
             }
-            Payload::Lent => send_lent(&producer, topic, partitions, &payload, self.args.records)?,
+            Payload::Lent => send_lent(&producer, topic, partitions, &payload, records)?,
         }
         producer.flush(Duration::from_secs(120))?;
         let secs = started.elapsed().as_secs_f64();
         let (ok, failed) = acked.counts();
-        if failed > 0 || ok != self.args.records {
-            bail!(
-                "{failed} records failed, {ok} acknowledged of {}",
-                self.args.records
-            );
+        if failed > 0 || ok != records {
+            bail!("{failed} records failed, {ok} acknowledged of {records}");
         }
-        Ok((self.args.records * self.args.record_bytes) as f64 / 1e6 / secs)
+        Ok((records * self.args.record_bytes) as f64 / 1e6 / secs)
     }
 
     /// Consumes the throughput workload from the beginning of `topic`'s partitions; returns
     /// MB/s.
     fn consume_all(&self, bootstrap: &str, topic: &str, partitions: i32) -> Result<f64> {
-        let consumer: BaseConsumer = consumer_config(bootstrap).create()?;
+        let config = consumer_config(bootstrap);
+        self.consume_records(&config, topic, partitions, self.args.records)
+    }
+
+    /// [`Bench::consume_all`] of the first `records` records.
+    fn consume_records(
+        &self,
+        config: &ClientConfig,
+        topic: &str,
+        partitions: i32,
+        records: usize,
+    ) -> Result<f64> {
+        let consumer: BaseConsumer = config.create()?;
         connect(consumer.client(), topic)?;
         let mut assignment = TopicPartitionList::new();
         for p in 0..partitions {
@@ -697,7 +772,7 @@ impl Bench {
         let started = Instant::now();
         consumer.assign(&assignment)?;
         let mut read = 0;
-        while read < self.args.records {
+        while read < records {
             match consumer.poll(Duration::from_secs(10)) {
                 Some(Ok(_)) => read += 1,
                 Some(Err(e)) => bail!("consume: {e}"),
@@ -705,7 +780,65 @@ impl Bench {
             }
         }
         let secs = started.elapsed().as_secs_f64();
-        Ok((self.args.records * self.args.record_bytes) as f64 / 1e6 / secs)
+        Ok((records * self.args.record_bytes) as f64 / 1e6 / secs)
+    }
+
+    /// Peak broker RSS (MB) and MB/s in all, with [`MANY_PRODUCERS`] producers at once,
+    /// each to a topic of its own, then with [`MANY_CONSUMERS`] consumers at once reading
+    /// those topics from the beginning.
+    fn many_clients(&self) -> Result<[(f64, f64); 2]> {
+        let broker = self.start_broker(&[])?;
+        let topics: Vec<(String, i32)> = (0..MANY_PRODUCERS)
+            .map(|i| (format!("many-{i}"), 1))
+            .collect();
+        create_topics(&broker.bootstrap, &topics)?;
+        let records = self.args.records / MANY_PRODUCERS;
+        let megabytes = (records * self.args.record_bytes) as f64 / 1e6;
+        let started = Instant::now();
+        std::thread::scope(|scope| {
+            let producers: Vec<_> = topics
+                .iter()
+                .map(|(topic, _)| {
+                    scope.spawn(|| {
+                        self.produce_records(&broker.bootstrap, topic, 1, Payload::Lent, records)
+                    })
+                })
+                .collect();
+            producers
+                .into_iter()
+                .try_for_each(|p| p.join().expect("a producer thread panicked").map(drop))
+        })?;
+        let produced = (
+            broker.rss_mb().1,
+            megabytes * MANY_PRODUCERS as f64 / started.elapsed().as_secs_f64(),
+        );
+        // A new broker on the same data, so that the memory the producers' requests took
+        // (which the allocator keeps) does not count as the consumers'.
+        let data = broker.data.clone();
+        drop(broker);
+        let broker = self.start_broker_in(data, &[])?;
+        let mut config = consumer_config(&broker.bootstrap);
+        config.set(
+            "fetch.message.max.bytes",
+            MANY_CONSUMERS_FETCH_BYTES.to_string(),
+        );
+        let started = Instant::now();
+        std::thread::scope(|scope| {
+            let consumers: Vec<_> = (0..MANY_CONSUMERS)
+                .map(|i| {
+                    let (topic, config) = (&topics[i % MANY_PRODUCERS].0, &config);
+                    scope.spawn(move || self.consume_records(config, topic, 1, records))
+                })
+                .collect();
+            consumers
+                .into_iter()
+                .try_for_each(|c| c.join().expect("a consumer thread panicked").map(drop))
+        })?;
+        let consumed = (
+            broker.rss_mb().1,
+            megabytes * MANY_CONSUMERS as f64 / started.elapsed().as_secs_f64(),
+        );
+        Ok([produced, consumed])
     }
 
     fn latency(&self, rate: u64, committers: usize) -> Result<Latency> {
