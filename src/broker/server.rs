@@ -3,11 +3,12 @@
 //! Each connection reads frames as fast as the client sends them and the broker's request
 //! budget allows (see `protocol::budget`), and runs up to [`MAX_IN_FLIGHT`] requests at
 //! once (each on its own task, so a produce waiting for durability does not hold up the
-//! next one), writing responses back in request order as Kafka requires. A frame that cannot be served closes only its own connection.
-//! SaslHandshake and SaslAuthenticate are the exception: the connection answers them itself,
-//! in turn, since they decide what it may serve next (see `sasl`). A connection with nothing
-//! in progress that reads no whole request for `connections.max.idle.ms` is closed, and so
-//! is one whose client reads no answer for that long.
+//! next one), writing responses back in request order as Kafka requires. A frame that
+//! cannot be served closes only its own connection. SaslHandshake and SaslAuthenticate are
+//! the exception: the connection answers them itself, in turn, since they decide what it
+//! may serve next (see `sasl`). A connection with nothing in progress that reads no whole
+//! request for `connections.max.idle.ms` is closed, and so is one whose client reads no
+//! answer for that long.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
