@@ -246,8 +246,13 @@ fn answer_sasl(
         }
         _ => unreachable!("answer_sasl is only given SASL requests"),
     };
+    (encode(header, response, Vec::new()), close)
+}
+
+/// The answer to the request `header` starts, holding `held` until it is written.
+fn encode(header: &RequestHeader, response: ResponseKind, held: Vec<Share>) -> Response {
     let api = api_of(header);
-    let frame = protocol::encode_response(
+    protocol::encode_response(
         header.correlation_id,
         api,
         header.request_api_version,
@@ -255,10 +260,9 @@ fn answer_sasl(
     )
     .map(|frame| Answer {
         frame: Some(frame),
-        held: Vec::new(),
+        held,
     })
-    .map_err(|e| format!("encoding {api:?} response: {e}"));
-    (frame, close)
+    .map_err(|e| format!("encoding {api:?} response: {e}"))
 }
 
 async fn write_response(
@@ -291,8 +295,6 @@ async fn respond(
                 .map_err(|e| e.to_string())
         }
         Incoming::Request { header, body } => {
-            let api = kafka_protocol::messages::ApiKey::try_from(header.request_api_key)
-                .map_err(|_| "unknown API key".to_string())?;
             let context = RequestContext {
                 client_id: header
                     .client_id
@@ -308,20 +310,10 @@ async fn respond(
                 .held
                 .into_inner()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            let Some(response) = response else {
-                return Ok(Answer { frame: None, held });
-            };
-            protocol::encode_response(
-                header.correlation_id,
-                api,
-                header.request_api_version,
-                response,
-            )
-            .map(|frame| Answer {
-                frame: Some(frame),
-                held,
-            })
-            .map_err(|e| format!("encoding {api:?} response: {e}"))
+            match response {
+                Some(response) => encode(&header, response, held),
+                None => Ok(Answer { frame: None, held }),
+            }
         }
     }
 }
