@@ -58,8 +58,9 @@ pub struct ServeArgs {
 
     /// Milliseconds a connection may go without a whole request read or an answer written
     /// while it has nothing in progress, before it is closed (Kafka's
-    /// `connections.max.idle.ms`). Clients reconnect when they next need to; a client that
-    /// stops in the middle of a request gives its share of the request budget back.
+    /// `connections.max.idle.ms`); also how long an answer may wait for its client to read
+    /// it. Clients reconnect when they next need to; one that stalls in the middle of a
+    /// request or stops reading gives its share of the memory budgets back.
     #[arg(long, env = "SHALE_CONNECTIONS_MAX_IDLE_MS", default_value_t = 600_000,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub connections_max_idle_ms: u64,
