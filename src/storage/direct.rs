@@ -24,7 +24,7 @@ use object_store::path::Path;
 
 /// Offsets, lengths and buffer addresses of direct I/O are multiples of this: the largest
 /// logical block size in common use, so one value fits every disk.
-const ALIGN: usize = 4096;
+pub(super) const ALIGN: usize = 4096;
 
 /// Buffers are allocated in multiples of this, so objects of similar sizes share them.
 const BUFFER_GRANULE: usize = 64 << 10;
@@ -32,7 +32,7 @@ const BUFFER_GRANULE: usize = 64 << 10;
 /// Idle buffers kept for reuse, in bytes; more are freed.
 const IDLE_BUFFER_BYTES: usize = 64 << 20;
 
-type Aligned = AVec<u8, ConstAlign<ALIGN>>;
+pub(super) type Aligned = AVec<u8, ConstAlign<ALIGN>>;
 
 /// The open flag for direct I/O. Other systems than Linux spell it differently or not at
 /// all; there the probe refuses and objects go through the object store.
@@ -166,7 +166,7 @@ impl AsRef<[u8]> for DirectSpan {
     }
 }
 
-fn align_up(len: usize) -> usize {
+pub(super) fn align_up(len: usize) -> usize {
     len.div_ceil(ALIGN) * ALIGN
 }
 
@@ -192,7 +192,7 @@ fn write_direct(path: &FsPath, buffer: &[u8], len: usize) -> io::Result<()> {
 /// Opening with `O_DIRECT` and positional reads and writes, in the form Unix has them. Other
 /// systems compile the same calls, refusing them; the probe never gets that far there.
 #[cfg(unix)]
-mod positional {
+pub(super) mod positional {
     use std::fs::{File, OpenOptions};
     use std::io;
     use std::os::unix::fs::{FileExt, OpenOptionsExt};
@@ -211,7 +211,7 @@ mod positional {
 }
 
 #[cfg(not(unix))]
-mod positional {
+pub(super) mod positional {
     use std::fs::{File, OpenOptions};
     use std::io;
 
@@ -230,7 +230,7 @@ mod positional {
 
 /// Creates `dir` and the folders above it that are missing, each made durable in its
 /// parent.
-fn create_folders(dir: &FsPath) -> io::Result<()> {
+pub(super) fn create_folders(dir: &FsPath) -> io::Result<()> {
     let missing: Vec<&FsPath> = dir.ancestors().take_while(|d| !d.exists()).collect();
     std::fs::create_dir_all(dir)?;
     for created in missing.iter().rev() {
@@ -240,7 +240,7 @@ fn create_folders(dir: &FsPath) -> io::Result<()> {
 }
 
 /// Makes the entry of `path` in its folder durable.
-fn sync_folder(path: &FsPath) -> io::Result<()> {
+pub(super) fn sync_folder(path: &FsPath) -> io::Result<()> {
     match path.parent() {
         Some(parent) => File::open(parent)?.sync_all(),
         None => Ok(()),

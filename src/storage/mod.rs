@@ -4,6 +4,7 @@
 //! opened [`Db`], and which SlateDB settings Shale runs with. It knows nothing about Kafka.
 
 pub mod direct;
+pub mod journal;
 pub mod keys;
 
 use std::path::PathBuf;
@@ -11,7 +12,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use object_store::aws::AmazonS3Builder;
-use object_store::local::LocalFileSystem;
 use object_store::memory::InMemory;
 use object_store::ObjectStore;
 use slatedb::admin::{Admin, AdminBuilder};
@@ -22,6 +22,7 @@ use slatedb::prefix_extractor::{PrefixExtractor, PrefixTarget};
 use slatedb::{BlockCachePolicy, CacheTarget, Db};
 
 pub use direct::DirectFolder;
+pub use journal::LocalFolder;
 
 /// Where SlateDB's objects go, parsed from `--store` or `--data-dir`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -119,6 +120,9 @@ const REMOTE_RECENT_OBJECTS_BYTES: usize = 64 << 20;
 /// ~5 KB appends of 1k msgs/s (1 MB/s) fill a memtable only about once a minute.
 const LOCAL_OBJECT_MIN_BYTES: usize = 16 << 10;
 
+/// How long after SlateDB stops needing a WAL object in the journal it is deleted.
+const JOURNALED_WAL_RECLAIM_DELAY: Duration = Duration::from_secs(2);
+
 /// Appends of one partition from this size on go to batch objects on a remote store, where
 /// each object is a PUT (paid for, and tens of ms) before the append's WAL write, and in
 /// memory, where there is no disk to stall.
@@ -177,11 +181,17 @@ pub async fn open(
                 path: dir.clone(),
                 source,
             })?;
-            let store = LocalFileSystem::new_with_prefix(dir)?.with_fsync(true);
             if settings.direct_io {
                 direct = DirectFolder::probe(dir);
             }
-            (Arc::new(store), "shale".to_string())
+            let wal = object_store::path::Path::from("shale/wal");
+            let folder = LocalFolder::open(dir, wal, direct.is_some()).map_err(|source| {
+                StorageError::Folder {
+                    path: dir.clone(),
+                    source,
+                }
+            })?;
+            (Arc::new(folder), "shale".to_string())
         }
         StoreLocation::Memory => (Arc::new(InMemory::new()), "shale".to_string()),
         StoreLocation::S3 { bucket, prefix } => {
@@ -201,6 +211,19 @@ pub async fn open(
         min_age: settings.reclaim_delay,
         dry_run: false,
     };
+    // The journal is read at every start, so its WAL objects go soon after SlateDB no
+    // longer needs them (their data is in an L0 table): within seconds, not the delay
+    // readers of compacted files get. One broker uses a locked folder; no other reader
+    // follows its WAL.
+    let wal_reclaim = if direct.is_some() {
+        GarbageCollectorDirectoryOptions {
+            interval: Some(JOURNALED_WAL_RECLAIM_DELAY / 2),
+            min_age: JOURNALED_WAL_RECLAIM_DELAY,
+            dry_run: false,
+        }
+    } else {
+        reclaim
+    };
     let slate_settings = Settings {
         flush_interval: Some(settings.flush_interval),
         // The compactor pins the files a compaction replaces for this long (for scans still
@@ -211,7 +234,7 @@ pub async fn open(
         }),
         garbage_collector_options: Some(GarbageCollectorOptions {
             compacted_options: Some(reclaim),
-            wal_options: Some(reclaim),
+            wal_options: Some(wal_reclaim),
             // Boundary files guard old manifests and compaction records against a stalled
             // second writer; they need a conditional overwrite, which a local folder cannot
             // do. With them on there, every collection after the first failed and the
