@@ -230,7 +230,7 @@ pub(super) mod positional {
 
 /// Creates `dir` and the folders above it that are missing, each made durable in its
 /// parent.
-pub(super) fn create_folders(dir: &FsPath) -> io::Result<()> {
+fn create_folders(dir: &FsPath) -> io::Result<()> {
     let missing: Vec<&FsPath> = dir.ancestors().take_while(|d| !d.exists()).collect();
     std::fs::create_dir_all(dir)?;
     for created in missing.iter().rev() {

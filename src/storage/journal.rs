@@ -32,6 +32,7 @@ use std::io;
 use std::ops::Range;
 use std::path::{Path as FsPath, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -45,7 +46,7 @@ use object_store::{
     PutPayload, PutResult, Result,
 };
 
-use super::direct::{align_up, create_folders, positional, sync_folder, Aligned, ALIGN};
+use super::direct::{align_up, positional, sync_folder, Aligned, ALIGN};
 
 /// Bytes per segment file. Small, because a start reads every segment that still holds
 /// objects; SlateDB deletes WAL objects once their data is in an L0 table.
@@ -62,6 +63,11 @@ const MAGIC: [u8; 4] = *b"SHJ1";
 
 /// Magic, checksum, salt, write time in ms, payload length, path length.
 const HEADER_BYTES: usize = 4 + 4 + 8 + 8 + 4 + 4;
+
+/// No segment is written until this long after the journal opened: a start makes its own
+/// WAL and manifest writes before it listens, and 4 MiB of zeros ahead of them on the disk
+/// made it ~4 ms slower. Until then WAL objects are files.
+const FIRST_SEGMENT_DELAY: Duration = Duration::from_millis(500);
 
 /// Name of the lock file in the data folder (as Kafka's `log.dirs` have one).
 const LOCK_FILE: &str = ".lock";
@@ -142,6 +148,7 @@ impl std::fmt::Display for LocalFolder {
 #[derive(Debug)]
 struct Journal {
     dir: PathBuf,
+    opened: Instant,
     state: Mutex<State>,
     /// Puts one at a time (see the module's doc).
     writer: tokio::sync::Mutex<()>,
@@ -194,7 +201,8 @@ impl Placed {
 impl Journal {
     /// Reads the segments in `dir` (creating it if needed) and indexes their objects.
     fn open(dir: &FsPath) -> io::Result<Self> {
-        create_folders(dir)?;
+        // Made durable with the first segment, off the start's path (see `create_segment`).
+        std::fs::create_dir_all(dir)?;
         let mut numbered = Vec::new();
         for entry in std::fs::read_dir(dir)? {
             let path = entry?.path();
@@ -256,6 +264,7 @@ impl Journal {
         }
         Ok(Journal {
             dir: dir.to_path_buf(),
+            opened: Instant::now(),
             state: Mutex::new(state),
             writer: tokio::sync::Mutex::new(()),
         })
@@ -358,8 +367,14 @@ impl Journal {
         let number = state.next_file;
         state.next_file += 1;
         let journal = self.clone();
-        tokio::task::spawn_blocking(move || {
-            let prepared = create_segment(&journal.dir, number);
+        let wait = (self.opened + FIRST_SEGMENT_DELAY).saturating_duration_since(Instant::now());
+        tokio::spawn(async move {
+            tokio::time::sleep(wait).await;
+            let dir = journal.dir.clone();
+            let prepared = tokio::task::spawn_blocking(move || create_segment(&dir, number))
+                .await
+                .map_err(io::Error::other)
+                .and_then(|r| r);
             let mut state = journal.lock();
             state.preparing = false;
             match prepared {
@@ -622,8 +637,8 @@ fn entry_len(bytes: &[u8]) -> Option<usize> {
     Some(HEADER_BYTES + path_len + size).filter(|&len| len <= SEGMENT_BYTES)
 }
 
-/// Writes a segment file full of zeros, durably, so later writes into it change no
-/// metadata.
+/// Writes a segment file full of zeros, durably (its entry in `dir`, and `dir`'s in its
+/// parent), so later writes into it change no metadata.
 fn create_segment(dir: &FsPath, number: u64) -> io::Result<File> {
     let path = dir.join(format!("{number:08}.seg"));
     let file = positional::direct(
@@ -639,7 +654,8 @@ fn create_segment(dir: &FsPath, number: u64) -> io::Result<File> {
     let written = (0..SEGMENT_BYTES / CHUNK)
         .try_for_each(|i| positional::write_all_at(&file, &zeros, (i * CHUNK) as u64))
         .and_then(|()| file.sync_data())
-        .and_then(|()| sync_folder(&path));
+        .and_then(|()| sync_folder(&path))
+        .and_then(|()| sync_folder(dir));
     if let Err(e) = written {
         drop(file);
         let _ = std::fs::remove_file(&path);
