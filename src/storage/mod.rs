@@ -168,7 +168,8 @@ impl PrefixExtractor for SegmentExtractor {
     }
 }
 
-/// Opens (creating if needed) the database at `location`. Opening fences any other broker
+/// Opens (creating if needed) the database at `location`. A local folder is locked, and
+/// fails to open while another broker holds it; elsewhere, opening fences any other broker
 /// writing to the same location: its next write fails and it shuts down.
 pub async fn open(
     location: &StoreLocation,
