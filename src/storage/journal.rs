@@ -85,10 +85,10 @@ pub struct LocalFolder {
 }
 
 impl LocalFolder {
-    /// Locks `dir` and opens it; with `journal`, reads the journal of WAL objects under
-    /// `wal` (direct I/O must have been probed to work in `dir`).
-    pub fn open(dir: &FsPath, wal: Path, journal: bool) -> io::Result<Self> {
-        let lock = lock_folder(dir)?;
+    /// Opens `dir`, locked by `lock` (see [`lock_folder`]); with `journal`, reads the
+    /// journal of WAL objects under `wal` (direct I/O must have been probed to work in
+    /// `dir`).
+    pub fn open(dir: &FsPath, lock: File, wal: Path, journal: bool) -> io::Result<Self> {
         let files = LocalFileSystem::new_with_prefix(dir).map_err(io::Error::other)?;
         let files = Arc::new(files.with_fsync(true));
         let journal = if journal {
@@ -113,7 +113,7 @@ impl LocalFolder {
 
 /// Takes an exclusive `flock` on `dir`'s lock file, failing at once if another process has
 /// it. The kernel releases it when the process ends, however it ends.
-fn lock_folder(dir: &FsPath) -> io::Result<File> {
+pub fn lock_folder(dir: &FsPath) -> io::Result<File> {
     let file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
@@ -829,7 +829,13 @@ mod tests {
     /// temp folder refuses direct I/O.
     async fn open(dir: &FsPath) -> Option<LocalFolder> {
         super::super::direct::DirectFolder::probe(dir)?;
-        let folder = LocalFolder::open(dir, Path::from("shale/wal"), true).unwrap();
+        let folder = LocalFolder::open(
+            dir,
+            lock_folder(dir).unwrap(),
+            Path::from("shale/wal"),
+            true,
+        )
+        .unwrap();
         // The first put finds no segment and starts one; wait until it is there.
         let journal = folder.journal.clone().unwrap();
         journal.prepare_if_short(&mut journal.lock());
@@ -841,7 +847,13 @@ mod tests {
 
     /// The folder in `dir` opened again, as by a restart, and the WAL objects it lists.
     async fn reopen(dir: &FsPath) -> (LocalFolder, Vec<Path>) {
-        let folder = LocalFolder::open(dir, Path::from("shale/wal"), true).unwrap();
+        let folder = LocalFolder::open(
+            dir,
+            lock_folder(dir).unwrap(),
+            Path::from("shale/wal"),
+            true,
+        )
+        .unwrap();
         let listed: Vec<ObjectMeta> = folder
             .list(Some(&Path::from("shale/wal")))
             .try_collect()

@@ -182,16 +182,17 @@ pub async fn open(
                 path: dir.clone(),
                 source,
             })?;
+            let in_folder = |source| StorageError::Folder {
+                path: dir.clone(),
+                source,
+            };
+            // Locked first: nothing, not even the probe, touches a folder another broker uses.
+            let lock = journal::lock_folder(dir).map_err(in_folder)?;
             if settings.direct_io {
                 direct = DirectFolder::probe(dir);
             }
             let wal = object_store::path::Path::from("shale/wal");
-            let folder = LocalFolder::open(dir, wal, direct.is_some()).map_err(|source| {
-                StorageError::Folder {
-                    path: dir.clone(),
-                    source,
-                }
-            })?;
+            let folder = LocalFolder::open(dir, lock, wal, direct.is_some()).map_err(in_folder)?;
             (Arc::new(folder), "shale".to_string())
         }
         StoreLocation::Memory => (Arc::new(InMemory::new()), "shale".to_string()),
