@@ -825,17 +825,22 @@ mod tests {
         Path::from(format!("shale/wal/{id:020}.sst"))
     }
 
-    /// A journaled folder in `dir`, once its first segment is ready; `None` where the
-    /// temp folder refuses direct I/O.
-    async fn open(dir: &FsPath) -> Option<LocalFolder> {
-        super::super::direct::DirectFolder::probe(dir)?;
-        let folder = LocalFolder::open(
+    /// The folder in `dir`, locked and with its journal, as a start opens it.
+    fn journaled(dir: &FsPath) -> LocalFolder {
+        LocalFolder::open(
             dir,
             lock_folder(dir).unwrap(),
             Path::from("shale/wal"),
             true,
         )
-        .unwrap();
+        .unwrap()
+    }
+
+    /// A journaled folder in `dir`, once its first segment is ready; `None` where the
+    /// temp folder refuses direct I/O.
+    async fn open(dir: &FsPath) -> Option<LocalFolder> {
+        super::super::direct::DirectFolder::probe(dir)?;
+        let folder = journaled(dir);
         // The first put finds no segment and starts one; wait until it is there.
         let journal = folder.journal.clone().unwrap();
         journal.prepare_if_short(&mut journal.lock());
@@ -847,13 +852,7 @@ mod tests {
 
     /// The folder in `dir` opened again, as by a restart, and the WAL objects it lists.
     async fn reopen(dir: &FsPath) -> (LocalFolder, Vec<Path>) {
-        let folder = LocalFolder::open(
-            dir,
-            lock_folder(dir).unwrap(),
-            Path::from("shale/wal"),
-            true,
-        )
-        .unwrap();
+        let folder = journaled(dir);
         let listed: Vec<ObjectMeta> = folder
             .list(Some(&Path::from("shale/wal")))
             .try_collect()
