@@ -10,6 +10,10 @@
 //!
 //! The files are the ones `object_store`'s [`LocalFileSystem`] keeps at the same paths, so
 //! listing and deleting them still go through the object store.
+//!
+//! Small objects are made durable in the folder's journal first and become files in the
+//! background (see `journal`): a new file costs two syncs and file-system metadata before
+//! the append it holds can be written, an entry in the journal one `fdatasync`.
 
 use std::fs::File;
 use std::io;
@@ -21,6 +25,8 @@ use aligned_vec::{AVec, ConstAlign};
 use bytes::Bytes;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
+
+use super::journal::Journal;
 
 /// Offsets, lengths and buffer addresses of direct I/O are multiples of this: the largest
 /// logical block size in common use, so one value fits every disk.
@@ -46,6 +52,8 @@ pub struct DirectFolder {
     /// Maps object paths to file paths exactly as the object store does.
     files: LocalFileSystem,
     buffers: Arc<BufferPool>,
+    /// The folder's journal, which takes small objects first.
+    journal: Option<Arc<Journal>>,
 }
 
 impl DirectFolder {
@@ -56,7 +64,12 @@ impl DirectFolder {
         let probe = dir.join(".shale-direct-io-probe");
         // A probe file left by a crash would fail the exclusive create below.
         let _ = std::fs::remove_file(&probe);
-        let supported = write_direct(&probe, &Aligned::from_slice(ALIGN, &[0; ALIGN]), ALIGN);
+        let supported = write_direct(
+            &probe,
+            &Aligned::from_slice(ALIGN, &[0; ALIGN]),
+            ALIGN,
+            true,
+        );
         let _ = std::fs::remove_file(&probe);
         if let Err(e) = supported {
             tracing::info!(error = %e, "the data folder refuses direct I/O; batch objects go through the page cache");
@@ -66,12 +79,24 @@ impl DirectFolder {
         Some(DirectFolder {
             files: LocalFileSystem::new_with_prefix(dir).ok()?,
             buffers: Arc::new(BufferPool::default()),
+            journal: None,
         })
     }
 
-    /// Writes `parts`, one after the other, to a new file at `path`, creating its folders;
-    /// returns once the file and its directory entry are durable.
+    /// Writes small objects to `journal` first.
+    pub(super) fn with_journal(mut self, journal: Option<Arc<Journal>>) -> Self {
+        self.journal = journal;
+        self
+    }
+
+    /// Writes `parts`, one after the other, as the object at `path`; returns once it is
+    /// durable, in the journal or as a new file (creating its folders).
     pub async fn put(&self, path: &Path, parts: &[Bytes]) -> io::Result<()> {
+        if let Some(journal) = &self.journal {
+            if let Some(put) = journal.put_object(path, parts).await {
+                return put;
+            }
+        }
         let path = self.file_path(path)?;
         let len: usize = parts.iter().map(Bytes::len).sum();
         let mut buffer = self.buffers.take(len);
@@ -83,32 +108,53 @@ impl DirectFolder {
                 buffer.bytes[at..at + part.len()].copy_from_slice(part);
                 at += part.len();
             }
-            // The padding up to the block size is written too, then cut off by the length.
-            buffer.bytes[len..align_up(len)].fill(0);
-            let written = match write_direct(&path, &buffer.bytes, len) {
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    create_folders(path.parent().unwrap_or(FsPath::new("/")))?;
-                    write_direct(&path, &buffer.bytes, len)
-                }
-                written => written,
-            };
-            written?;
-            sync_folder(&path)
+            write_new_file(&path, &mut buffer.bytes, len)
         })
         .await
         .map_err(io::Error::other)?
     }
 
-    /// Reads `range` of the file at `path` into a buffer of its own, to be changed by the
+    /// Reads `range` of the object at `path` into a buffer of its own, to be changed by the
     /// caller and then shared as [`Bytes`] with [`DirectSpan::freeze`].
     pub async fn get_range(&self, path: &Path, range: Range<u64>) -> io::Result<DirectSpan> {
+        // The journal first: an object leaves it only once its file is durable.
+        if let Some((segment, placed)) = self.journal.as_ref().and_then(|j| j.locate(path)) {
+            if range.end > placed.size {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+            let at = placed.at;
+            let read = self.read_span(move || Ok(segment), at + range.start..at + range.end);
+            let span = read.await?;
+            // Moved or deleted while it was read: its segment may have been reused under it.
+            if self
+                .journal
+                .as_ref()
+                .is_some_and(|j| j.holds(path, &placed))
+            {
+                return Ok(span);
+            }
+        }
         let path = self.file_path(path)?;
+        let open = move || {
+            positional::direct(std::fs::OpenOptions::new().read(true))
+                .open(&path)
+                .map(Arc::new)
+        };
+        self.read_span(open, range).await
+    }
+
+    /// Reads `range` of the file `open` gives, with a pooled buffer, off the runtime.
+    async fn read_span(
+        &self,
+        open: impl FnOnce() -> io::Result<Arc<File>> + Send + 'static,
+        range: Range<u64>,
+    ) -> io::Result<DirectSpan> {
         let start = range.start & !(ALIGN as u64 - 1);
         let len = align_up((range.end - start) as usize);
         let mut buffer = self.buffers.take(len);
         let wanted = (range.end - start) as usize;
         tokio::task::spawn_blocking(move || {
-            let file = positional::direct(std::fs::OpenOptions::new().read(true)).open(&path)?;
+            let file = open()?;
             let mut filled = 0;
             while filled < wanted {
                 let read = positional::read_at(
@@ -170,10 +216,57 @@ pub(super) fn align_up(len: usize) -> usize {
     len.div_ceil(ALIGN) * ALIGN
 }
 
+/// Writes the first `len` bytes of `buffer` to a new file at `path`, creating its folders,
+/// and makes the file and its entry in its folder durable. `buffer` must have room for
+/// `len` rounded up to the block size; the padding is zeroed, written, then cut off.
+pub(super) fn write_new_file(path: &FsPath, buffer: &mut [u8], len: usize) -> io::Result<()> {
+    create_file(path, buffer, len, true)?;
+    sync_folder(path)
+}
+
+/// Writes the first `len` bytes of `buffer` (with room for padding, as for
+/// [`write_new_file`]) to a new file at `path`, creating its folders durably. The file is
+/// durable only with `sync`; else that is the caller's to do (one [`sync_file_system`] for
+/// many files).
+pub(super) fn create_file(
+    path: &FsPath,
+    buffer: &mut [u8],
+    len: usize,
+    sync: bool,
+) -> io::Result<()> {
+    buffer[len..align_up(len)].fill(0);
+    match write_direct(path, buffer, len, sync) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            create_folders(path.parent().unwrap_or(FsPath::new("/")))?;
+            write_direct(path, buffer, len, sync)
+        }
+        written => written,
+    }
+}
+
+/// Makes everything written to the file system that holds `dir` durable: file data and
+/// metadata alike, in one commit of its journal.
+#[cfg(target_os = "linux")]
+pub(super) fn sync_file_system(dir: &FsPath) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let folder = File::open(dir)?;
+    // SAFETY: syncfs on a descriptor this function owns; no memory is passed.
+    match unsafe { libc::syncfs(folder.as_raw_fd()) } {
+        0 => Ok(()),
+        _ => Err(io::Error::last_os_error()),
+    }
+}
+
+/// Without Linux there is no direct I/O here, so no journal to call this.
+#[cfg(not(target_os = "linux"))]
+pub(super) fn sync_file_system(_: &FsPath) -> io::Result<()> {
+    Err(io::ErrorKind::Unsupported.into())
+}
+
 /// Writes the first `len` bytes of `buffer` (which holds them padded to the block size) to
-/// a new file at `path`, and makes them durable. A file it created and could not finish
-/// (a full disk) is removed.
-fn write_direct(path: &FsPath, buffer: &[u8], len: usize) -> io::Result<()> {
+/// a new file at `path`, and with `sync` makes them durable. A file it created and could
+/// not finish (a full disk) is removed.
+fn write_direct(path: &FsPath, buffer: &[u8], len: usize, sync: bool) -> io::Result<()> {
     let file =
         positional::direct(std::fs::OpenOptions::new().write(true).create_new(true)).open(path)?;
     let padded = align_up(len);
@@ -181,7 +274,10 @@ fn write_direct(path: &FsPath, buffer: &[u8], len: usize) -> io::Result<()> {
         if padded != len {
             file.set_len(len as u64)?;
         }
-        file.sync_data()
+        if sync {
+            file.sync_data()?;
+        }
+        Ok(())
     });
     if written.is_err() {
         let _ = std::fs::remove_file(path);

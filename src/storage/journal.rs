@@ -1,4 +1,5 @@
-//! A local folder as an object store, with SlateDB's WAL objects kept in a journal.
+//! A local folder as an object store, with SlateDB's WAL objects and small batch objects
+//! kept in a journal.
 //!
 //! SlateDB makes a write durable by putting a new WAL object, and `object_store`'s local
 //! folder turns each put into new files: a staging file written and fsynced, linked into
@@ -18,10 +19,18 @@
 //! a restart while its segment was not reused: SlateDB only replays WAL objects newer than
 //! its manifest names, and its collector deletes the old ones again.
 //!
-//! Objects the journal does not take go to the folder as files: everything outside the WAL
-//! folder, WAL objects larger than a quarter segment, and any put while no segment has
-//! room. Reads, listings and deletes look in both, so a folder written before the journal
-//! existed opens as it did.
+//! Batch objects (see `log::batch_objects`) live as long as their log segment, so the
+//! journal only holds the small ones until they are files: a produce waits for one
+//! `fdatasync` of the journal rather than a new file's, and a task in the background writes
+//! each such object to the file it would have had, durably, before forgetting its entry.
+//! At start, the entries found are moved the same way. The journal can hold an object and
+//! its file at once (reads take either); deleting the object drops both.
+//!
+//! Objects the journal does not take go to the folder as files: everything else outside
+//! the WAL folder, WAL objects larger than a quarter segment, batch objects larger than
+//! [`MOVED_OBJECT_MAX_BYTES`] or while [`MOVE_BACKLOG_MAX_BYTES`] wait to move, and any put
+//! while no segment has room. Reads, listings and deletes look in both, so a folder written
+//! before the journal existed opens as it did.
 //!
 //! The folder is locked while a broker uses it: another broker on the same folder would not
 //! see this one's journal, so it refuses to start instead of fencing this one.
@@ -31,7 +40,8 @@ use std::fs::File;
 use std::io;
 use std::ops::Range;
 use std::path::{Path as FsPath, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -46,7 +56,11 @@ use object_store::{
     PutPayload, PutResult, Result,
 };
 
-use super::direct::{align_up, positional, sync_folder, Aligned, ALIGN};
+use tokio::sync::mpsc;
+
+use super::direct::{
+    align_up, create_file, positional, sync_file_system, sync_folder, Aligned, ALIGN,
+};
 
 /// Bytes per segment file. Small, because a start reads every segment that still holds
 /// objects; SlateDB deletes WAL objects once their data is in an L0 table.
@@ -58,6 +72,23 @@ const ENTRY_MAX_BYTES: usize = SEGMENT_BYTES / 4;
 /// At most this many segments (64 MiB of disk); past them, WAL objects are files until
 /// some are free again. 10 s of 8 committers and a 1k msgs/s producer kept 21-25 MB live.
 const SEGMENTS_MAX: usize = 16;
+
+/// Larger batch objects are written as files at once. They are written twice through the
+/// journal, and the 1 MB appends of a producer at full speed would pay that in throughput;
+/// the ~50 KB appends of 10k msgs/s are the ones whose latency the file's syncs set.
+const MOVED_OBJECT_MAX_BYTES: usize = 256 << 10;
+
+/// Bytes of batch objects waiting to become files (kept in memory for that) past which new
+/// ones are written as files at once.
+const MOVE_BACKLOG_MAX_BYTES: usize = 32 << 20;
+
+/// Batch objects become files this often, many at a time: one sync of the file system then
+/// makes all of them durable, where each file on its own costs two syncs (its data, its
+/// folder) competing with the journal's for the disk.
+const MOVE_INTERVAL: Duration = Duration::from_millis(100);
+
+/// At most this many objects are moved per sync.
+const MOVE_BATCH_MAX: usize = 512;
 
 const MAGIC: [u8; 4] = *b"SHJ1";
 
@@ -72,42 +103,55 @@ const FIRST_SEGMENT_DELAY: Duration = Duration::from_millis(500);
 /// Name of the lock file in the data folder (as Kafka's `log.dirs` have one).
 const LOCK_FILE: &str = ".lock";
 
-/// A local folder, locked for this process, with a journal for WAL objects when the folder
-/// allows direct I/O.
+/// A local folder, locked for this process, with a journal for WAL objects and small batch
+/// objects when the folder allows direct I/O.
 #[derive(Debug)]
 pub struct LocalFolder {
     files: Arc<LocalFileSystem>,
-    /// SlateDB's WAL folder: the objects the journal takes.
-    wal: Path,
     journal: Option<Arc<Journal>>,
     /// Held (`flock`) until the process ends.
     _lock: File,
 }
 
+/// The folders whose objects the journal takes.
+#[derive(Debug, Clone)]
+pub struct Journaled {
+    /// SlateDB's WAL.
+    pub wal: Path,
+    /// Batch objects, which move on to files.
+    pub moved: Path,
+}
+
 impl LocalFolder {
     /// Opens `dir`, locked by `lock` (see [`lock_folder`]); with `journal`, reads the
-    /// journal of WAL objects under `wal` (direct I/O must have been probed to work in
-    /// `dir`).
-    pub fn open(dir: &FsPath, lock: File, wal: Path, journal: bool) -> io::Result<Self> {
+    /// journal of the objects in `journaled`'s folders (direct I/O must have been probed to
+    /// work in `dir`). Must be called within a Tokio runtime.
+    pub fn open(dir: &FsPath, lock: File, journaled: Journaled, journal: bool) -> io::Result<Self> {
         let files = LocalFileSystem::new_with_prefix(dir).map_err(io::Error::other)?;
         let files = Arc::new(files.with_fsync(true));
         let journal = if journal {
-            Some(Arc::new(Journal::open(&dir.join("journal"))?))
+            Some(Journal::open(
+                &dir.join("journal"),
+                journaled,
+                files.clone(),
+            )?)
         } else {
             None
         };
         Ok(LocalFolder {
             files,
-            wal,
             journal,
             _lock: lock,
         })
     }
 
+    /// The journal, for writing and reading batch objects directly.
+    pub(super) fn journal(&self) -> Option<Arc<Journal>> {
+        self.journal.clone()
+    }
+
     fn journal_for(&self, location: &Path) -> Option<&Arc<Journal>> {
-        self.journal
-            .as_ref()
-            .filter(|_| location.prefix_matches(&self.wal))
+        self.journal.as_ref().filter(|j| j.takes(location))
     }
 }
 
@@ -146,19 +190,44 @@ impl std::fmt::Display for LocalFolder {
 }
 
 #[derive(Debug)]
-struct Journal {
+pub(super) struct Journal {
     dir: PathBuf,
+    journaled: Journaled,
+    /// Where moved objects' files go.
+    files: Arc<LocalFileSystem>,
     opened: Instant,
     state: Mutex<State>,
     /// Puts one at a time (see the module's doc).
     writer: tokio::sync::Mutex<()>,
+    /// Batch objects to write to their files, in the order written.
+    moves: mpsc::UnboundedSender<Move>,
+    /// Bytes of the objects in `moves` kept in memory.
+    backlog: AtomicUsize,
+}
+
+/// A batch object in the journal, to become a file.
+#[derive(Debug)]
+struct Move {
+    location: Path,
+    placed: Placed,
+    /// Its bytes, when the put that wrote it left them; else they are read back.
+    payload: Option<PutPayload>,
+}
+
+/// Which segments an entry goes to. Batch objects are moved out within about
+/// [`MOVE_INTERVAL`], WAL objects are deleted seconds later; kept apart, a segment of batch
+/// objects is free again soon after it is full, not when the last WAL object in it goes.
+#[derive(Debug, Clone, Copy)]
+enum Lane {
+    Wal = 0,
+    Moved = 1,
 }
 
 #[derive(Debug, Default)]
 struct State {
     segments: Vec<Segment>,
-    /// The segment puts go to.
-    current: Option<usize>,
+    /// The segment puts go to, by lane ([`Lane`]).
+    current: [Option<usize>; 2],
     /// Segments holding no objects, to be (re)used.
     ready: Vec<usize>,
     /// A new segment file is being written.
@@ -178,11 +247,11 @@ struct Segment {
 }
 
 #[derive(Debug, Clone, PartialEq)]
-struct Placed {
+pub(super) struct Placed {
     segment: usize,
     /// Where the object's bytes start in the segment file.
-    at: u64,
-    size: u64,
+    pub at: u64,
+    pub size: u64,
     written: DateTime<Utc>,
 }
 
@@ -199,8 +268,13 @@ impl Placed {
 }
 
 impl Journal {
-    /// Reads the segments in `dir` (creating it if needed) and indexes their objects.
-    fn open(dir: &FsPath) -> io::Result<Self> {
+    /// Reads the segments in `dir` (creating it if needed), indexes their objects and
+    /// starts moving the batch objects among them to files.
+    fn open(
+        dir: &FsPath,
+        journaled: Journaled,
+        files: Arc<LocalFileSystem>,
+    ) -> io::Result<Arc<Self>> {
         // Made durable with the first segment, off the start's path (see `create_segment`).
         std::fs::create_dir_all(dir)?;
         let mut numbered = Vec::new();
@@ -255,19 +329,86 @@ impl Journal {
         state.ready = (0..state.segments.len())
             .filter(|&index| state.segments[index].live == 0)
             .collect();
+        let found: Vec<Move> = state
+            .objects
+            .iter()
+            .filter(|(location, _)| location.prefix_matches(&journaled.moved))
+            .map(|(location, placed)| Move {
+                location: location.clone(),
+                placed: placed.clone(),
+                payload: None,
+            })
+            .collect();
         if !state.objects.is_empty() {
             tracing::info!(
                 objects = state.objects.len(),
+                batch_objects = found.len(),
                 segments = state.segments.len(),
                 "WAL journal read"
             );
         }
-        Ok(Journal {
+        let (moves, to_move) = mpsc::unbounded_channel();
+        for found in found {
+            // The receiver is right here.
+            let _ = moves.send(found);
+        }
+        let journal = Arc::new(Journal {
             dir: dir.to_path_buf(),
+            journaled,
+            files,
             opened: Instant::now(),
             state: Mutex::new(state),
             writer: tokio::sync::Mutex::new(()),
-        })
+            moves,
+            backlog: AtomicUsize::new(0),
+        });
+        tokio::spawn(move_objects(Arc::downgrade(&journal), to_move));
+        Ok(journal)
+    }
+
+    /// Whether `location` is in a folder whose objects the journal takes.
+    fn takes(&self, location: &Path) -> bool {
+        location.prefix_matches(&self.journaled.wal) || self.moves_on(location)
+    }
+
+    /// Whether `location` is a batch object, to be moved to a file.
+    fn moves_on(&self, location: &Path) -> bool {
+        location.prefix_matches(&self.journaled.moved)
+    }
+
+    /// Writes `parts` as the batch object at `location`, durably; `None` if the journal
+    /// does not take it (the caller writes a file instead).
+    pub(super) async fn put_object(
+        self: &Arc<Self>,
+        location: &Path,
+        parts: &[Bytes],
+    ) -> Option<io::Result<()>> {
+        let payload: PutPayload = parts.iter().cloned().collect();
+        // A task of its own: see `LocalFolder::put_opts`.
+        let put = tokio::spawn(self.clone().put(
+            location.clone(),
+            payload,
+            self.files.clone(),
+            PutMode::Overwrite,
+        ));
+        match put.await {
+            Ok(put) => Some(put?.map(|_| ()).map_err(io::Error::other)),
+            Err(e) => Some(Err(io::Error::other(e))),
+        }
+    }
+
+    /// Where the object at `location` is, if the journal holds it: its segment file, to be
+    /// read with direct I/O, and its place there, for [`Journal::holds`] once read.
+    pub(super) fn locate(&self, location: &Path) -> Option<(Arc<File>, Placed)> {
+        let state = self.lock();
+        let placed = state.objects.get(location)?.clone();
+        Some((state.segments[placed.segment].file.clone(), placed))
+    }
+
+    /// Whether the object at `location` is still where `placed` says: not deleted or moved
+    /// (and so its segment not reused) since [`Journal::locate`].
+    pub(super) fn holds(&self, location: &Path, placed: &Placed) -> bool {
+        self.lock().objects.get(location) == Some(placed)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -289,7 +430,14 @@ impl Journal {
         let location = &location;
         let size = payload.content_length();
         let padded = align_up(HEADER_BYTES + location.as_ref().len() + size);
-        if size > ENTRY_MAX_BYTES || matches!(mode, PutMode::Update(_)) {
+        let moves_on = self.moves_on(location);
+        let too_large = if moves_on {
+            size > MOVED_OBJECT_MAX_BYTES
+                || self.backlog.load(Ordering::Acquire) + size > MOVE_BACKLOG_MAX_BYTES
+        } else {
+            size > ENTRY_MAX_BYTES
+        };
+        if too_large || matches!(mode, PutMode::Update(_)) {
             return None;
         }
         let _writing = self.writer.lock().await;
@@ -307,7 +455,8 @@ impl Journal {
                     }));
                 }
             }
-            let Some(segment) = state.room_for(padded) else {
+            let lane = if moves_on { Lane::Moved } else { Lane::Wal };
+            let Some(segment) = state.room_for(lane, padded) else {
                 self.prepare_if_short(&mut state);
                 return None;
             };
@@ -340,7 +489,19 @@ impl Journal {
                     size: size as u64,
                     written,
                 };
-                state.objects.insert(location.clone(), placed);
+                state.objects.insert(location.clone(), placed.clone());
+                if moves_on {
+                    self.backlog.fetch_add(size, Ordering::AcqRel);
+                    let queued = self.moves.send(Move {
+                        location: location.clone(),
+                        placed,
+                        payload: Some(payload),
+                    });
+                    if queued.is_err() {
+                        // No mover (the runtime is shutting down): the next start moves it.
+                        self.backlog.fetch_sub(size, Ordering::AcqRel);
+                    }
+                }
                 Some(Ok(PutResult {
                     e_tag: None,
                     version: None,
@@ -349,8 +510,10 @@ impl Journal {
             }
             Err(e) => {
                 // What follows a failed write in this segment would not be found at start.
-                if state.current == Some(segment) {
-                    state.current = None;
+                for current in &mut state.current {
+                    if *current == Some(segment) {
+                        *current = None;
+                    }
                 }
                 state.release(segment);
                 Some(Err(store_error(e)))
@@ -466,17 +629,124 @@ impl Journal {
             .map(|(location, placed)| placed.meta(location))
             .collect()
     }
+
+    /// Writes batch objects from the journal to their files, makes them durable with one
+    /// sync of the file system, then forgets their entries. Objects deleted meanwhile have
+    /// their files removed again.
+    async fn move_out(&self, jobs: Vec<Move>) -> io::Result<()> {
+        let mut writes = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            let Some((segment, _)) = self.locate(&job.location).filter(|(_, p)| *p == job.placed)
+            else {
+                continue;
+            };
+            let path = self
+                .files
+                .path_to_filesystem(&job.location)
+                .map_err(io::Error::other)?;
+            writes.push((job, segment, path));
+        }
+        if writes.is_empty() {
+            return Ok(());
+        }
+        let folder = self.dir.clone();
+        let written = tokio::task::spawn_blocking(move || {
+            let mut written = Vec::with_capacity(writes.len());
+            for (job, segment, path) in writes {
+                match write_moved(&job, &segment, &path) {
+                    Ok(()) => written.push((job.location, job.placed, path)),
+                    Err(e) => tracing::warn!(error = %e, location = %job.location, "could not move a batch object from the journal to its file; the next start tries again"),
+                }
+            }
+            sync_file_system(&folder).map(|()| written)
+        })
+        .await
+        .map_err(io::Error::other)??;
+        let deleted: Vec<PathBuf> = {
+            let mut state = self.lock();
+            written
+                .into_iter()
+                .filter_map(|(location, placed, path)| {
+                    if state.objects.get(&location) != Some(&placed) {
+                        return Some(path);
+                    }
+                    state.objects.remove(&location);
+                    state.release(placed.segment);
+                    None
+                })
+                .collect()
+        };
+        if !deleted.is_empty() {
+            tokio::task::spawn_blocking(move || {
+                for path in deleted {
+                    if let Err(e) = std::fs::remove_file(&path) {
+                        tracing::warn!(error = %e, path = %path.display(), "could not remove the file of a deleted batch object");
+                    }
+                }
+            })
+            .await
+            .map_err(io::Error::other)?;
+        }
+        Ok(())
+    }
+}
+
+/// Writes `job`'s object to a new file at `path`, not yet durable; its bytes come from the
+/// job or else from `segment`.
+fn write_moved(job: &Move, segment: &File, path: &FsPath) -> io::Result<()> {
+    let size = job.placed.size as usize;
+    let mut buffer = Aligned::with_capacity(ALIGN, align_up(size));
+    buffer.resize(align_up(size), 0);
+    match &job.payload {
+        Some(payload) => {
+            let mut filled = 0;
+            for part in payload.iter() {
+                buffer[filled..filled + part.len()].copy_from_slice(part);
+                filled += part.len();
+            }
+        }
+        None => buffer[..size].copy_from_slice(&read_span(segment, job.placed.at, size)?),
+    }
+    // A file left by a move a crash cut short, or by one made before a restart brought the
+    // entry back (see the module's doc).
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    create_file(path, &mut buffer, size, false)
+}
+
+/// Moves batch objects out of the journal as they come, a batch every [`MOVE_INTERVAL`],
+/// until the journal is dropped.
+async fn move_objects(journal: Weak<Journal>, mut moves: mpsc::UnboundedReceiver<Move>) {
+    let mut jobs = Vec::new();
+    while moves.recv_many(&mut jobs, MOVE_BATCH_MAX).await > 0 {
+        let Some(journal) = journal.upgrade() else {
+            return;
+        };
+        let kept: usize = jobs
+            .iter()
+            .filter_map(|job| job.payload.as_ref().map(PutPayload::content_length))
+            .sum();
+        if let Err(e) = journal.move_out(std::mem::take(&mut jobs)).await {
+            tracing::warn!(error = %e, "could not move batch objects from the journal to their files; the next start tries again");
+        }
+        journal.backlog.fetch_sub(kept, Ordering::AcqRel);
+        drop(journal);
+        tokio::time::sleep(MOVE_INTERVAL).await;
+    }
 }
 
 impl State {
-    /// The segment the next entry of `padded` bytes goes to, moving on to a ready one when
-    /// the current one is full.
-    fn room_for(&mut self, padded: usize) -> Option<usize> {
-        if let Some(current) = self.current {
+    /// The segment the next entry of `padded` bytes in `lane` goes to, moving on to a ready
+    /// one when the lane's current one is full.
+    fn room_for(&mut self, lane: Lane, padded: usize) -> Option<usize> {
+        let lane = lane as usize;
+        if let Some(current) = self.current[lane] {
             if self.segments[current].end + padded <= SEGMENT_BYTES {
                 return Some(current);
             }
-            self.current = None;
+            self.current[lane] = None;
             if self.segments[current].live == 0 {
                 self.ready.push(current);
             }
@@ -485,16 +755,16 @@ impl State {
         let segment = &mut self.segments[next];
         segment.salt = new_salt();
         segment.end = 0;
-        self.current = Some(next);
+        self.current[lane] = Some(next);
         Some(next)
     }
 
-    /// One object (or put) fewer in `segment`; an empty segment other than the current one
-    /// is ready for reuse.
+    /// One object (or put) fewer in `segment`; an empty segment that no lane writes to is
+    /// ready for reuse.
     fn release(&mut self, segment: usize) {
         let held = &mut self.segments[segment];
         held.live -= 1;
-        if held.live == 0 && self.current != Some(segment) {
+        if held.live == 0 && !self.current.contains(&Some(segment)) {
             self.ready.push(segment);
         }
     }
@@ -740,14 +1010,13 @@ impl ObjectStore for LocalFolder {
         locations: BoxStream<'static, Result<Path>>,
     ) -> BoxStream<'static, Result<Path>> {
         let journal = self.journal.clone();
-        let wal = self.wal.clone();
         let files = self.files.clone();
         locations
             .then(move |location| {
-                let journal = journal.clone().filter(|_| {
+                let journal = journal.clone().filter(|journal| {
                     location
                         .as_ref()
-                        .is_ok_and(|location| location.prefix_matches(&wal))
+                        .is_ok_and(|location| journal.takes(location))
                 });
                 let files = files.clone();
                 async move {
@@ -821,25 +1090,25 @@ mod tests {
     use futures::TryStreamExt;
     use object_store::{GetRange, ObjectStoreExt};
 
+    use super::super::direct::DirectFolder;
+
     fn wal(id: u64) -> Path {
         Path::from(format!("shale/wal/{id:020}.sst"))
     }
 
     /// The folder in `dir`, locked and with its journal, as a start opens it.
     fn journaled(dir: &FsPath) -> LocalFolder {
-        LocalFolder::open(
-            dir,
-            lock_folder(dir).unwrap(),
-            Path::from("shale/wal"),
-            true,
-        )
-        .unwrap()
+        let journaled = Journaled {
+            wal: Path::from("shale/wal"),
+            moved: Path::from("shale/batches"),
+        };
+        LocalFolder::open(dir, lock_folder(dir).unwrap(), journaled, true).unwrap()
     }
 
     /// A journaled folder in `dir`, once its first segment is ready; `None` where the
     /// temp folder refuses direct I/O.
     async fn open(dir: &FsPath) -> Option<LocalFolder> {
-        super::super::direct::DirectFolder::probe(dir)?;
+        DirectFolder::probe(dir)?;
         let folder = journaled(dir);
         // The first put finds no segment and starts one; wait until it is there.
         let journal = folder.journal.clone().unwrap();
@@ -980,6 +1249,108 @@ mod tests {
         drop(folder);
         let (_, listed) = reopen(dir.path()).await;
         assert_eq!(listed, [wal(9)]);
+    }
+
+    fn batch(id: u64) -> Path {
+        Path::from(format!("shale/batches/t/0/{id:016x}"))
+    }
+
+    /// The file batch object `id` moves to.
+    fn batch_file(dir: &FsPath, id: u64) -> PathBuf {
+        dir.join(format!("shale/batches/t/0/{id:016x}"))
+    }
+
+    /// [`open`], and batch objects written and read as the log does.
+    async fn open_with_direct(dir: &FsPath) -> Option<(LocalFolder, DirectFolder)> {
+        let folder = open(dir).await?;
+        let direct = DirectFolder::probe(dir)?.with_journal(folder.journal());
+        Some((folder, direct))
+    }
+
+    /// Waits until the journal holds none of the batch objects, each then a file.
+    async fn moved(folder: &LocalFolder, dir: &FsPath, ids: std::ops::Range<u64>) {
+        let journal = folder.journal().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while ids.clone().any(|id| journal.locate(&batch(id)).is_some()) {
+            assert!(
+                Instant::now() < deadline,
+                "batch objects stayed in the journal"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        for id in ids {
+            assert!(batch_file(dir, id).exists(), "batch object {id} is a file");
+        }
+    }
+
+    #[tokio::test]
+    async fn small_batch_objects_go_to_the_journal_then_to_their_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let Some((folder, direct)) = open_with_direct(dir.path()).await else {
+            eprintln!("skipped: the temp folder refuses direct I/O");
+            return;
+        };
+        let body = |id: u64| Bytes::from(vec![id as u8; 40_000 + id as usize]);
+        let journal = folder.journal().unwrap();
+        let mut from_journal = 0;
+        for id in 0..20 {
+            direct.put(&batch(id), &[body(id)]).await.unwrap();
+            from_journal += usize::from(journal.locate(&batch(id)).is_some());
+            let span = direct.get_range(&batch(id), 100..30_000).await.unwrap();
+            assert_eq!(span.freeze(), body(id).slice(100..30_000), "object {id}");
+        }
+        // The first is moved at once, the rest wait for the mover's next round.
+        assert!(
+            from_journal > 10,
+            "only {from_journal} went through the journal"
+        );
+        let large = Bytes::from(vec![9; MOVED_OBJECT_MAX_BYTES + 1]);
+        direct.put(&batch(99), &[large]).await.unwrap();
+        assert!(
+            journal.locate(&batch(99)).is_none(),
+            "too large for the journal"
+        );
+        moved(&folder, dir.path(), 0..20).await;
+        for id in 0..20 {
+            let span = direct.get_range(&batch(id), 0..body(id).len() as u64).await;
+            assert_eq!(span.unwrap().freeze(), body(id), "object {id} as a file");
+        }
+        folder.delete(&batch(3)).await.unwrap();
+        assert!(!batch_file(dir.path(), 3).exists());
+
+        // Deleted while in the journal: no file is left behind once the mover comes by.
+        direct.put(&batch(40), &[body(40)]).await.unwrap();
+        direct.put(&batch(41), &[body(41)]).await.unwrap();
+        folder.delete(&batch(41)).await.unwrap();
+        moved(&folder, dir.path(), 40..41).await;
+        tokio::time::sleep(MOVE_INTERVAL * 3).await;
+        assert!(!batch_file(dir.path(), 41).exists());
+    }
+
+    #[tokio::test]
+    async fn batch_objects_found_in_the_journal_at_start_are_moved_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let Some((folder, direct)) = open_with_direct(dir.path()).await else {
+            eprintln!("skipped: the temp folder refuses direct I/O");
+            return;
+        };
+        let body = |id: u64| Bytes::from(vec![id as u8; 30_000]);
+        for id in 0..5 {
+            direct.put(&batch(id), &[body(id)]).await.unwrap();
+        }
+        moved(&folder, dir.path(), 0..5).await;
+        drop((direct, folder));
+        // As if a crash had come before the files were durable: the segment still has the
+        // entries, and a start moves them again, from the segment.
+        for id in 0..5 {
+            std::fs::remove_file(batch_file(dir.path(), id)).unwrap();
+        }
+        let folder = journaled(dir.path());
+        moved(&folder, dir.path(), 0..5).await;
+        for id in 0..5 {
+            let got = folder.get(&batch(id)).await.unwrap().bytes().await.unwrap();
+            assert_eq!(got, body(id), "object {id}");
+        }
     }
 
     #[test]

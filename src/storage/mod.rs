@@ -22,7 +22,7 @@ use slatedb::prefix_extractor::{PrefixExtractor, PrefixTarget};
 use slatedb::{BlockCachePolicy, CacheTarget, Db};
 
 pub use direct::DirectFolder;
-pub use journal::LocalFolder;
+pub use journal::{Journaled, LocalFolder};
 
 /// Where SlateDB's objects go, parsed from `--store` or `--data-dir`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -116,9 +116,13 @@ const REMOTE_RECENT_OBJECTS_BYTES: usize = 64 << 20;
 /// than on a remote store because there the memtable's flushes stall the WAL: a 64 MiB table
 /// written to the same disk holds up the small WAL writes queued behind it (10k msgs/s of
 /// 1 KiB records: e2e p99.9 41-45 ms with 256 KiB, 9 ms with 16 KiB; docs/performance.md).
-/// Not lower: each object is a file and two fsyncs before the append's WAL write, and the
-/// ~5 KB appends of 1k msgs/s (1 MB/s) fill a memtable only about once a minute.
+/// Not lower: each object is a write and a sync of its own before the append's WAL write
+/// (a journal entry, or a file and two syncs), and the ~5 KB appends of 1k msgs/s (1 MB/s)
+/// fill a memtable only about once a minute.
 const LOCAL_OBJECT_MIN_BYTES: usize = 16 << 10;
+
+/// The folder of batch objects, beside SlateDB's.
+const BATCH_FOLDER: &str = "batches";
 
 /// How long after SlateDB stops needing a WAL object in the journal it is deleted.
 const JOURNALED_WAL_RECLAIM_DELAY: Duration = Duration::from_secs(2);
@@ -191,8 +195,13 @@ pub async fn open(
             if settings.direct_io {
                 direct = DirectFolder::probe(dir);
             }
-            let wal = object_store::path::Path::from("shale/wal");
-            let folder = LocalFolder::open(dir, lock, wal, direct.is_some()).map_err(in_folder)?;
+            let journaled = Journaled {
+                wal: object_store::path::Path::from("shale/wal"),
+                moved: object_store::path::Path::from("shale").join(BATCH_FOLDER),
+            };
+            let folder =
+                LocalFolder::open(dir, lock, journaled, direct.is_some()).map_err(in_folder)?;
+            direct = direct.map(|d| d.with_journal(folder.journal()));
             (Arc::new(folder), "shale".to_string())
         }
         StoreLocation::Memory => (Arc::new(InMemory::new()), "shale".to_string()),
@@ -250,7 +259,7 @@ pub async fn open(
     // Any SlateDB setting can be overridden with a `SLATEDB_` variable, for tuning.
     let slate_settings = Settings::from_env_with_default("SLATEDB_", slate_settings)?;
     let admin = AdminBuilder::new(path.clone(), store.clone()).build();
-    let objects_root = object_store::path::Path::from(path.as_str()).join("batches");
+    let objects_root = object_store::path::Path::from(path.as_str()).join(BATCH_FOLDER);
     // Freshly flushed data blocks stay out of the block cache: under produce they only
     // displaced what readers had cached, and held RSS near the cache's 512 MiB for data
     // that tail consumers had already read from the memtable. Measured: peak RSS under
