@@ -383,6 +383,11 @@ impl Journal {
         location: &Path,
         parts: &[Bytes],
     ) -> Option<io::Result<()>> {
+        // Checked here as well as in `put`: large objects, the throughput path, then cost
+        // no task.
+        if !self.has_room_to_move(parts.iter().map(Bytes::len).sum()) {
+            return None;
+        }
         let payload: PutPayload = parts.iter().cloned().collect();
         // A task of its own: see `LocalFolder::put_opts`.
         let put = tokio::spawn(self.clone().put(
@@ -395,6 +400,13 @@ impl Journal {
             Ok(put) => Some(put?.map(|_| ()).map_err(io::Error::other)),
             Err(e) => Some(Err(io::Error::other(e))),
         }
+    }
+
+    /// Whether a batch object of `size` bytes goes through the journal (see
+    /// [`MOVED_OBJECT_MAX_BYTES`] and [`MOVE_BACKLOG_MAX_BYTES`]).
+    fn has_room_to_move(&self, size: usize) -> bool {
+        size <= MOVED_OBJECT_MAX_BYTES
+            && self.backlog.load(Ordering::Acquire) + size <= MOVE_BACKLOG_MAX_BYTES
     }
 
     /// Where the object at `location` is, if the journal holds it: its segment file, to be
@@ -431,13 +443,12 @@ impl Journal {
         let size = payload.content_length();
         let padded = align_up(HEADER_BYTES + location.as_ref().len() + size);
         let moves_on = self.moves_on(location);
-        let too_large = if moves_on {
-            size > MOVED_OBJECT_MAX_BYTES
-                || self.backlog.load(Ordering::Acquire) + size > MOVE_BACKLOG_MAX_BYTES
+        let fits = if moves_on {
+            self.has_room_to_move(size)
         } else {
-            size > ENTRY_MAX_BYTES
+            size <= ENTRY_MAX_BYTES
         };
-        if too_large || matches!(mode, PutMode::Update(_)) {
+        if !fits || matches!(mode, PutMode::Update(_)) {
             return None;
         }
         let _writing = self.writer.lock().await;
