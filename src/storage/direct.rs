@@ -103,11 +103,7 @@ impl DirectFolder {
         let parts = parts.to_vec();
         // The copy is done off the runtime's threads too: an object can be megabytes.
         tokio::task::spawn_blocking(move || {
-            let mut at = 0;
-            for part in &parts {
-                buffer.bytes[at..at + part.len()].copy_from_slice(part);
-                at += part.len();
-            }
+            copy_parts(&mut buffer.bytes, &parts);
             write_new_file(&path, &mut buffer.bytes, len)
         })
         .await
@@ -209,6 +205,15 @@ impl DirectSpan {
 impl AsRef<[u8]> for DirectSpan {
     fn as_ref(&self) -> &[u8] {
         &self.buffer.bytes[self.range.clone()]
+    }
+}
+
+/// Copies `parts`, one after the other, to the start of `buffer`.
+pub(super) fn copy_parts<'a>(buffer: &mut [u8], parts: impl IntoIterator<Item = &'a Bytes>) {
+    let mut at = 0;
+    for part in parts {
+        buffer[at..at + part.len()].copy_from_slice(part);
+        at += part.len();
     }
 }
 

@@ -59,7 +59,7 @@ use object_store::{
 use tokio::sync::mpsc;
 
 use super::direct::{
-    align_up, create_file, positional, sync_file_system, sync_folder, Aligned, ALIGN,
+    align_up, copy_parts, create_file, positional, sync_file_system, sync_folder, Aligned, ALIGN,
 };
 
 /// Bytes per segment file. Small, because a start reads every segment that still holds
@@ -709,13 +709,7 @@ fn write_moved(job: &Move, segment: &File, path: &FsPath) -> io::Result<()> {
     let mut buffer = Aligned::with_capacity(ALIGN, align_up(size));
     buffer.resize(align_up(size), 0);
     match &job.payload {
-        Some(payload) => {
-            let mut filled = 0;
-            for part in payload.iter() {
-                buffer[filled..filled + part.len()].copy_from_slice(part);
-                filled += part.len();
-            }
-        }
+        Some(payload) => copy_parts(&mut buffer, payload.iter()),
         None => buffer[..size].copy_from_slice(&read_span(segment, job.placed.at, size)?),
     }
     // A file left by a move a crash cut short, or by one made before a restart brought the
@@ -802,11 +796,7 @@ fn encode_entry(salt: u64, written_ms: i64, path: &str, payload: &PutPayload) ->
     entry[24..28].copy_from_slice(&(size as u32).to_le_bytes());
     entry[28..32].copy_from_slice(&(path.len() as u32).to_le_bytes());
     entry[HEADER_BYTES..HEADER_BYTES + path.len()].copy_from_slice(path.as_bytes());
-    let mut at = HEADER_BYTES + path.len();
-    for part in payload.iter() {
-        entry[at..at + part.len()].copy_from_slice(part);
-        at += part.len();
-    }
+    copy_parts(&mut entry[HEADER_BYTES + path.len()..], payload.iter());
     let checksum = crc32c::crc32c(&entry[8..end]);
     entry[4..8].copy_from_slice(&checksum.to_le_bytes());
     entry
