@@ -11,9 +11,15 @@
 //! them from an index it rebuilds at start by reading the segments.
 //!
 //! Each object is one entry starting at a block boundary: a header (magic, checksum, the
-//! segment's salt, write time, lengths), its path and its bytes. Puts are written one at a
-//! time, each durable before the next starts, so the entries of a segment read from its
-//! start up to the first that is not whole (a put a crash interrupted, or never written).
+//! segment's salt, write time, lengths), its path and its bytes. Puts are committed in
+//! rounds (group commit): one task takes every put queued since its last round, writes
+//! their entries, one write per segment, then `fdatasync`s each segment it wrote once, and
+//! only then answers them. A round starts after the previous one is durable, so when a put
+//! is answered every entry before it in its segment is whole, and a start reads a
+//! segment's entries from its start up to the first that is not whole (a put a crash
+//! interrupted, or never written) without losing an acknowledged one. Concurrent puts (the
+//! partitions of one produce, several producers, WAL objects) share a sync instead of
+//! queueing for one each.
 //! A segment whose objects are all deleted is reused under a new random salt, so entries
 //! left from its previous use end that read as well. A deleted object may come back after
 //! a restart while its segment was not reused: SlateDB only replays WAL objects newer than
@@ -56,7 +62,7 @@ use object_store::{
     PutPayload, PutResult, Result,
 };
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use super::direct::{
     align_up, copy_parts, create_file, positional, sync_file_system, sync_folder, Aligned, ALIGN,
@@ -89,6 +95,10 @@ const MOVE_INTERVAL: Duration = Duration::from_millis(100);
 
 /// At most this many objects are moved per sync.
 const MOVE_BATCH_MAX: usize = 512;
+
+/// At most this many puts are committed per round: a round's entries are copied into one
+/// buffer per segment, at most a segment's bytes each.
+const COMMIT_ROUND_MAX: usize = 64;
 
 const MAGIC: [u8; 4] = *b"SHJ1";
 
@@ -197,12 +207,36 @@ pub(super) struct Journal {
     files: Arc<LocalFileSystem>,
     opened: Instant,
     state: Mutex<State>,
-    /// Puts one at a time (see the module's doc).
-    writer: tokio::sync::Mutex<()>,
+    /// Puts for the committer (see the module's doc). Once queued, a put is written even if
+    /// its caller stops waiting: a later entry must not be acknowledged behind one that
+    /// may never be whole.
+    commits: mpsc::UnboundedSender<Pending>,
     /// Batch objects to write to their files, in the order written.
     moves: mpsc::UnboundedSender<Move>,
     /// Bytes of the objects in `moves` kept in memory.
     backlog: AtomicUsize,
+}
+
+/// A put waiting for its round.
+#[derive(Debug)]
+struct Pending {
+    location: Path,
+    payload: PutPayload,
+    /// Fails if the object exists (`PutMode::Create`).
+    create: bool,
+    /// `None` if no segment had room (the caller writes a file instead).
+    done: oneshot::Sender<Option<Result<PutResult>>>,
+}
+
+/// The entries a round writes to one segment: contiguous, from `start`.
+#[derive(Debug)]
+struct Run {
+    segment: usize,
+    file: Arc<File>,
+    salt: u64,
+    start: usize,
+    len: usize,
+    entries: Vec<Pending>,
 }
 
 /// A batch object in the journal, to become a file.
@@ -352,17 +386,19 @@ impl Journal {
             // The receiver is right here.
             let _ = moves.send(found);
         }
+        let (commits, to_commit) = mpsc::unbounded_channel();
         let journal = Arc::new(Journal {
             dir: dir.to_path_buf(),
             journaled,
             files,
             opened: Instant::now(),
             state: Mutex::new(state),
-            writer: tokio::sync::Mutex::new(()),
+            commits,
             moves,
             backlog: AtomicUsize::new(0),
         });
         tokio::spawn(move_objects(Arc::downgrade(&journal), to_move));
+        tokio::spawn(commit_puts(Arc::downgrade(&journal), to_commit));
         Ok(journal)
     }
 
@@ -379,27 +415,17 @@ impl Journal {
     /// Writes `parts` as the batch object at `location`, durably; `None` if the journal
     /// does not take it (the caller writes a file instead).
     pub(super) async fn put_object(
-        self: &Arc<Self>,
+        &self,
         location: &Path,
         parts: &[Bytes],
     ) -> Option<io::Result<()>> {
-        // Checked here as well as in `put`: large objects, the throughput path, then cost
-        // no task.
+        // Checked before the parts are collected: large objects are the throughput path.
         if !self.has_room_to_move(parts.iter().map(Bytes::len).sum()) {
             return None;
         }
         let payload: PutPayload = parts.iter().cloned().collect();
-        // A task of its own: see `LocalFolder::put_opts`.
-        let put = tokio::spawn(self.clone().put(
-            location.clone(),
-            payload,
-            self.files.clone(),
-            PutMode::Overwrite,
-        ));
-        match put.await {
-            Ok(put) => Some(put?.map(|_| ()).map_err(io::Error::other)),
-            Err(e) => Some(Err(io::Error::other(e))),
-        }
+        let put = self.put(location, payload, &PutMode::Overwrite).await?;
+        Some(put.map(|_| ()).map_err(io::Error::other))
     }
 
     /// Whether a batch object of `size` bytes goes through the journal (see
@@ -428,22 +454,16 @@ impl Journal {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Writes `payload` as the object at `location`, durably; `None` if no segment has
-    /// room for it (the caller writes a file instead).
-    ///
-    /// Runs as a task of its own (see [`LocalFolder::put_opts`]).
+    /// Writes `payload` as the object at `location`, durably; `None` if the journal does
+    /// not take it or no segment has room for it (the caller writes a file instead).
     async fn put(
-        self: Arc<Self>,
-        location: Path,
+        &self,
+        location: &Path,
         payload: PutPayload,
-        files: Arc<LocalFileSystem>,
-        mode: PutMode,
+        mode: &PutMode,
     ) -> Option<Result<PutResult>> {
-        let location = &location;
         let size = payload.content_length();
-        let padded = align_up(HEADER_BYTES + location.as_ref().len() + size);
-        let moves_on = self.moves_on(location);
-        let fits = if moves_on {
+        let fits = if self.moves_on(location) {
             self.has_room_to_move(size)
         } else {
             size <= ENTRY_MAX_BYTES
@@ -451,60 +471,91 @@ impl Journal {
         if !fits || matches!(mode, PutMode::Update(_)) {
             return None;
         }
-        let _writing = self.writer.lock().await;
-        let written = Utc::now();
-        let (segment, file, salt, at) = {
-            let mut state = self.lock();
-            if matches!(mode, PutMode::Create) {
-                let on_disk = files
-                    .path_to_filesystem(location)
-                    .is_ok_and(|path| path.exists());
-                if on_disk || state.objects.contains_key(location) {
-                    return Some(Err(object_store::Error::AlreadyExists {
-                        path: location.to_string(),
-                        source: "the WAL object exists".into(),
-                    }));
-                }
-            }
-            let lane = if moves_on { Lane::Moved } else { Lane::Wal };
-            let Some(segment) = state.room_for(lane, padded) else {
-                self.prepare_if_short(&mut state);
-                return None;
-            };
-            self.prepare_if_short(&mut state);
-            let room = &mut state.segments[segment];
-            let at = room.end;
-            room.end += padded;
-            room.live += 1;
-            (segment, room.file.clone(), room.salt, at)
+        let (done, answer) = oneshot::channel();
+        let pending = Pending {
+            location: location.clone(),
+            payload,
+            create: matches!(mode, PutMode::Create),
+            done,
         };
-        let entry = encode_entry(
-            salt,
-            written.timestamp_millis(),
-            location.as_ref(),
-            &payload,
-        );
-        let done = tokio::task::spawn_blocking(move || {
-            positional::write_all_at(&file, &entry, at as u64)?;
-            file.sync_data()
+        // No committer: the runtime is shutting down.
+        self.commits.send(pending).ok()?;
+        match answer.await {
+            Ok(answer) => answer,
+            Err(_) => Some(Err(store_error(io::Error::other(
+                "the WAL journal's round failed",
+            )))),
+        }
+    }
+
+    /// Commits one round of puts (see the module's doc).
+    async fn commit(self: &Arc<Self>, round: Vec<Pending>) {
+        let written = Utc::now();
+        let runs = self.reserve(round);
+        if runs.is_empty() {
+            return;
+        }
+        let reserved: Vec<(usize, usize)> =
+            runs.iter().map(|r| (r.segment, r.entries.len())).collect();
+        let written_ms = written.timestamp_millis();
+        let committed = tokio::task::spawn_blocking(move || {
+            let writes: Vec<io::Result<()>> =
+                runs.iter().map(|run| run.write(written_ms)).collect();
+            let synced: Vec<io::Result<()>> = runs
+                .iter()
+                .zip(writes)
+                .map(|(run, write)| write.and_then(|()| run.file.sync_data()))
+                .collect();
+            (runs, synced)
         })
-        .await
-        .map_err(io::Error::other)
-        .and_then(|r| r);
+        .await;
         let mut state = self.lock();
-        match done {
-            Ok(()) => {
+        let (runs, synced) = match committed {
+            Ok(committed) => committed,
+            Err(e) => {
+                // The round's answers are gone with it, so its puts fail; whatever follows
+                // them in their segments would not be found at start.
+                tracing::error!(error = %e, "a WAL journal round failed");
+                for (segment, entries) in reserved {
+                    state.detach(segment);
+                    for _ in 0..entries {
+                        state.release(segment);
+                    }
+                }
+                return;
+            }
+        };
+        for (run, synced) in runs.into_iter().zip(synced) {
+            if let Err(e) = synced {
+                state.detach(run.segment);
+                for pending in run.entries {
+                    state.release(run.segment);
+                    let failed = io::Error::new(e.kind(), e.to_string());
+                    let _ = pending.done.send(Some(Err(store_error(failed))));
+                }
+                continue;
+            }
+            let mut at = run.start;
+            for pending in run.entries {
+                let Pending {
+                    location,
+                    payload,
+                    done,
+                    ..
+                } = pending;
+                let size = payload.content_length();
                 let placed = Placed {
-                    segment,
+                    segment: run.segment,
                     at: (at + HEADER_BYTES + location.as_ref().len()) as u64,
                     size: size as u64,
                     written,
                 };
+                at += align_up(HEADER_BYTES + location.as_ref().len() + size);
                 state.objects.insert(location.clone(), placed.clone());
-                if moves_on {
+                if self.moves_on(&location) {
                     self.backlog.fetch_add(size, Ordering::AcqRel);
                     let queued = self.moves.send(Move {
-                        location: location.clone(),
+                        location,
                         placed,
                         payload: Some(payload),
                     });
@@ -513,23 +564,78 @@ impl Journal {
                         self.backlog.fetch_sub(size, Ordering::AcqRel);
                     }
                 }
-                Some(Ok(PutResult {
+                let _ = done.send(Some(Ok(PutResult {
                     e_tag: None,
                     version: None,
                     extensions: Extensions::default(),
-                }))
-            }
-            Err(e) => {
-                // What follows a failed write in this segment would not be found at start.
-                for current in &mut state.current {
-                    if *current == Some(segment) {
-                        *current = None;
-                    }
-                }
-                state.release(segment);
-                Some(Err(store_error(e)))
+                })));
             }
         }
+    }
+
+    /// Places a round's puts in segments, in the order they came, grouped by segment;
+    /// answers at once those that exist already (`create`) or find no room.
+    fn reserve(self: &Arc<Self>, round: Vec<Pending>) -> Vec<Run> {
+        let mut state = self.lock();
+        let mut runs: Vec<Run> = Vec::new();
+        for pending in round {
+            let location = &pending.location;
+            if pending.create {
+                let on_disk = self
+                    .files
+                    .path_to_filesystem(location)
+                    .is_ok_and(|path| path.exists());
+                let in_round = runs
+                    .iter()
+                    .flat_map(|run| &run.entries)
+                    .any(|other| other.location == *location);
+                if on_disk || in_round || state.objects.contains_key(location) {
+                    let _ = pending
+                        .done
+                        .send(Some(Err(object_store::Error::AlreadyExists {
+                            path: location.to_string(),
+                            source: "the WAL object exists".into(),
+                        })));
+                    continue;
+                }
+            }
+            let padded =
+                align_up(HEADER_BYTES + location.as_ref().len() + pending.payload.content_length());
+            let lane = if self.moves_on(location) {
+                Lane::Moved
+            } else {
+                Lane::Wal
+            };
+            let room = state.room_for(lane, padded);
+            self.prepare_if_short(&mut state);
+            let Some(segment) = room else {
+                let _ = pending.done.send(None);
+                continue;
+            };
+            let room = &mut state.segments[segment];
+            let at = room.end;
+            room.end += padded;
+            room.live += 1;
+            let run = match runs.iter().position(|run| run.segment == segment) {
+                Some(index) => &mut runs[index],
+                None => {
+                    runs.push(Run {
+                        segment,
+                        file: room.file.clone(),
+                        salt: room.salt,
+                        start: at,
+                        len: 0,
+                        entries: Vec::new(),
+                    });
+                    runs.last_mut().expect("just pushed")
+                }
+            };
+            // Nothing else places entries while the state is locked.
+            debug_assert_eq!(run.start + run.len, at);
+            run.len += padded;
+            run.entries.push(pending);
+        }
+        runs
     }
 
     /// Starts writing a new segment file if none is ready and the cap allows one.
@@ -702,6 +808,26 @@ impl Journal {
     }
 }
 
+impl Run {
+    /// Writes the run's entries, with one write, not yet durable.
+    fn write(&self, written_ms: i64) -> io::Result<()> {
+        let mut buffer = Aligned::with_capacity(ALIGN, self.len);
+        buffer.resize(self.len, 0);
+        let mut at = 0;
+        for pending in &self.entries {
+            let path = pending.location.as_ref();
+            at += encode_entry(
+                &mut buffer[at..],
+                self.salt,
+                written_ms,
+                path,
+                &pending.payload,
+            );
+        }
+        positional::write_all_at(&self.file, &buffer, self.start as u64)
+    }
+}
+
 /// Writes `job`'s object to a new file at `path`, not yet durable; its bytes come from the
 /// job or else from `segment`.
 fn write_moved(job: &Move, segment: &File, path: &FsPath) -> io::Result<()> {
@@ -719,6 +845,18 @@ fn write_moved(job: &Move, segment: &File, path: &FsPath) -> io::Result<()> {
         _ => {}
     }
     create_file(path, &mut buffer, size, false)
+}
+
+/// Commits puts as they come, a round at a time (see the module's doc), until the journal
+/// is dropped.
+async fn commit_puts(journal: Weak<Journal>, mut puts: mpsc::UnboundedReceiver<Pending>) {
+    let mut round = Vec::new();
+    while puts.recv_many(&mut round, COMMIT_ROUND_MAX).await > 0 {
+        let Some(journal) = journal.upgrade() else {
+            return;
+        };
+        journal.commit(std::mem::take(&mut round)).await;
+    }
 }
 
 /// Moves batch objects out of the journal as they come, a batch every [`MOVE_INTERVAL`],
@@ -764,6 +902,16 @@ impl State {
         Some(next)
     }
 
+    /// Stops writing to `segment`: an entry in it failed, and what follows it would not
+    /// be found at start.
+    fn detach(&mut self, segment: usize) {
+        for current in &mut self.current {
+            if *current == Some(segment) {
+                *current = None;
+            }
+        }
+    }
+
     /// One object (or put) fewer in `segment`; an empty segment that no lane writes to is
     /// ready for reuse.
     fn release(&mut self, segment: usize) {
@@ -784,12 +932,17 @@ fn new_salt() -> u64 {
     u64::from_le_bytes(salt) | 1
 }
 
-/// One entry, padded to whole blocks, in a buffer direct I/O can write.
-fn encode_entry(salt: u64, written_ms: i64, path: &str, payload: &PutPayload) -> Aligned {
+/// Writes one entry at the start of `entry` (zeroed, at least its padded length); returns
+/// that length, whole blocks.
+fn encode_entry(
+    entry: &mut [u8],
+    salt: u64,
+    written_ms: i64,
+    path: &str,
+    payload: &PutPayload,
+) -> usize {
     let size = payload.content_length();
     let end = HEADER_BYTES + path.len() + size;
-    let mut entry = Aligned::with_capacity(ALIGN, align_up(end));
-    entry.resize(align_up(end), 0);
     entry[0..4].copy_from_slice(&MAGIC);
     entry[8..16].copy_from_slice(&salt.to_le_bytes());
     entry[16..24].copy_from_slice(&written_ms.to_le_bytes());
@@ -799,7 +952,7 @@ fn encode_entry(salt: u64, written_ms: i64, path: &str, payload: &PutPayload) ->
     copy_parts(&mut entry[HEADER_BYTES + path.len()..], payload.iter());
     let checksum = crc32c::crc32c(&entry[8..end]);
     entry[4..8].copy_from_slice(&checksum.to_le_bytes());
-    entry
+    align_up(end)
 }
 
 /// An entry read back: where its object's bytes are in `bytes`, and how far the next entry
@@ -974,15 +1127,7 @@ impl ObjectStore for LocalFolder {
         opts: PutOptions,
     ) -> Result<PutResult> {
         if let Some(journal) = self.journal_for(location) {
-            // A task of its own, so that it finishes even if the caller stops waiting: the
-            // next put must not be written after an entry that may never be whole.
-            let put = tokio::spawn(journal.clone().put(
-                location.clone(),
-                payload.clone(),
-                self.files.clone(),
-                opts.mode.clone(),
-            ));
-            if let Some(put) = put.await.map_err(|e| store_error(io::Error::other(e)))? {
+            if let Some(put) = journal.put(location, payload.clone(), &opts.mode).await {
                 return put;
             }
         }
@@ -1252,6 +1397,44 @@ mod tests {
         assert_eq!(listed, [wal(9)]);
     }
 
+    #[tokio::test]
+    async fn concurrent_puts_share_rounds_and_come_back_after_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let Some(folder) = open(dir.path()).await else {
+            eprintln!("skipped: the temp folder refuses direct I/O");
+            return;
+        };
+        let body = |id: u64| Bytes::from(vec![id as u8; 1000 + (id as usize * 7919) % 150_000]);
+        // All queued before the committer runs: rounds of many entries, over more than one
+        // segment, and a second create of one object in the same round.
+        let mut puts: Vec<(u64, Bytes)> = (0..80).map(|id| (id, body(id))).collect();
+        puts.insert(10, (5, Bytes::from_static(b"again")));
+        let locations: Vec<Path> = puts.iter().map(|(id, _)| wal(*id)).collect();
+        let results =
+            futures::future::join_all(puts.iter().zip(&locations).map(|((_, body), location)| {
+                folder.put_opts(location, body.clone().into(), PutMode::Create.into())
+            }))
+            .await;
+        let mut bodies = BTreeMap::new();
+        let mut refused = 0;
+        for ((id, body), result) in puts.into_iter().zip(results) {
+            match result {
+                Ok(_) => assert!(bodies.insert(id, body).is_none(), "object {id} put twice"),
+                Err(object_store::Error::AlreadyExists { .. }) if id == 5 => refused += 1,
+                Err(e) => panic!("object {id}: {e}"),
+            }
+        }
+        assert_eq!(refused, 1, "one of the two creates of object 5 fails");
+        drop(folder);
+
+        let (folder, listed) = reopen(dir.path()).await;
+        assert_eq!(listed, (0..80).map(wal).collect::<Vec<_>>());
+        for (id, body) in bodies {
+            let got = folder.get(&wal(id)).await.unwrap().bytes().await.unwrap();
+            assert_eq!(got, body, "object {id}");
+        }
+    }
+
     fn batch(id: u64) -> Path {
         Path::from(format!("shale/batches/t/0/{id:016x}"))
     }
@@ -1370,7 +1553,11 @@ mod tests {
     fn entries_decode_only_whole_and_with_their_salt() {
         let payload =
             PutPayload::from_iter([Bytes::from_static(b"abc"), Bytes::from_static(b"de")]);
-        let entry = encode_entry(42, 7, "shale/wal/1.sst", &payload);
+        let mut entry = vec![0; 2 * ALIGN];
+        assert_eq!(
+            encode_entry(&mut entry, 42, 7, "shale/wal/1.sst", &payload),
+            ALIGN
+        );
         let decoded = decode_entry(&entry, Some(42)).unwrap();
         assert_eq!(&entry[decoded.payload.clone()], b"abcde");
         assert_eq!(decoded.path, Path::from("shale/wal/1.sst"));
