@@ -550,7 +550,7 @@ impl Journal {
                     size: size as u64,
                     written,
                 };
-                at += align_up(HEADER_BYTES + location.as_ref().len() + size);
+                at += padded_len(location.as_ref(), size);
                 state.objects.insert(location.clone(), placed.clone());
                 if self.moves_on(&location) {
                     self.backlog.fetch_add(size, Ordering::AcqRel);
@@ -599,8 +599,7 @@ impl Journal {
                     continue;
                 }
             }
-            let padded =
-                align_up(HEADER_BYTES + location.as_ref().len() + pending.payload.content_length());
+            let padded = padded_len(location.as_ref(), pending.payload.content_length());
             let lane = if self.moves_on(location) {
                 Lane::Moved
             } else {
@@ -952,7 +951,12 @@ fn encode_entry(
     copy_parts(&mut entry[HEADER_BYTES + path.len()..], payload.iter());
     let checksum = crc32c::crc32c(&entry[8..end]);
     entry[4..8].copy_from_slice(&checksum.to_le_bytes());
-    align_up(end)
+    padded_len(path, size)
+}
+
+/// The bytes an entry of `size` bytes at `path` takes in its segment: whole blocks.
+fn padded_len(path: &str, size: usize) -> usize {
+    align_up(HEADER_BYTES + path.len() + size)
 }
 
 /// An entry read back: where its object's bytes are in `bytes`, and how far the next entry
