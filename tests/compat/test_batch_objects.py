@@ -83,10 +83,19 @@ def test_retention_and_topic_deletion_delete_batch_objects(make_broker, topic_na
     broker = make_broker(*FAST)
     config = {"retention.ms": "2000", "segment.ms": "500"}
     create_topic(broker.bootstrap, topic_name, config=config)
+    # Retention may delete a round's objects before the last is written, and the journal
+    # holds each for up to ~100 ms before it is a file: count every file seen.
+    seen = set()
+
+    def seen_at_least(count):
+        seen.update(objects(broker))
+        return len(seen) >= count
+
     for round in range(3):
         produce_big(broker, topic_name, 40 * round, 40)
+        wait_for(lambda: seen_at_least(round + 1), what=f"round {round}'s batch objects")
         time.sleep(0.6)
-    assert len(objects(broker)) >= 3
+    assert len(seen) >= 3
     wait_for(lambda: watermarks(broker, topic_name) == (120, 120), what="every record to expire")
     wait_for(lambda: not objects(broker), what="the expired batch objects to go")
     assert "deleted the segment's batch objects" in broker.log()
