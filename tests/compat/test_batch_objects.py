@@ -205,10 +205,25 @@ def test_acked_large_appends_survive_sigkill_after_memtable_flushes(make_broker,
     create_topic(broker.bootstrap, topic_name)
     # One 20 KB record per request and one request at a time: a WAL write per record.
     serial = {"linger.ms": 0, "batch.num.messages": 1, "max.in.flight": 1}
+    flushed = "memtable flushed to bound the WAL replayed at start"
+    acked_at_flush = []
+
+    def flushed_and_200_more_acked(acked_count):
+        # A fast disk acks 2500 records before the first flush is due (2 s after start).
+        if not acked_at_flush and flushed in broker.log():
+            acked_at_flush.append(acked_count)
+        return bool(acked_at_flush) and acked_count >= acked_at_flush[0] + 200
+
     acked = produce_until_killed(
-        broker, topic_name, 1, lambda i: str(i).encode().ljust(20_000, b"."), 2500, **serial
+        broker,
+        topic_name,
+        1,
+        lambda i: str(i).encode().ljust(20_000, b"."),
+        2500,
+        until=flushed_and_200_more_acked,
+        **serial,
     )
-    assert "memtable flushed to bound the WAL replayed at start" in broker.log()
+    assert flushed in broker.log()
     broker.start()
     ends = assert_acked_records_survived(broker, topic_name, 1, acked)
     after = produce(broker.bootstrap, topic_name, [(0, None, b"after restart", None, None)])

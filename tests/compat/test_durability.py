@@ -15,10 +15,11 @@ from clients import admin, consume, create_topic, produce
 from conftest import SHALE_BIN
 
 
-def produce_until_killed(broker, topic, partitions, value_of, min_acked, **config):
+def produce_until_killed(broker, topic, partitions, value_of, min_acked, until=None, **config):
     """Produces `value_of(i)` round-robin over `partitions` with acks=all until `min_acked`
-    records are acknowledged (or 20 s pass), then SIGKILLs the broker mid-stream. Returns the
-    acknowledged values by (partition, offset)."""
+    records are acknowledged and `until(acknowledged count)`, if given, holds (or 20 s pass),
+    then SIGKILLs the broker mid-stream. Returns the acknowledged values by (partition,
+    offset)."""
     acked = {}
     producer = Producer(
         {"bootstrap.servers": broker.bootstrap, "acks": "all", "message.timeout.ms": 3000, **config}
@@ -43,7 +44,7 @@ def produce_until_killed(broker, topic, partitions, value_of, min_acked, **confi
     writer = threading.Thread(target=keep_producing)
     writer.start()
     deadline = time.monotonic() + 20
-    while len(acked) < min_acked and time.monotonic() < deadline:
+    while (len(acked) < min_acked or (until and not until(len(acked)))) and time.monotonic() < deadline:
         time.sleep(0.05)
     broker.kill()
     stop.set()
