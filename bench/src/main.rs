@@ -5,7 +5,8 @@
 //! partitions; produce also with the payload lent to librdkafka, not copied), produce-ack
 //! and end-to-end latency from an open-loop fixed-rate producer with a tailing consumer
 //! (counted from each record's *scheduled* send time, so a stalled broker cannot hide),
-//! startup time, idle and peak memory, metadata latency with many partitions,
+//! produce of small appends (one 50 KiB record per batch, the journal's group commit at
+//! work), startup time, idle and peak memory, metadata latency with many partitions,
 //! and the machine's own limits (loopback TCP, disk write+fdatasync, and what the producer
 //! sends to a sink that stores nothing, payload copied and lent) to compare against.
 //! Every figure is the median of `--runs` runs.
@@ -62,8 +63,9 @@ struct Args {
     /// Largest partition count for the metadata test (a multiple of 1000).
     #[arg(long, default_value_t = 100_000)]
     max_partitions: i32,
-    /// Run only these sections (comma-separated: limits, startup, throughput, clients,
-    /// latency, metadata); all of them by default. For quick before/after comparisons.
+    /// Run only these sections (comma-separated: limits, startup, throughput, appends,
+    /// clients, latency, metadata); all of them by default. For quick before/after
+    /// comparisons.
     #[arg(long, value_delimiter = ',')]
     only: Vec<Section>,
     /// Do not pin the broker and the client to different cores.
@@ -79,6 +81,7 @@ enum Section {
     Limits,
     Startup,
     Throughput,
+    Appends,
     Clients,
     Latency,
     Metadata,
@@ -94,6 +97,15 @@ const MANY_CONSUMERS: usize = 48;
 /// What each of those consumers asks for per fetch (`fetch.message.max.bytes`; librdkafka's
 /// default is 1 MiB): large fetches, so that without a budget their answers would add up.
 const MANY_CONSUMERS_FETCH_BYTES: usize = 8 << 20;
+
+/// The small-appends run: records of 50 KiB, each the only record of its batch
+/// (`batch.size` leaves no room for a second), so every partition's append in a produce
+/// request is one batch object of ~50 KB. Objects of that size take the broker's journal
+/// (from 16 KiB to 256 KiB); with 8 partitions a request stages 8 of them at once, and
+/// requests in flight overlap: the workload group commit is for.
+const SMALL_APPEND_RECORD_BYTES: usize = 50 << 10;
+const SMALL_APPEND_BATCH_BYTES: usize = SMALL_APPEND_RECORD_BYTES + 1024;
+const SMALL_APPEND_RECORDS: usize = 20_000;
 
 impl Args {
     fn runs(&self, section: Section) -> bool {
@@ -260,11 +272,17 @@ fn main() -> Result<()> {
     if bench.args.runs(Section::Throughput) {
         throughput(&bench, &mut report, limits)?;
     }
+    if bench.args.runs(Section::Appends) {
+        small_appends(&bench, &mut report)?;
+    }
     if bench.args.runs(Section::Clients) {
         many_clients(&bench, &mut report)?;
     }
     if bench.args.runs(Section::Latency) {
-        if bench.args.runs(Section::Throughput) || bench.args.runs(Section::Clients) {
+        if [Section::Throughput, Section::Appends, Section::Clients]
+            .into_iter()
+            .any(|section| bench.args.runs(section))
+        {
             std::thread::sleep(SETTLE_BEFORE_LATENCY);
         }
         latency(&bench, &mut report)?;
@@ -303,6 +321,35 @@ fn startup_and_memory(bench: &Bench, report: &mut Report) -> Result<()> {
         "- startup (process start to accepting connections): **{startup:.1} ms**"
     ));
     report.line(&format!("- idle RSS: **{idle:.1} MB**"));
+    Ok(())
+}
+
+fn small_appends(bench: &Bench, report: &mut Report) -> Result<()> {
+    report.section(&format!(
+        "Small appends ({SMALL_APPEND_RECORDS} records of {SMALL_APPEND_RECORD_BYTES} B, one \
+         per batch: batch.size={SMALL_APPEND_BATCH_BYTES}, acks=all, linger.ms=5)"
+    ));
+    report.line(
+        "Every append is one batch object of ~50 KB, written to the broker's journal and \
+         acknowledged after its `fdatasync`; the appends of a request's partitions and of the \
+         requests in flight share that sync. Closed loop, payload copied, a fresh broker per \
+         run.\n",
+    );
+    report.line("| partitions | produce MB/s | appends/s | produce CPU broker / client % |");
+    report.line("|---|---|---|---|");
+    for partitions in [1, 8] {
+        let runs: Vec<(f64, CpuShare)> = (0..bench.args.runs)
+            .map(|_| bench.small_appends(partitions))
+            .collect::<Result<_>>()?;
+        let pick = |f: fn(&(f64, CpuShare)) -> f64| median_of(runs.iter().map(f).collect());
+        let mbps = pick(|r| r.0);
+        report.line(&format!(
+            "| {partitions} | {mbps:.0} | {:.0} | {:.0} / {:.0} |",
+            mbps * 1e6 / SMALL_APPEND_RECORD_BYTES as f64,
+            pick(|r| r.1.broker),
+            pick(|r| r.1.client),
+        ));
+    }
     Ok(())
 }
 
@@ -606,6 +653,15 @@ struct Throughput {
     consume_cpu: CpuShare,
 }
 
+/// What a produce run sends.
+#[derive(Clone, Copy)]
+struct Workload {
+    records: usize,
+    record_bytes: usize,
+    /// librdkafka's `batch.size`, where not its default.
+    batch_bytes: Option<usize>,
+}
+
 /// p50, p99, p99.9, max in ms.
 struct Latency {
     ack: [f64; 4],
@@ -680,6 +736,28 @@ impl Bench {
         })
     }
 
+    /// MB/s and how busy each side was, producing the small-appends workload to a fresh
+    /// broker.
+    fn small_appends(&self, partitions: i32) -> Result<(f64, CpuShare)> {
+        let broker = self.start_broker(&[])?;
+        let topic = "small-appends";
+        create_topics(&broker.bootstrap, &[(topic.to_string(), partitions)])?;
+        let clock = CpuClock::start(&broker);
+        let workload = Workload {
+            records: SMALL_APPEND_RECORDS,
+            record_bytes: SMALL_APPEND_RECORD_BYTES,
+            batch_bytes: Some(SMALL_APPEND_BATCH_BYTES),
+        };
+        let mbps = self.produce(
+            &broker.bootstrap,
+            topic,
+            partitions,
+            Payload::Copied,
+            workload,
+        )?;
+        Ok((mbps, clock.share(&broker)))
+    }
+
     /// Creates `topic` and produces the throughput workload to it: MB/s and how busy each
     /// side was.
     fn produce_phase(
@@ -716,16 +794,42 @@ impl Bench {
         payload_use: Payload,
         records: usize,
     ) -> Result<f64> {
+        let workload = Workload {
+            records,
+            record_bytes: self.args.record_bytes,
+            batch_bytes: None,
+        };
+        self.produce(bootstrap, topic, partitions, payload_use, workload)
+    }
+
+    /// Produces `workload` to `topic` (spread over its partitions) as fast as the producer
+    /// goes, every record acknowledged; returns MB/s.
+    fn produce(
+        &self,
+        bootstrap: &str,
+        topic: &str,
+        partitions: i32,
+        payload_use: Payload,
+        workload: Workload,
+    ) -> Result<f64> {
+        let Workload {
+            records,
+            record_bytes,
+            batch_bytes,
+        } = workload;
         // Declared before the producer so that it is dropped after it: records lent from it
         // may still be queued when an error returns early, and dropping the producer
         // purges them and stops librdkafka's threads.
-        let payload = vec![b'x'; self.args.record_bytes];
+        let payload = vec![b'x'; record_bytes];
         let acked = Arc::new(AckCounter::default());
-        let producer: ThreadedProducer<Acks> =
-            producer_config(bootstrap).create_with_context(Acks {
-                acked: acked.clone(),
-                latency: None,
-            })?;
+        let mut config = producer_config(bootstrap);
+        if let Some(bytes) = batch_bytes {
+            config.set("batch.size", bytes.to_string());
+        }
+        let producer: ThreadedProducer<Acks> = config.create_with_context(Acks {
+            acked: acked.clone(),
+            latency: None,
+        })?;
         connect(producer.client(), topic)?;
         let started = Instant::now();
         match payload_use {
@@ -745,7 +849,7 @@ impl Bench {
         if failed > 0 || ok != records {
             bail!("{failed} records failed, {ok} acknowledged of {records}");
         }
-        Ok((records * self.args.record_bytes) as f64 / 1e6 / secs)
+        Ok((records * record_bytes) as f64 / 1e6 / secs)
     }
 
     /// Consumes the throughput workload from the beginning of `topic`'s partitions; returns
