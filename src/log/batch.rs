@@ -118,6 +118,9 @@ pub struct KeyedRecord {
     pub headers: Vec<(Bytes, Option<Bytes>)>,
 }
 
+/// The keyed records of each of an append's batches, or why a batch's could not be read.
+pub type BatchKeys = Vec<Result<Vec<KeyedRecord>, String>>;
+
 /// The records of a stored batch that have a key; the others have nothing to index.
 /// Uncompressed batches are read straight from the record encoding, each field of a keyed
 /// record a slice of `batch`; a keyless record is read through (a malformed one is still

@@ -41,7 +41,7 @@ pub use topic::Topic;
 use crate::storage::keys::{
     self, AbortedTxn, BatchKey, IndexedRecord, KeyIndexEntry, SequenceEntry,
 };
-use batch::BatchView;
+use batch::{BatchKeys, BatchView, KeyedRecord};
 use batch_objects::{BatchObjects, WrittenObject};
 use durability::{DurabilityQueue, WalFlusher};
 use partition::{PartitionState, TxnEvent};
@@ -521,10 +521,12 @@ impl LogStore {
         let writes: Vec<PartitionWrite> = std::mem::take(&mut staged.appends)
             .into_iter()
             .zip(std::mem::take(&mut staged.objects))
-            .map(|(append, object)| PartitionWrite {
+            .zip(std::mem::take(&mut staged.keys))
+            .map(|((append, object), keys)| PartitionWrite {
                 append,
                 marker: None,
                 object,
+                keys,
             })
             .collect();
         let written = self.append_with(&writes, Vec::new(), None).await;
@@ -549,6 +551,7 @@ impl LogStore {
             append,
             marker: None,
             object: None,
+            keys: None,
         };
         let (receipt, version) = self
             .append_with(&[write], Vec::new(), Some(condition))
@@ -574,6 +577,7 @@ impl LogStore {
                 },
                 marker: Some(marker),
                 object: None,
+                keys: None,
             })
             .collect();
         Ok(self.append_with(&writes, metadata, None).await?.0)
@@ -636,7 +640,7 @@ impl LogStore {
                         first_sequence: sequence,
                         key_copy_max_bytes: indexed.get(&append.partition.topic_id).copied(),
                     };
-                    plan_partition(append, partition_write.object.as_ref(), state, at)?
+                    plan_partition(partition_write, state, at)?
                 }
             };
             match planned {
@@ -776,6 +780,9 @@ struct PartitionWrite {
     append: PartitionAppend,
     marker: Option<TxnMarker>,
     object: Option<WrittenObject>,
+    /// The keyed records of each batch, when [`LogStore::stage`] read them; else they are
+    /// read at the append, if the topic is indexed by key.
+    keys: Option<BatchKeys>,
 }
 
 /// Where a partition's batches go in an append.
@@ -821,19 +828,19 @@ struct IndexAt {
     copy_max_bytes: usize,
 }
 
-/// Adds a key-index entry for every keyed record of `batch`, whose first record gets
-/// `base_offset`. The batch is read as received: its own base offset field is not used, so
-/// a batch going to an object is indexed without a copy to set it.
+/// Adds a key-index entry for every one of `records`, the keyed records of `batch`, whose
+/// first record gets `base_offset`. The batch is read as received: its own base offset
+/// field is not used, so a batch going to an object is indexed without a copy to set it.
 fn index_record_keys(
     batch: &Bytes,
+    records: &[KeyedRecord],
     base_offset: i64,
     at: &IndexAt,
     puts: &mut Vec<(Bytes, Bytes)>,
-) -> Result<(), String> {
+) {
     let Some(view) = BatchView::new(batch) else {
-        return Ok(());
+        return;
     };
-    let records = batch::keyed_records(batch)?;
     let transactional_producer = view.is_transactional().then(|| view.producer_id());
     for record in records {
         let size = record.value.as_ref().map_or(0, Bytes::len)
@@ -851,13 +858,12 @@ fn index_record_keys(
             transactional_producer,
             record: (size <= at.copy_max_bytes).then(|| IndexedRecord {
                 timestamp: record.timestamp,
-                value: record.value,
-                headers: record.headers,
+                value: record.value.clone(),
+                headers: record.headers.clone(),
             }),
         };
         puts.push(entry.encode(at.topic_id, &record.key));
     }
-    Ok(())
 }
 
 /// Places a transaction marker at `offset`: it closes the producer's open transaction on
@@ -924,11 +930,11 @@ pub fn now_ms() -> i64 {
 /// Assigns offsets and global sequences to a partition's batches and checks idempotent
 /// producers' sequence numbers, without changing anything yet.
 fn plan_partition(
-    append: &PartitionAppend,
-    object: Option<&WrittenObject>,
+    write: &PartitionWrite,
     state: &PartitionState,
     at: PlanAt,
 ) -> Result<Planned, LogError> {
+    let (append, object) = (&write.append, write.object.as_ref());
     let PlanAt {
         segment,
         base_offset,
@@ -1009,8 +1015,19 @@ fn plan_partition(
                 first_sequence: sequence,
                 copy_max_bytes,
             };
-            if let Err(unreadable) = index_record_keys(batch, next_offset, &at, &mut puts) {
-                return Ok(Planned::Skip(AppendOutcome::Unreadable(unreadable)));
+            let read_now;
+            let records = match write.keys.as_ref().and_then(|keys| keys.get(index)) {
+                Some(read) => read,
+                None => {
+                    read_now = batch::keyed_records(batch);
+                    &read_now
+                }
+            };
+            match records {
+                Ok(records) => index_record_keys(batch, records, next_offset, &at, &mut puts),
+                Err(unreadable) => {
+                    return Ok(Planned::Skip(AppendOutcome::Unreadable(unreadable.clone())))
+                }
             }
         }
         puts.push((key.encode(), stored));
