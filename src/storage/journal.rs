@@ -29,7 +29,9 @@
 //! journal only holds the small ones until they are files: a produce waits for one
 //! `fdatasync` of the journal rather than a new file's, and a task in the background writes
 //! each such object to the file it would have had, durably, before forgetting its entry.
-//! At start, the entries found are moved the same way. The journal can hold an object and
+//! One it could not write (a full disk, an I/O error) stays in the journal and is tried
+//! again, after a second and then longer. At start, the entries found are moved the same
+//! way. The journal can hold an object and
 //! its file at once (reads take either); deleting the object drops both.
 //!
 //! Objects the journal does not take go to the folder as files: everything else outside
@@ -95,6 +97,14 @@ const MOVE_INTERVAL: Duration = Duration::from_millis(100);
 
 /// At most this many objects are moved per sync.
 const MOVE_BATCH_MAX: usize = 512;
+
+/// How long the mover waits before trying again the objects a round could not move (a full
+/// disk, an I/O error): this after the first failed round, doubling after each one that
+/// follows up to [`MOVE_RETRY_MAX`]. Until they move their entries pin their segments, so
+/// without retries a passing error (a disk full until retention frees space) would leave
+/// fewer segments for the journal until the next start.
+const MOVE_RETRY_FIRST: Duration = Duration::from_secs(1);
+const MOVE_RETRY_MAX: Duration = Duration::from_secs(30);
 
 /// At most this many puts are committed per round: a round's entries are copied into one
 /// buffer per segment, at most a segment's bytes each.
@@ -748,62 +758,91 @@ impl Journal {
 
     /// Writes batch objects from the journal to their files, makes them durable with one
     /// sync of the file system, then forgets their entries. Objects deleted meanwhile have
-    /// their files removed again.
-    async fn move_out(&self, jobs: Vec<Move>) -> io::Result<()> {
+    /// their files removed again. Returns the jobs that failed, to try again, their bytes
+    /// left in the journal to read back from.
+    async fn move_out(&self, jobs: Vec<Move>) -> Vec<Move> {
         let mut writes = Vec::with_capacity(jobs.len());
         for job in jobs {
             let Some((segment, _)) = self.locate(&job.location).filter(|(_, p)| *p == job.placed)
             else {
                 continue;
             };
-            let path = self
-                .files
-                .path_to_filesystem(&job.location)
-                .map_err(io::Error::other)?;
-            writes.push((job, segment, path));
-        }
-        if writes.is_empty() {
-            return Ok(());
-        }
-        let folder = self.dir.clone();
-        let written = tokio::task::spawn_blocking(move || {
-            let mut written = Vec::with_capacity(writes.len());
-            for (job, segment, path) in writes {
-                match write_moved(&job, &segment, &path) {
-                    Ok(()) => written.push((job.location, job.placed, path)),
-                    Err(e) => tracing::warn!(error = %e, location = %job.location, "could not move a batch object from the journal to its file; the next start tries again"),
+            match self.files.path_to_filesystem(&job.location) {
+                Ok(path) => writes.push((job, segment, path)),
+                Err(e) => {
+                    tracing::error!(error = %e, location = %job.location, "a batch object in the journal has no file path; it stays there")
                 }
             }
-            sync_file_system(&folder).map(|()| written)
+        }
+        if writes.is_empty() {
+            return Vec::new();
+        }
+        let folder = self.dir.clone();
+        let moved = tokio::task::spawn_blocking(move || {
+            let mut written = Vec::with_capacity(writes.len());
+            let mut failed = Vec::new();
+            for (job, segment, path) in writes {
+                match write_moved(&job, &segment, &path) {
+                    Ok(()) => written.push((job, path)),
+                    Err(e) => {
+                        tracing::warn!(error = %e, location = %job.location, "could not move a batch object from the journal to its file");
+                        failed.push(job);
+                    }
+                }
+            }
+            match sync_file_system(&folder) {
+                Ok(()) => (written, failed),
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not sync the batch objects moved from the journal");
+                    failed.extend(written.into_iter().map(|(job, _)| job));
+                    (Vec::new(), failed)
+                }
+            }
         })
-        .await
-        .map_err(io::Error::other)??;
+        .await;
+        let (written, failed) = match moved {
+            Ok(moved) => moved,
+            Err(e) => {
+                // The jobs went with the task; a start moves their entries.
+                tracing::error!(error = %e, "a round of moves from the journal failed");
+                return Vec::new();
+            }
+        };
+        let failed = failed
+            .into_iter()
+            .map(|job| Move {
+                payload: None,
+                ..job
+            })
+            .collect();
         let deleted: Vec<PathBuf> = {
             let mut state = self.lock();
             written
                 .into_iter()
-                .filter_map(|(location, placed, path)| {
-                    if state.objects.get(&location) != Some(&placed) {
+                .filter_map(|(job, path)| {
+                    if state.objects.get(&job.location) != Some(&job.placed) {
                         return Some(path);
                     }
-                    state.objects.remove(&location);
-                    state.release(placed.segment);
+                    state.objects.remove(&job.location);
+                    state.release(job.placed.segment);
                     None
                 })
                 .collect()
         };
         if !deleted.is_empty() {
-            tokio::task::spawn_blocking(move || {
+            let removed = tokio::task::spawn_blocking(move || {
                 for path in deleted {
                     if let Err(e) = std::fs::remove_file(&path) {
                         tracing::warn!(error = %e, path = %path.display(), "could not remove the file of a deleted batch object");
                     }
                 }
             })
-            .await
-            .map_err(io::Error::other)?;
+            .await;
+            if let Err(e) = removed {
+                tracing::warn!(error = %e, "could not remove the files of deleted batch objects; the orphan sweep at start does");
+            }
         }
-        Ok(())
+        failed
     }
 }
 
@@ -858,11 +897,26 @@ async fn commit_puts(journal: Weak<Journal>, mut puts: mpsc::UnboundedReceiver<P
     }
 }
 
-/// Moves batch objects out of the journal as they come, a batch every [`MOVE_INTERVAL`],
-/// until the journal is dropped.
+/// Moves batch objects out of the journal as they come, a batch every [`MOVE_INTERVAL`]
+/// (after a failed round, the ones that failed again after [`MOVE_RETRY_FIRST`] or
+/// longer), until the journal is dropped.
 async fn move_objects(journal: Weak<Journal>, mut moves: mpsc::UnboundedReceiver<Move>) {
     let mut jobs = Vec::new();
-    while moves.recv_many(&mut jobs, MOVE_BATCH_MAX).await > 0 {
+    let mut retry_in = MOVE_RETRY_FIRST;
+    loop {
+        if jobs.is_empty() {
+            if moves.recv_many(&mut jobs, MOVE_BATCH_MAX).await == 0 {
+                return;
+            }
+        } else {
+            // Jobs to try again go first, with whatever came meanwhile.
+            while jobs.len() < MOVE_BATCH_MAX {
+                let Ok(job) = moves.try_recv() else {
+                    break;
+                };
+                jobs.push(job);
+            }
+        }
         let Some(journal) = journal.upgrade() else {
             return;
         };
@@ -870,12 +924,17 @@ async fn move_objects(journal: Weak<Journal>, mut moves: mpsc::UnboundedReceiver
             .iter()
             .filter_map(|job| job.payload.as_ref().map(PutPayload::content_length))
             .sum();
-        if let Err(e) = journal.move_out(std::mem::take(&mut jobs)).await {
-            tracing::warn!(error = %e, "could not move batch objects from the journal to their files; the next start tries again");
-        }
+        jobs = journal.move_out(std::mem::take(&mut jobs)).await;
         journal.backlog.fetch_sub(kept, Ordering::AcqRel);
         drop(journal);
-        tokio::time::sleep(MOVE_INTERVAL).await;
+        if jobs.is_empty() {
+            retry_in = MOVE_RETRY_FIRST;
+            tokio::time::sleep(MOVE_INTERVAL).await;
+        } else {
+            tracing::warn!(objects = jobs.len(), retry_in = ?retry_in, "batch objects could not move from the journal to their files; trying again");
+            tokio::time::sleep(retry_in).await;
+            retry_in = (retry_in * 2).min(MOVE_RETRY_MAX);
+        }
     }
 }
 
@@ -1513,6 +1572,36 @@ mod tests {
         moved(&folder, dir.path(), 40..41).await;
         tokio::time::sleep(MOVE_INTERVAL * 3).await;
         assert!(!batch_file(dir.path(), 41).exists());
+    }
+
+    #[tokio::test]
+    async fn a_batch_object_that_could_not_move_is_tried_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let Some((folder, direct)) = open_with_direct(dir.path()).await else {
+            eprintln!("skipped: the temp folder refuses direct I/O");
+            return;
+        };
+        // A file where the object's folder goes: its move fails until the file is gone.
+        let in_the_way = batch_file(dir.path(), 0).parent().unwrap().to_path_buf();
+        std::fs::create_dir_all(in_the_way.parent().unwrap()).unwrap();
+        std::fs::write(&in_the_way, b"in the way").unwrap();
+        let body = Bytes::from(vec![7; 30_000]);
+        direct
+            .put(&batch(0), std::slice::from_ref(&body))
+            .await
+            .unwrap();
+        let journal = folder.journal().unwrap();
+        tokio::time::sleep(MOVE_INTERVAL * 5).await;
+        assert!(
+            journal.locate(&batch(0)).is_some(),
+            "an object that could not move stays in the journal"
+        );
+        let got = folder.get(&batch(0)).await.unwrap().bytes().await.unwrap();
+        assert_eq!(got, body, "and is read from there");
+
+        std::fs::remove_file(&in_the_way).unwrap();
+        moved(&folder, dir.path(), 0..1).await;
+        assert_eq!(std::fs::read(batch_file(dir.path(), 0)).unwrap(), body);
     }
 
     #[tokio::test]
