@@ -402,7 +402,7 @@ impl LogStore {
     /// all at once. Reads the keyed records of batches whose topic is indexed by key first:
     /// here, outside the append lock and just after the produce checked the batches' CRCs,
     /// their bytes are still in the CPU's caches. Read at the append, the walk through
-    /// 1 KiB records waited on memory for each record, 8.5% of the broker's samples
+    /// 1 KiB records waited on memory for each record, 7-8% of the broker's samples
     /// producing keyless records (docs/performance.md).
     pub async fn stage(&self, appends: Vec<PartitionAppend>) -> Result<StagedAppend, LogError> {
         let keys = appends

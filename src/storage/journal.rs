@@ -31,8 +31,8 @@
 //! each such object to the file it would have had, durably, before forgetting its entry.
 //! One it could not write (a full disk, an I/O error) stays in the journal and is tried
 //! again, after a second and then longer. At start, the entries found are moved the same
-//! way. The journal can hold an object and
-//! its file at once (reads take either); deleting the object drops both.
+//! way. The journal can hold an object and its file at once (reads take either); deleting
+//! the object drops both.
 //!
 //! Objects the journal does not take go to the folder as files: everything else outside
 //! the WAL folder, WAL objects larger than a quarter segment, batch objects larger than
@@ -784,8 +784,13 @@ impl Journal {
             for (job, segment, path) in writes {
                 match write_moved(&job, &segment, &path) {
                     Ok(()) => written.push((job, path)),
-                    Err(e) => {
+                    // The first failure of a round is enough to see why; the mover counts them.
+                    Err(e) if failed.is_empty() => {
                         tracing::warn!(error = %e, location = %job.location, "could not move a batch object from the journal to its file");
+                        failed.push(job);
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, location = %job.location, "could not move a batch object from the journal to its file");
                         failed.push(job);
                     }
                 }
