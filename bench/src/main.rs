@@ -715,15 +715,20 @@ impl Bench {
         let broker = self.start_broker(&[])?;
         let topic = "throughput";
         let (produce_mbps, produce_cpu) =
-            self.produce_phase(&broker, topic, partitions, Payload::Copied)?;
+            self.produce_phase(&broker, topic, partitions, Payload::Copied, self.workload())?;
         let peak_rss_mb = broker.rss_mb().1;
 
         let consume_clock = CpuClock::start(&broker);
         let consume_mbps = self.consume_all(&broker.bootstrap, topic, partitions)?;
         let consume_cpu = consume_clock.share(&broker);
 
-        let (produce_lent_mbps, produce_lent_cpu) =
-            self.produce_phase(&broker, "throughput-lent", partitions, Payload::Lent)?;
+        let (produce_lent_mbps, produce_lent_cpu) = self.produce_phase(
+            &broker,
+            "throughput-lent",
+            partitions,
+            Payload::Lent,
+            self.workload(),
+        )?;
         Ok(Throughput {
             produce_mbps,
             produce_msgs: produce_mbps * 1e6 / self.args.record_bytes as f64,
@@ -740,36 +745,32 @@ impl Bench {
     /// broker.
     fn small_appends(&self, partitions: i32) -> Result<(f64, CpuShare)> {
         let broker = self.start_broker(&[])?;
-        let topic = "small-appends";
-        create_topics(&broker.bootstrap, &[(topic.to_string(), partitions)])?;
-        let clock = CpuClock::start(&broker);
         let workload = Workload {
             records: SMALL_APPEND_RECORDS,
             record_bytes: SMALL_APPEND_RECORD_BYTES,
             batch_bytes: Some(SMALL_APPEND_BATCH_BYTES),
         };
-        let mbps = self.produce(
-            &broker.bootstrap,
-            topic,
+        self.produce_phase(
+            &broker,
+            "small-appends",
             partitions,
             Payload::Copied,
             workload,
-        )?;
-        Ok((mbps, clock.share(&broker)))
+        )
     }
 
-    /// Creates `topic` and produces the throughput workload to it: MB/s and how busy each
-    /// side was.
+    /// Creates `topic` and produces `workload` to it: MB/s and how busy each side was.
     fn produce_phase(
         &self,
         broker: &Broker,
         topic: &str,
         partitions: i32,
         payload_use: Payload,
+        workload: Workload,
     ) -> Result<(f64, CpuShare)> {
         create_topics(&broker.bootstrap, &[(topic.to_string(), partitions)])?;
         let clock = CpuClock::start(broker);
-        let mbps = self.produce_all(&broker.bootstrap, topic, partitions, payload_use)?;
+        let mbps = self.produce(&broker.bootstrap, topic, partitions, payload_use, workload)?;
         Ok((mbps, clock.share(broker)))
     }
 
@@ -782,7 +783,7 @@ impl Bench {
         partitions: i32,
         payload_use: Payload,
     ) -> Result<f64> {
-        self.produce_records(bootstrap, topic, partitions, payload_use, self.args.records)
+        self.produce(bootstrap, topic, partitions, payload_use, self.workload())
     }
 
     /// [`Bench::produce_all`] of `records` records.
@@ -796,10 +797,18 @@ impl Bench {
     ) -> Result<f64> {
         let workload = Workload {
             records,
-            record_bytes: self.args.record_bytes,
-            batch_bytes: None,
+            ..self.workload()
         };
         self.produce(bootstrap, topic, partitions, payload_use, workload)
+    }
+
+    /// The throughput workload: `--records` records of `--record-bytes`.
+    fn workload(&self) -> Workload {
+        Workload {
+            records: self.args.records,
+            record_bytes: self.args.record_bytes,
+            batch_bytes: None,
+        }
     }
 
     /// Produces `workload` to `topic` (spread over its partitions) as fast as the producer
