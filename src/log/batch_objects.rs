@@ -79,7 +79,9 @@ struct RecentObjects {
 
 #[derive(Default)]
 struct RecentHeld {
-    by_id: HashMap<u64, Bytes>,
+    /// Each object's bytes, and where they start in its stored form (see
+    /// [`DirectFolder::put`]).
+    by_id: HashMap<u64, (u64, Bytes)>,
     /// Ids in the order written, for eviction; may still hold some deleted ones.
     order: VecDeque<u64>,
     bytes: usize,
@@ -103,22 +105,22 @@ impl RecentObjects {
         len <= self.budget
     }
 
-    fn insert(&self, id: u64, object: Bytes) {
+    fn insert(&self, id: u64, lead: u64, object: Bytes) {
         let mut held = self.held();
         held.bytes += object.len();
-        held.by_id.insert(id, object);
+        held.by_id.insert(id, (lead, object));
         held.order.push_back(id);
         while held.bytes > self.budget {
             let Some(oldest) = held.order.pop_front() else {
                 break;
             };
-            if let Some(evicted) = held.by_id.remove(&oldest) {
+            if let Some((_, evicted)) = held.by_id.remove(&oldest) {
                 held.bytes -= evicted.len();
             }
         }
     }
 
-    fn get(&self, id: u64) -> Option<Bytes> {
+    fn get(&self, id: u64) -> Option<(u64, Bytes)> {
         self.held().by_id.get(&id).cloned()
     }
 
@@ -129,7 +131,7 @@ impl RecentObjects {
             order,
             bytes,
         } = &mut *held;
-        if let Some(removed) = by_id.remove(&id) {
+        if let Some((_, removed)) = by_id.remove(&id) {
             *bytes -= removed.len();
         }
         // Deleted ids wait in `order` until eviction reaches them; where objects are deleted
@@ -249,17 +251,22 @@ impl BatchObjects {
             len += batch.len() as u64;
         }
         let path = self.path(topic_id, partition, id);
-        if self.recent.keeps(len as usize) {
+        let lead = if self.recent.keeps(len as usize) {
             let mut whole = BytesMut::with_capacity(len as usize);
             for batch in batches {
                 whole.extend_from_slice(batch);
             }
             let whole = whole.freeze();
-            self.put(&path, std::slice::from_ref(&whole)).await?;
-            self.recent.insert(id, whole);
+            let lead = self.put(&path, std::slice::from_ref(&whole)).await?;
+            self.recent.insert(id, lead, whole);
+            lead
         } else {
-            self.put(&path, batches).await?;
+            self.put(&path, batches).await?
+        };
+        for position in &mut positions {
+            *position += lead;
         }
+        let len = lead + len;
         Ok(WrittenObject {
             id,
             topic_id,
@@ -270,16 +277,17 @@ impl BatchObjects {
     }
 
     /// Writes `parts`, one after the other, to a new object at `path`; returns once it is
-    /// durable.
-    async fn put(&self, path: &Path, parts: &[Bytes]) -> Result<(), LogError> {
+    /// durable, with where in the object they start (past leading zeros, see
+    /// [`DirectFolder::put`]).
+    async fn put(&self, path: &Path, parts: &[Bytes]) -> Result<u64, LogError> {
         match &self.direct {
-            Some(direct) => direct.put(path, parts).await?,
+            Some(direct) => Ok(direct.put(path, parts).await?),
             None => {
                 let payload: PutPayload = parts.iter().cloned().collect();
                 self.store.put(path, payload).await?;
+                Ok(0)
             }
         }
-        Ok(())
     }
 
     /// The span `range` asks for, base offsets set: copied from the object in memory when it
@@ -293,9 +301,14 @@ impl BatchObjects {
         let first_len = (range.end - range.start) as usize;
         match self.recent.get(range.object_id) {
             // Copied: the kept object stays as written.
-            Some(object) if object.len() as u64 == range.object_len => {
-                let mut span =
-                    BytesMut::from(&object[range.start as usize..range.span_end as usize]);
+            Some((lead, object))
+                if lead + object.len() as u64 == range.object_len && lead <= range.start =>
+            {
+                let (start, end) = (
+                    (range.start - lead) as usize,
+                    (range.span_end - lead) as usize,
+                );
+                let mut span = BytesMut::from(&object[start..end]);
                 set_base_offsets(&mut span, range.base_offset, first_len)?;
                 Ok(span.freeze())
             }
@@ -800,6 +813,61 @@ mod tests {
         batches_round_trip(Arc::new(objects)).await;
     }
 
+    #[tokio::test]
+    async fn a_large_batch_written_in_place_reads_back_wherever_it_lay_in_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let Some(direct) = DirectFolder::probe(dir.path()) else {
+            eprintln!("skipped: the temp folder refuses direct I/O");
+            return;
+        };
+        let store = object_store::local::LocalFileSystem::new_with_prefix(dir.path()).unwrap();
+        let objects = Arc::new(BatchObjects::new(
+            Arc::new(store),
+            Path::from("shale/batches"),
+            1,
+            Some(direct),
+            0,
+            0,
+        ));
+        let value = "v".repeat(1000);
+        let batch = encode_batch(&vec![value.as_str(); 100], Compression::None);
+        let topic_id = Uuid::new_v4();
+        // The batch inside a larger request, at every kind of alignment in memory.
+        // The last lead ends the batch on a block's end: no partial block after it.
+        for lead in [0, 1, 100, 4095, (4096 - batch.len() % 4096) % 4096] {
+            let mut request = vec![0xee; batch.len() + 2 * 4096];
+            let at = (lead + 4096 - request.as_ptr() as usize % 4096) % 4096;
+            request[at..at + batch.len()].copy_from_slice(&batch);
+            let sent = Bytes::from(request).slice(at..at + batch.len());
+            assert_eq!(
+                sent.as_ptr() as usize % 4096,
+                lead,
+                "the request kept its memory"
+            );
+            assert_eq!(sent, batch);
+            let object = objects
+                .write(topic_id, 0, std::slice::from_ref(&sent))
+                .await
+                .unwrap();
+            assert_eq!(object.positions, [lead as u64]);
+            let path = objects.path(topic_id, 0, object.id);
+            let file = std::fs::read(dir.path().join(path.as_ref())).unwrap();
+            assert_eq!(file.len(), lead + batch.len());
+            assert!(
+                file[..lead].iter().all(|b| *b == 0),
+                "zeros before the batch"
+            );
+            assert_eq!(&file[lead..], &batch[..]);
+            let stored = object.location(0, &sent, 77).encode();
+            let read = ObjectReader::new(objects.clone(), 4 << 20)
+                .batch(topic_id, 0, stored)
+                .await
+                .unwrap();
+            assert_eq!(BatchView::new(&read).unwrap().base_offset(), 77);
+            assert_eq!(&read[8..], &batch[8..]);
+        }
+    }
+
     /// Writes batches to an object, reads them back with their offsets set, deletes it.
     async fn batches_round_trip(objects: Arc<BatchObjects>) {
         let batches = vec![
@@ -894,7 +962,7 @@ mod tests {
             assert_eq!(&got[8..], &batch[8..]);
         }
         // Setting offsets copied the span: the kept object is still as written.
-        assert_eq!(objects.recent.get(written[2].id), Some(batch.clone()));
+        assert_eq!(objects.recent.get(written[2].id), Some((0, batch.clone())));
         objects.delete(topic_id, 0, written[2].id).await.unwrap();
         assert!(
             read(&written[2], 30).await.is_err(),
