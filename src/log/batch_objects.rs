@@ -18,7 +18,8 @@
 //! after the next start.
 //!
 //! In a local folder, objects are written and read with direct I/O where the file system
-//! allows it ([`DirectFolder`]), past the page cache.
+//! allows it ([`DirectFolder`]), past the page cache. Their files then hold whole blocks:
+//! zeros may come before the batches and after them, and locations say where they are.
 //!
 //! On a remote store the objects written last are also kept in memory ([`RecentObjects`]):
 //! consumers at the tail read each new object right after it is written, and would
@@ -852,12 +853,14 @@ mod tests {
             assert_eq!(object.positions, [lead as u64]);
             let path = objects.path(topic_id, 0, object.id);
             let file = std::fs::read(dir.path().join(path.as_ref())).unwrap();
-            assert_eq!(file.len(), lead + batch.len());
+            let end = lead + batch.len();
+            assert_eq!(file.len(), end.div_ceil(4096) * 4096, "whole blocks");
             assert!(
                 file[..lead].iter().all(|b| *b == 0),
                 "zeros before the batch"
             );
-            assert_eq!(&file[lead..], &batch[..]);
+            assert_eq!(&file[lead..end], &batch[..]);
+            assert!(file[end..].iter().all(|b| *b == 0), "zeros after it");
             let stored = object.location(0, &sent, 77).encode();
             let read = ObjectReader::new(objects.clone(), 4 << 20)
                 .batch(topic_id, 0, stored)

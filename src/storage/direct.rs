@@ -68,7 +68,7 @@ impl DirectFolder {
         // A probe file left by a crash would fail the exclusive create below.
         let _ = std::fs::remove_file(&probe);
         let block = Aligned::from_slice(ALIGN, &[0; ALIGN]);
-        let supported = write_direct(&probe, &[io::IoSlice::new(&block)], ALIGN, true);
+        let supported = write_direct(&probe, &[io::IoSlice::new(&block)], true);
         let _ = std::fs::remove_file(&probe);
         if let Err(e) = supported {
             tracing::info!(error = %e, "the data folder refuses direct I/O; batch objects go through the page cache");
@@ -232,7 +232,8 @@ pub(super) fn align_up(len: usize) -> usize {
 
 /// Writes the first `len` bytes of `buffer` to a new file at `path`, creating its folders,
 /// and makes the file and its entry in its folder durable. `buffer` must have room for
-/// `len` rounded up to the block size; the padding is zeroed, written, then cut off.
+/// `len` rounded up to the block size; the padding is zeroed and stays in the file (see
+/// [`write_direct`]).
 pub(super) fn write_new_file(path: &FsPath, buffer: &mut [u8], len: usize) -> io::Result<()> {
     create_file(path, buffer, len, true)?;
     sync_folder(path)
@@ -244,8 +245,9 @@ pub(super) fn write_new_file(path: &FsPath, buffer: &mut [u8], len: usize) -> io
 /// Direct I/O needs the memory it writes from and the file offsets it writes to aligned
 /// alike, so the whole blocks of memory `bytes` covers are written from where they are, to
 /// the file offsets with the same alignment: `bytes` starts at their address modulo
-/// [`ALIGN`], after that many zeros. Only the partial blocks at either end are copied, into
-/// two blocks of their own, zero-filled around. Copying a ~1 MB produce request's batch into
+/// [`ALIGN`], after that many zeros, and is followed by zeros to the end of its last block.
+/// Only the partial blocks at either end are copied, into two blocks of their own,
+/// zero-filled around. Copying a ~1 MB produce request's batch into
 /// an aligned buffer instead took ~9% of the broker's time under produce
 /// (docs/performance.md).
 fn write_in_place(path: &FsPath, bytes: &[u8]) -> io::Result<u64> {
@@ -265,7 +267,7 @@ fn write_in_place(path: &FsPath, bytes: &[u8]) -> io::Result<u64> {
     if !tail.is_empty() {
         blocks.push(io::IoSlice::new(tail_block));
     }
-    create_file_from(path, &blocks, lead + bytes.len(), true)?;
+    create_file_from(path, &blocks, true)?;
     sync_folder(path)?;
     Ok(lead as u64)
 }
@@ -282,21 +284,16 @@ pub(super) fn create_file(
 ) -> io::Result<()> {
     let padded = align_up(len);
     buffer[len..padded].fill(0);
-    create_file_from(path, &[io::IoSlice::new(&buffer[..padded])], len, sync)
+    create_file_from(path, &[io::IoSlice::new(&buffer[..padded])], sync)
 }
 
-/// Writes `blocks` (aligned for direct I/O), one after the other, to a new file at `path`
-/// cut to `len` bytes, creating its folders durably; durable only with `sync`.
-fn create_file_from(
-    path: &FsPath,
-    blocks: &[io::IoSlice<'_>],
-    len: usize,
-    sync: bool,
-) -> io::Result<()> {
-    match write_direct(path, blocks, len, sync) {
+/// Writes `blocks` (aligned for direct I/O), one after the other, to a new file at `path`,
+/// creating its folders durably; durable only with `sync`.
+fn create_file_from(path: &FsPath, blocks: &[io::IoSlice<'_>], sync: bool) -> io::Result<()> {
+    match write_direct(path, blocks, sync) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             create_folders(path.parent().unwrap_or(FsPath::new("/")))?;
-            write_direct(path, blocks, len, sync)
+            write_direct(path, blocks, sync)
         }
         written => written,
     }
@@ -321,22 +318,18 @@ pub(super) fn sync_file_system(_: &FsPath) -> io::Result<()> {
     Err(io::ErrorKind::Unsupported.into())
 }
 
-/// Writes `blocks` (aligned for direct I/O, padded to the block size past `len` bytes) to a
-/// new file at `path` cut to `len`, and with `sync` makes them durable. A file it created
-/// and could not finish (a full disk) is removed.
-fn write_direct(
-    path: &FsPath,
-    blocks: &[io::IoSlice<'_>],
-    len: usize,
-    sync: bool,
-) -> io::Result<()> {
+/// Writes `blocks` (aligned for direct I/O) to a new file at `path`, and with `sync` makes
+/// them durable. A file it created and could not finish (a full disk) is removed.
+///
+/// The zeros that pad an object to the block size stay in its file: readers read the ranges
+/// its batches' locations give. Cutting them off made ext4 read the file's last block back
+/// into the page cache to zero its tail, and write that page again at the sync: a read and a
+/// write more per object, and `memset` at 1.6% of the broker's samples with small appends
+/// (docs/performance.md).
+fn write_direct(path: &FsPath, blocks: &[io::IoSlice<'_>], sync: bool) -> io::Result<()> {
     let file =
         positional::direct(std::fs::OpenOptions::new().write(true).create_new(true)).open(path)?;
-    let padded: usize = blocks.iter().map(|block| block.len()).sum();
     let written = positional::write_blocks_at(&file, &mut blocks.to_vec(), 0).and_then(|()| {
-        if padded != len {
-            file.set_len(len as u64)?;
-        }
         if sync {
             file.sync_data()?;
         }
@@ -516,7 +509,9 @@ mod tests {
         let path = Path::from("shale/batches/t/0/1");
         folder.put(&path, &parts).await.unwrap();
         let on_disk = std::fs::read(dir.path().join("shale/batches/t/0/1")).unwrap();
-        assert_eq!(on_disk, whole, "the file holds exactly the parts");
+        assert_eq!(on_disk.len(), 16_384, "padded to the block size");
+        assert_eq!(&on_disk[..15_001], whole, "the file holds the parts");
+        assert!(on_disk[15_001..].iter().all(|b| *b == 0), "then zeros");
         for range in [
             0..15_001u64,
             4095..4097,
@@ -531,7 +526,7 @@ mod tests {
             expected[0] ^= 1;
             assert_eq!(read.as_ref(), expected.as_slice(), "{range:?}");
         }
-        let past_end = folder.get_range(&path, 15_000..15_002).await;
+        let past_end = folder.get_range(&path, 16_383..16_385).await;
         assert_eq!(
             past_end.err().map(|e| e.kind()),
             Some(io::ErrorKind::UnexpectedEof)
