@@ -247,9 +247,8 @@ pub(super) fn write_new_file(path: &FsPath, buffer: &mut [u8], len: usize) -> io
 /// the file offsets with the same alignment: `bytes` starts at their address modulo
 /// [`ALIGN`], after that many zeros, and is followed by zeros to the end of its last block.
 /// Only the partial blocks at either end are copied, into two blocks of their own,
-/// zero-filled around. Copying a ~1 MB produce request's batch into
-/// an aligned buffer instead took ~9% of the broker's time under produce
-/// (docs/performance.md).
+/// zero-filled around. Copying a ~1 MB produce request's batch into an aligned buffer
+/// instead took ~9% of the broker's time under produce (docs/performance.md).
 fn write_in_place(path: &FsPath, bytes: &[u8]) -> io::Result<u64> {
     let lead = bytes.as_ptr() as usize % ALIGN;
     let head_len = (ALIGN - lead).min(bytes.len());
