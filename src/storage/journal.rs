@@ -881,13 +881,16 @@ fn write_moved(job: &Move, segment: &File, path: &FsPath) -> io::Result<()> {
         Some(payload) => copy_parts(&mut buffer, payload.iter()),
         None => buffer[..size].copy_from_slice(&read_span(segment, job.placed.at, size)?),
     }
-    // A file left by a move a crash cut short, or by one made before a restart brought the
-    // entry back (see the module's doc).
-    match std::fs::remove_file(path) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
-        _ => {}
+    match create_file(path, &mut buffer, size, false) {
+        // A file left by a move a crash cut short, or by one made before a restart brought
+        // the entry back (see the module's doc). Removed only when found: looking for it
+        // first was an `unlink` per object, in a folder of thousands.
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            std::fs::remove_file(path)?;
+            create_file(path, &mut buffer, size, false)
+        }
+        created => created,
     }
-    create_file(path, &mut buffer, size, false)
 }
 
 /// Commits puts as they come, a round at a time (see the module's doc), until the journal
@@ -1631,9 +1634,13 @@ mod tests {
         moved(&folder, dir.path(), 0..5).await;
         drop((direct, folder));
         // As if a crash had come before the files were durable: the segment still has the
-        // entries, and a start moves them again, from the segment.
+        // entries, and a start moves them again, from the segment, over what the cut-short
+        // moves left (no file, or part of one).
         for id in 0..5 {
             std::fs::remove_file(batch_file(dir.path(), id)).unwrap();
+        }
+        for id in 3..5 {
+            std::fs::write(batch_file(dir.path(), id), b"part of a move").unwrap();
         }
         let folder = journaled(dir.path());
         moved(&folder, dir.path(), 0..5).await;
