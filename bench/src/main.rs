@@ -293,8 +293,17 @@ fn main() -> Result<()> {
         report.line("|---|---|---|");
         for (total, ms, rss) in bench.metadata()? {
             report.line(&format!("| {total} | {ms:.1} | {rss:.0} |"));
+            if total == 100_000 {
+                report.target(
+                    "100k partitions: Metadata for all of them <= 200 ms, RSS <= 1 GB",
+                    format!("{ms:.1} ms, {rss:.0} MB"),
+                    ms <= 200.0 && rss <= 1000.0,
+                    "",
+                );
+            }
         }
     }
+    report.targets_section();
 
     print!("{}", report.text);
     if let Some(dir) = bench.args.out.parent() {
@@ -321,6 +330,18 @@ fn startup_and_memory(bench: &Bench, report: &mut Report) -> Result<()> {
         "- startup (process start to accepting connections): **{startup:.1} ms**"
     ));
     report.line(&format!("- idle RSS: **{idle:.1} MB**"));
+    report.target(
+        "startup to accepting connections <= 50 ms",
+        format!("{startup:.1} ms"),
+        startup <= 50.0,
+        "",
+    );
+    report.target(
+        "idle RSS <= 30 MB",
+        format!("{idle:.1} MB"),
+        idle <= 30.0,
+        "",
+    );
     Ok(())
 }
 
@@ -386,6 +407,7 @@ fn many_clients(bench: &Bench, report: &mut Report) -> Result<()> {
 }
 
 /// The machine's own limits, in GB/s, to put produce against.
+#[derive(Clone, Copy)]
 struct MachineLimits {
     loopback: f64,
     disk: f64,
@@ -423,13 +445,21 @@ fn throughput(bench: &Bench, report: &mut Report, limits: Option<MachineLimits>)
     let mut best_consume_mbps: f64 = 0.0;
     let mut consume_of_8_mbps = 0.0;
     let mut best_lent_mbps: f64 = 0.0;
+    let mut peak_rss_mb: f64 = 0.0;
     let mut lent_rows = Vec::new();
+    let mut in_memory = Vec::new();
     for partitions in [1, 8] {
         let mut runs = Vec::new();
         for _ in 0..bench.args.runs {
             runs.push(bench.throughput(partitions)?);
         }
         let pick = |f: fn(&Throughput) -> f64| median_of(runs.iter().map(f).collect());
+        in_memory.push(median_of(
+            (0..bench.args.runs)
+                .map(|_| bench.consume_in_memory(partitions))
+                .collect::<Result<_>>()?,
+        ));
+        peak_rss_mb = peak_rss_mb.max(pick(|t| t.peak_rss_mb));
         best_produce_mbps = best_produce_mbps.max(pick(|t| t.produce_mbps));
         if partitions == 8 {
             produce_of_8_mbps = pick(|t| t.produce_mbps);
@@ -465,6 +495,21 @@ fn throughput(bench: &Bench, report: &mut Report, limits: Option<MachineLimits>)
     for row in lent_rows {
         report.line(&row);
     }
+    let [consume_in_memory, consume_in_memory_8] = in_memory[..] else {
+        unreachable!("one figure per partition count")
+    };
+    report.line(&format!(
+        "\nThe same consume workload from a broker whose store is in memory (`--store \
+         memory://`), produced to it just before, so that no disk is read: \
+         **{consume_in_memory:.0} / {consume_in_memory_8:.0} MB/s** (1 / 8 partitions): the \
+         same read path, with the batches in memory instead of on the disk."
+    ));
+    report.target(
+        "RSS under the produce test <= 500 MB",
+        format!("{peak_rss_mb:.0} MB at the peak"),
+        peak_rss_mb <= 500.0,
+        "",
+    );
     if let Some(limits) = limits {
         let share = |mbps: f64, gbps: f64| 100.0 * mbps / (gbps * 1000.0);
         // A limit the probe could not measure (no direct I/O there) is 0 and left out.
@@ -504,6 +549,45 @@ fn throughput(bench: &Bench, report: &mut Report, limits: Option<MachineLimits>)
             ),
         ));
     }
+    let client_ceilings = limits.map_or(String::new(), |l| {
+        format!(
+            "the client to a sink that stores nothing: {:.2} GB/s with its payload copied, \
+             {:.2} lent",
+            l.client, l.client_lent
+        )
+    });
+    report.target(
+        "produce >= 1 GB/s on one producer (payload lent, as `rdkafka_performance` sends)",
+        format!("{best_lent_mbps:.0} MB/s"),
+        best_lent_mbps >= 1000.0,
+        &client_ceilings,
+    );
+    report.target(
+        "the same with the payload copied per message (the `rdkafka` crate)",
+        format!("{best_produce_mbps:.0} MB/s"),
+        best_produce_mbps >= 1000.0,
+        &client_ceilings,
+    );
+    let disk_read = limits
+        .filter(|l| l.disk_read > 0.0)
+        .map_or(String::new(), |l| {
+            format!(
+                "the disk read with direct I/O, 1 MiB at a time: {:.2} GB/s; ",
+                l.disk_read
+            )
+        });
+    let consumer = limits.map_or(String::new(), |l| {
+        format!("; the client from a sink: {:.2} GB/s", l.consumer)
+    });
+    report.target(
+        "consume >= 1.5 GB/s",
+        format!("{best_consume_mbps:.0} MB/s"),
+        best_consume_mbps >= 1500.0,
+        &format!(
+            "{disk_read}the same broker with its store in memory: \
+             {consume_in_memory:.0} MB/s{consumer}"
+        ),
+    );
     Ok(())
 }
 
@@ -539,6 +623,20 @@ fn latency(bench: &Bench, report: &mut Report) -> Result<()> {
             pick(|l| l.e2e[2]),
             pick(|l| l.e2e[3]),
         ));
+        if committers == 0 {
+            let (ack, e2e) = (pick(|l| l.ack[1]), pick(|l| l.e2e[1]));
+            let e2e_max = if rate == 1_000 { 10.0 } else { 20.0 };
+            report.target(
+                if rate == 1_000 {
+                    "end-to-end p99 <= 10 ms at 1k msgs/s, produce-ack p99 <= 10 ms"
+                } else {
+                    "end-to-end p99 <= 20 ms at 10k msgs/s, produce-ack p99 <= 10 ms"
+                },
+                format!("e2e {e2e:.1} ms, ack {ack:.1} ms"),
+                e2e <= e2e_max && ack <= 10.0,
+                "",
+            );
+        }
     }
     Ok(())
 }
@@ -894,6 +992,16 @@ impl Bench {
         }
         let secs = started.elapsed().as_secs_f64();
         Ok((records * self.args.record_bytes) as f64 / 1e6 / secs)
+    }
+
+    /// Consume MB/s of the throughput workload from a broker whose store is in memory,
+    /// produced to it first: the broker's read path with no disk under it.
+    fn consume_in_memory(&self, partitions: i32) -> Result<f64> {
+        let broker = self.start_broker(&["--store", "memory://"])?;
+        let topic = "in-memory";
+        create_topics(&broker.bootstrap, &[(topic.to_string(), partitions)])?;
+        self.produce_all(&broker.bootstrap, topic, partitions, Payload::Copied)?;
+        self.consume_all(&broker.bootstrap, topic, partitions)
     }
 
     /// Peak broker RSS (MB) and MB/s in all, with [`MANY_PRODUCERS`] producers at once,
@@ -1538,9 +1646,53 @@ fn machine_description(cores: usize, pinned: bool) -> String {
 #[derive(Default)]
 struct Report {
     text: String,
+    /// The issue's performance targets this run measured, for the summary at the end.
+    targets: Vec<TargetRow>,
+}
+
+/// One performance target with this run's figure, and what bounds that figure where the
+/// run measured it.
+struct TargetRow {
+    target: &'static str,
+    figure: String,
+    met: bool,
+    bound: String,
 }
 
 impl Report {
+    fn target(&mut self, target: &'static str, figure: String, met: bool, bound: &str) {
+        self.targets.push(TargetRow {
+            target,
+            figure,
+            met,
+            bound: bound.to_string(),
+        });
+    }
+
+    /// The targets of this run's sections, met or not, with the limits measured beside them.
+    fn targets_section(&mut self) {
+        if self.targets.is_empty() {
+            return;
+        }
+        self.section("Against the targets");
+        self.line(
+            "The performance bar (issue #6), this run's figures against it, and for each \
+             figure that falls short the limits this run measured that bound it (see \
+             \"Machine limits\"; the analysis is in `docs/performance.md`).\n",
+        );
+        self.line("| target | this run | met | what bounds it here |");
+        self.line("|---|---|---|---|");
+        for row in std::mem::take(&mut self.targets) {
+            let bound = if row.met { "" } else { &row.bound };
+            self.line(&format!(
+                "| {} | {} | {} | {bound} |",
+                row.target,
+                row.figure,
+                if row.met { "yes" } else { "no" },
+            ));
+        }
+    }
+
     fn line(&mut self, line: &str) {
         self.text.push_str(line);
         self.text.push('\n');
