@@ -34,6 +34,12 @@ const LOG_APPEND_TIME_BIT: i16 = 1 << 3;
 const TRANSACTIONAL_BIT: i16 = 1 << 4;
 /// Attribute bit set on transaction markers, which only brokers write.
 const CONTROL_BIT: i16 = 1 << 5;
+/// The codec's bits in the attributes; 0 is no compression.
+const COMPRESSION_BITS: i16 = 0x07;
+
+/// The fewest bytes a record takes in the v2 format: its length, attributes, timestamp and
+/// offset deltas, key and value lengths (both null) and header count, a byte each.
+const MIN_RECORD_BYTES: usize = 7;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum BatchError {
@@ -129,7 +135,7 @@ pub type BatchKeys = Vec<Result<Vec<KeyedRecord>, String>>;
 pub fn keyed_records(batch: &Bytes) -> Result<Vec<KeyedRecord>, String> {
     let view = BatchView::new(batch).ok_or("short record batch")?;
     let log_append_time = view.is_log_append_time().then(|| view.max_timestamp());
-    let mut records = if view.attributes() & 0x07 == 0 {
+    let mut records = if view.attributes() & COMPRESSION_BITS == 0 {
         uncompressed_keyed_records(batch).ok_or("malformed record")?
     } else {
         super::decode::records(batch)?
@@ -194,8 +200,10 @@ fn uncompressed_keyed_records(batch: &Bytes) -> Option<Vec<KeyedRecord>> {
             continue;
         };
         if records.is_empty() {
-            // Sized once for the rest of the batch, which is usually keyed throughout.
-            records.reserve_exact((view.record_count() - index) as usize);
+            // Sized once for the rest of the batch, which is usually keyed throughout; the
+            // count is the producer's word, so no more than the bytes left can hold.
+            let left = (view.record_count() - index) as usize;
+            records.reserve_exact(left.min((batch.len() - at) / MIN_RECORD_BYTES + 1));
         }
         records.push(KeyedRecord {
             offset_delta,
@@ -314,6 +322,20 @@ pub fn split_and_validate(
         if view.attributes() & CONTROL_BIT != 0 {
             return Err(BatchError::Corrupt(
                 "clients may not produce control batches",
+            ));
+        }
+        // Offsets are handed out by the count, and readers size what they decode by it, so
+        // it must be one the batch can hold: uncompressed in its own bytes, compressed in
+        // what its records may decompress to. A 70-byte batch claiming 2^28 records had the
+        // key index reserve 14 GB, which aborts the process where memory is short.
+        let room = if view.attributes() & COMPRESSION_BITS == 0 {
+            size - HEADER_LEN
+        } else {
+            super::decode::MAX_DECOMPRESSED_BYTES
+        };
+        if view.record_count() as usize > room / MIN_RECORD_BYTES {
+            return Err(BatchError::Corrupt(
+                "more records counted than the batch can hold",
             ));
         }
         batches.push(records.slice(at..at + size));
@@ -460,6 +482,37 @@ pub(crate) mod tests {
             })
         );
         assert!(split_and_validate(&Bytes::new(), 1 << 20).is_err());
+    }
+
+    /// `batch` claiming `count` records, its CRC-32C made to match.
+    fn counting(batch: &[u8], count: i32) -> Bytes {
+        let mut lying = BytesMut::from(batch);
+        lying[RECORD_COUNT..RECORD_COUNT + 4].copy_from_slice(&count.to_be_bytes());
+        lying[LAST_OFFSET_DELTA..LAST_OFFSET_DELTA + 4].copy_from_slice(&(count - 1).to_be_bytes());
+        let crc = crc32c::crc32c(&lying[ATTRIBUTES..]);
+        lying[CRC..ATTRIBUTES].copy_from_slice(&crc.to_be_bytes());
+        lying.freeze()
+    }
+
+    #[test]
+    fn a_record_count_the_batch_cannot_hold_is_refused_and_sizes_nothing() {
+        let batch = encode_batch(&["a"], Compression::None);
+        let lying = counting(&batch, i32::MAX);
+        assert_eq!(
+            split_and_validate(&lying, 1 << 20),
+            Err(BatchError::Corrupt(
+                "more records counted than the batch can hold"
+            ))
+        );
+        // A stored batch is read the same way: the key index's reads stop at the first
+        // record that is not there, having reserved no more than the bytes allow.
+        assert!(keyed_records(&lying).is_err());
+        let room = (batch.len() - HEADER_LEN) / MIN_RECORD_BYTES;
+        assert!(split_and_validate(&counting(&batch, room as i32), 1 << 20).is_ok());
+        assert!(split_and_validate(&counting(&batch, room as i32 + 1), 1 << 20).is_err());
+        let compressed = encode_batch(&["a"], Compression::Gzip);
+        assert!(split_and_validate(&counting(&compressed, 1 << 20), 1 << 20).is_ok());
+        assert!(split_and_validate(&counting(&compressed, i32::MAX), 1 << 20).is_err());
     }
 
     #[test]

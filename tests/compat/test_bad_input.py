@@ -113,6 +113,18 @@ def test_compressed_batches_that_expand_past_the_bound_are_refused(broker, topic
     assert_still_serving(broker)
 
 
+def test_a_batch_counting_more_records_than_it_holds_is_refused(broker, topic_name):
+    create_topic(broker.bootstrap, topic_name)
+    sock = wire.connect(broker)
+    record = b"\0" + wire.zigzag(0) + wire.zigzag(0) + wire.zigzag(1) + b"k" + wire.zigzag(1) + b"v" + wire.zigzag(0)
+    one = wire.zigzag(len(record)) + record
+    # One keyed record in ~70 bytes, counted as 2^31 - 1 records: the key index reserved
+    # room for that many (~200 GB), and the failed allocation aborted the broker.
+    assert wire.produce_roundtrip(sock, topic_name, wire.compressed_batch(0, one, 2**31 - 1))[0] == 2
+    assert wire.produce_roundtrip(sock, topic_name, wire.compressed_batch(0, one, 1)) == (0, 0)
+    assert_still_serving(broker)
+
+
 def test_clients_gone_with_long_fetches_pending_free_their_connections(make_broker, topic_name):
     broker = make_broker("--max-connections", "10")
     create_topic(broker.bootstrap, topic_name)
