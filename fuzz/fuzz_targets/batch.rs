@@ -12,19 +12,19 @@ fuzz_target!(|data: &[u8]| {
     if data.len() < HEADER_LEN {
         return;
     }
+    // Header fields by their offsets in the v2 batch format.
     let mut batch = data.to_vec();
     let length = (batch.len() - 12) as i32;
-    batch[8..12].copy_from_slice(&length.to_be_bytes());
-    batch[16] = 2;
-    // Not a control batch (clients may not send those).
-    batch[22] &= !(1 << 5);
-    let mut count = i32::from_be_bytes(batch[57..61].try_into().unwrap());
+    batch[8..12].copy_from_slice(&length.to_be_bytes()); // batchLength
+    batch[16] = 2; // magic
+    batch[22] &= !(1 << 5); // attributes: not a control batch (clients may not send those)
+    let mut count = i32::from_be_bytes(batch[57..61].try_into().unwrap()); // records count
     if count <= 0 {
         count = 1;
         batch[57..61].copy_from_slice(&count.to_be_bytes());
     }
-    batch[23..27].copy_from_slice(&(count - 1).to_be_bytes());
-    let crc = crc32c::crc32c(&batch[21..]);
+    batch[23..27].copy_from_slice(&(count - 1).to_be_bytes()); // lastOffsetDelta
+    let crc = crc32c::crc32c(&batch[21..]); // CRC-32C from the attributes on
     batch[17..21].copy_from_slice(&crc.to_be_bytes());
     let batch = Bytes::from(batch);
     let Ok(batches) = batch::split_and_validate(&batch, usize::MAX) else {

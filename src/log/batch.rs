@@ -326,7 +326,7 @@ pub fn split_and_validate(
         }
         // Offsets are handed out by the count, and readers size what they decode by it, so
         // it must be one the batch can hold: uncompressed in its own bytes, compressed in
-        // what its records may decompress to. A 70-byte batch claiming 2^28 records had the
+        // what its records may decompress to. A 70-byte batch claiming 2^27 records had the
         // key index reserve 14 GB, which aborts the process where memory is short.
         let room = if view.attributes() & COMPRESSION_BITS == 0 {
             size - HEADER_LEN

@@ -119,7 +119,7 @@ def test_a_batch_counting_more_records_than_it_holds_is_refused(broker, topic_na
     record = b"\0" + wire.zigzag(0) + wire.zigzag(0) + wire.zigzag(1) + b"k" + wire.zigzag(1) + b"v" + wire.zigzag(0)
     one = wire.zigzag(len(record)) + record
     # One keyed record in ~70 bytes, counted as 2^31 - 1 records: the key index reserved
-    # room for that many (~200 GB), and the failed allocation aborted the broker.
+    # room for that many (~220 GB), and the failed allocation aborted the broker.
     assert wire.produce_roundtrip(sock, topic_name, wire.compressed_batch(0, one, 2**31 - 1))[0] == 2
     assert wire.produce_roundtrip(sock, topic_name, wire.compressed_batch(0, one, 1)) == (0, 0)
     assert_still_serving(broker)
