@@ -362,9 +362,14 @@ pub fn stamp_log_append_time(batch: &Bytes, now_ms: i64) -> Bytes {
     let attributes = i16_at(&owned, ATTRIBUTES) | LOG_APPEND_TIME_BIT;
     owned[ATTRIBUTES..ATTRIBUTES + 2].copy_from_slice(&attributes.to_be_bytes());
     owned[MAX_TIMESTAMP..MAX_TIMESTAMP + 8].copy_from_slice(&now_ms.to_be_bytes());
-    let crc = crc32c::crc32c(&owned[ATTRIBUTES..]);
-    owned[CRC..ATTRIBUTES].copy_from_slice(&crc.to_be_bytes());
+    reseal(&mut owned);
     owned.freeze()
+}
+
+/// Recomputes the CRC-32C of a batch whose fields under it changed.
+fn reseal(batch: &mut [u8]) {
+    let crc = crc32c::crc32c(&batch[ATTRIBUTES..]);
+    batch[CRC..ATTRIBUTES].copy_from_slice(&crc.to_be_bytes());
 }
 
 #[cfg(test)]
@@ -489,8 +494,7 @@ pub(crate) mod tests {
         let mut lying = BytesMut::from(batch);
         lying[RECORD_COUNT..RECORD_COUNT + 4].copy_from_slice(&count.to_be_bytes());
         lying[LAST_OFFSET_DELTA..LAST_OFFSET_DELTA + 4].copy_from_slice(&(count - 1).to_be_bytes());
-        let crc = crc32c::crc32c(&lying[ATTRIBUTES..]);
-        lying[CRC..ATTRIBUTES].copy_from_slice(&crc.to_be_bytes());
+        reseal(&mut lying);
         lying.freeze()
     }
 
