@@ -74,6 +74,9 @@ use super::direct::{
 /// objects; SlateDB deletes WAL objects once their data is in an L0 table.
 const SEGMENT_BYTES: usize = 4 << 20;
 
+/// How many segments a start reads at once.
+const SCANS_AT_ONCE: usize = 4;
+
 /// Larger WAL objects are files: a segment should hold several.
 const ENTRY_MAX_BYTES: usize = SEGMENT_BYTES / 4;
 
@@ -338,6 +341,7 @@ impl Journal {
             next_file: numbered.last().map_or(0, |(n, _)| n + 1),
             ..State::default()
         };
+        let mut segment_files = Vec::with_capacity(numbered.len());
         for (_, path) in numbered {
             let file = positional::direct(std::fs::OpenOptions::new().read(true).write(true))
                 .open(&path)?;
@@ -347,8 +351,12 @@ impl Journal {
                 std::fs::remove_file(&path)?;
                 continue;
             }
+            segment_files.push(file);
+        }
+        let scans = scan_segments(&segment_files);
+        for (file, scanned) in segment_files.into_iter().zip(scans) {
             let index = state.segments.len();
-            let Scanned { salt, end, objects } = scan_segment(&file)?;
+            let Scanned { salt, end, objects } = scanned?;
             for (location, mut placed) in objects {
                 placed.segment = index;
                 let newer = state
@@ -1067,10 +1075,44 @@ struct Scanned {
     objects: Vec<(Path, Placed)>,
 }
 
-/// Reads a segment file's entries; only what they cover is read, a chunk at a time.
-fn scan_segment(file: &File) -> io::Result<Scanned> {
+/// Scans `segments` ([`scan_segment`]), [`SCANS_AT_ONCE`] at a time, and gives their
+/// results in the same order. A start reads every segment, up to 64 MiB. Each scan reuses
+/// one buffer for its segments: on this VM, touching memory new to the process cost more
+/// than the reads (16 segments took ~120 ms with a fresh buffer each, ~60 ms with one).
+fn scan_segments(segments: &[File]) -> Vec<io::Result<Scanned>> {
+    if segments.is_empty() {
+        return Vec::new();
+    }
+    let scan = |some: &[File]| {
+        let mut bytes = Aligned::with_capacity(ALIGN, SEGMENT_BYTES);
+        some.iter()
+            .map(|file| scan_segment(file, &mut bytes))
+            .collect::<Vec<_>>()
+    };
+    let per_scan = segments.len().div_ceil(SCANS_AT_ONCE);
+    if segments.len() <= per_scan {
+        return scan(segments);
+    }
+    std::thread::scope(|scope| {
+        let scans: Vec<_> = segments
+            .chunks(per_scan)
+            .map(|some| scope.spawn(move || scan(some)))
+            .collect();
+        scans
+            .into_iter()
+            .flat_map(|scan| match scan.join() {
+                Ok(scanned) => scanned,
+                Err(panic) => std::panic::resume_unwind(panic),
+            })
+            .collect()
+    })
+}
+
+/// Reads a segment file's entries into `bytes`; only what they cover is read, a chunk at
+/// a time.
+fn scan_segment(file: &File, bytes: &mut Aligned) -> io::Result<Scanned> {
     const CHUNK: usize = 256 << 10;
-    let mut bytes = Aligned::with_capacity(ALIGN, SEGMENT_BYTES);
+    bytes.clear();
     // Makes `bytes` hold the file up to `len` (rounded up to a chunk); false past its end.
     let read_to = |bytes: &mut Aligned, len: usize| -> io::Result<bool> {
         while bytes.len() < len.min(SEGMENT_BYTES) {
@@ -1093,11 +1135,11 @@ fn scan_segment(file: &File) -> io::Result<Scanned> {
     let mut found = Vec::new();
     let mut salt = None;
     let mut end = 0;
-    while read_to(&mut bytes, end + HEADER_BYTES)? {
+    while read_to(bytes, end + HEADER_BYTES)? {
         let Some(len) = entry_len(&bytes[end..]) else {
             break;
         };
-        if !read_to(&mut bytes, end + len)? {
+        if !read_to(bytes, end + len)? {
             break;
         }
         let Some(entry) = decode_entry(&bytes[end..end + len], salt) else {
@@ -1429,6 +1471,44 @@ mod tests {
             .unwrap();
         assert!(top.common_prefixes.contains(&Path::from("shale/wal")));
         assert!(top.common_prefixes.contains(&Path::from("shale/manifest")));
+    }
+
+    #[tokio::test]
+    async fn objects_in_many_segments_come_back_after_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let Some(folder) = open(dir.path()).await else {
+            eprintln!("skipped: the temp folder refuses direct I/O");
+            return;
+        };
+        // Four entries of 0.7-0.9 MB fill a segment; segments are added one at a time, so the
+        // puts leave them time to come. Objects that find no room become files, and come
+        // back as well.
+        let bodies: Vec<Bytes> = (0..40u8)
+            .map(|i| Bytes::from(vec![i; 700_000 + 4099 * i as usize]))
+            .collect();
+        for (id, body) in bodies.iter().enumerate() {
+            folder
+                .put_opts(&wal(id as u64), body.clone().into(), PutMode::Create.into())
+                .await
+                .unwrap();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        drop(folder);
+        let segments = std::fs::read_dir(dir.path().join("journal"))
+            .unwrap()
+            .filter(|entry| entry.as_ref().unwrap().path().extension() == Some("seg".as_ref()))
+            .count();
+        assert!(
+            segments > SCANS_AT_ONCE,
+            "only {segments} segments were written"
+        );
+
+        let (folder, listed) = reopen(dir.path()).await;
+        assert_eq!(listed.len(), bodies.len());
+        for (id, body) in bodies.iter().enumerate() {
+            let got = folder.get(&wal(id as u64)).await.unwrap();
+            assert_eq!(got.bytes().await.unwrap(), body, "object {id}");
+        }
     }
 
     #[tokio::test]
