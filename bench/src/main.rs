@@ -28,7 +28,7 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::Message;
+use rdkafka::message::{Message, ToBytes};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
@@ -82,6 +82,7 @@ enum Section {
     Startup,
     Throughput,
     Appends,
+    Keyed,
     Clients,
     Latency,
     Metadata,
@@ -106,6 +107,14 @@ const MANY_CONSUMERS_FETCH_BYTES: usize = 8 << 20;
 const SMALL_APPEND_RECORD_BYTES: usize = 50 << 10;
 const SMALL_APPEND_BATCH_BYTES: usize = SMALL_APPEND_RECORD_BYTES + 1024;
 const SMALL_APPEND_RECORDS: usize = 20_000;
+
+/// The keyed-produce run: the throughput workload's records with a key each, over this many
+/// keys and [`KEYED_PARTITIONS`] partitions. Every keyed record adds an entry to the key
+/// index, which lives in SlateDB's memtables until flushed: the workload that takes the
+/// broker's memory furthest. Enough records that its memory levels off within the run.
+const KEYED_RECORDS: usize = 3_000_000;
+const KEYED_KEYS: usize = 1000;
+const KEYED_PARTITIONS: i32 = 8;
 
 impl Args {
     fn runs(&self, section: Section) -> bool {
@@ -275,6 +284,9 @@ fn main() -> Result<()> {
     if bench.args.runs(Section::Appends) {
         small_appends(&bench, &mut report)?;
     }
+    if bench.args.runs(Section::Keyed) {
+        keyed_produce(&bench, &mut report)?;
+    }
     if bench.args.runs(Section::Clients) {
         many_clients(&bench, &mut report)?;
     }
@@ -371,6 +383,44 @@ fn small_appends(bench: &Bench, report: &mut Report) -> Result<()> {
             pick(|r| r.1.client),
         ));
     }
+    Ok(())
+}
+
+fn keyed_produce(bench: &Bench, report: &mut Report) -> Result<()> {
+    report.section(&format!(
+        "Keyed produce ({KEYED_RECORDS} records of {} B over {KEYED_KEYS} keys, \
+         {KEYED_PARTITIONS} partitions, acks=all, linger.ms=5)",
+        bench.args.record_bytes
+    ));
+    report.line(
+        "Each record adds an entry to the topic's key index (on by default), which SlateDB \
+         holds in memory until it is flushed to an L0 table; past SlateDB's bound on \
+         unflushed writes, appends wait for flushes. Closed loop, payload copied, a fresh \
+         broker per run.\n",
+    );
+    report.line(
+        "| produce MB/s | produce msgs/s | produce CPU broker / client % | peak broker RSS MB |",
+    );
+    report.line("|---|---|---|---|");
+    let runs: Vec<(f64, CpuShare, f64)> = (0..bench.args.runs)
+        .map(|_| bench.keyed_produce())
+        .collect::<Result<_>>()?;
+    let pick = |f: fn(&(f64, CpuShare, f64)) -> f64| median_of(runs.iter().map(f).collect());
+    let mbps = pick(|r| r.0);
+    let peak = pick(|r| r.2);
+    report.line(&format!(
+        "| {mbps:.0} | {:.0} | {:.0} / {:.0} | {peak:.0} |",
+        mbps * 1e6 / bench.args.record_bytes as f64,
+        pick(|r| r.1.broker),
+        pick(|r| r.1.client),
+    ));
+    report.target(
+        "RSS under produce <= 500 MB, with keyed records (key index on)",
+        format!("{peak:.0} MB at the peak"),
+        peak <= 500.0,
+        "the key index's entries in SlateDB's memtables: up to 96 MiB of unflushed writes, \
+         4-5 times that in memory (see docs/performance.md)",
+    );
     Ok(())
 }
 
@@ -758,6 +808,9 @@ struct Workload {
     record_bytes: usize,
     /// librdkafka's `batch.size`, where not its default.
     batch_bytes: Option<usize>,
+    /// Records are keyed, cycling through this many keys (0: no keys); only with the
+    /// payload copied.
+    keys: usize,
 }
 
 /// p50, p99, p99.9, max in ms.
@@ -847,6 +900,7 @@ impl Bench {
             records: SMALL_APPEND_RECORDS,
             record_bytes: SMALL_APPEND_RECORD_BYTES,
             batch_bytes: Some(SMALL_APPEND_BATCH_BYTES),
+            keys: 0,
         };
         self.produce_phase(
             &broker,
@@ -855,6 +909,25 @@ impl Bench {
             Payload::Copied,
             workload,
         )
+    }
+
+    /// MB/s, how busy each side was and the broker's peak RSS in MB, producing the keyed
+    /// workload to a fresh broker.
+    fn keyed_produce(&self) -> Result<(f64, CpuShare, f64)> {
+        let broker = self.start_broker(&[])?;
+        let workload = Workload {
+            records: KEYED_RECORDS,
+            keys: KEYED_KEYS,
+            ..self.workload()
+        };
+        let (mbps, cpu) = self.produce_phase(
+            &broker,
+            "keyed",
+            KEYED_PARTITIONS,
+            Payload::Copied,
+            workload,
+        )?;
+        Ok((mbps, cpu, broker.rss_mb().1))
     }
 
     /// Creates `topic` and produces `workload` to it: MB/s and how busy each side was.
@@ -906,6 +979,7 @@ impl Bench {
             records: self.args.records,
             record_bytes: self.args.record_bytes,
             batch_bytes: None,
+            keys: 0,
         }
     }
 
@@ -923,6 +997,7 @@ impl Bench {
             records,
             record_bytes,
             batch_bytes,
+            keys,
         } = workload;
         // Declared before the producer so that it is dropped after it: records lent from it
         // may still be queued when an error returns early, and dropping the producer
@@ -939,7 +1014,17 @@ impl Bench {
         })?;
         connect(producer.client(), topic)?;
         let started = Instant::now();
+        let keys: Vec<Vec<u8>> = (0..keys).map(|k| format!("key-{k}").into_bytes()).collect();
         match payload_use {
+            Payload::Copied if !keys.is_empty() => {
+                for i in 0..records {
+                    let record = BaseRecord::<[u8], [u8], usize>::with_opaque_to(topic, 0)
+                        .key(&keys[i % keys.len()][..])
+                        .payload(&payload[..])
+                        .partition((i % partitions as usize) as i32);
+                    send(&producer, record);
+                }
+            }
             Payload::Copied => {
                 for i in 0..records {
                     let record = BaseRecord::<(), [u8], usize>::with_opaque_to(topic, 0)
@@ -1317,7 +1402,10 @@ fn send_lent(
 }
 
 /// Sends a record, waiting while librdkafka's queue is full.
-fn send(producer: &ThreadedProducer<Acks>, mut record: BaseRecord<'_, (), [u8], usize>) {
+fn send<K: ToBytes + ?Sized>(
+    producer: &ThreadedProducer<Acks>,
+    mut record: BaseRecord<'_, K, [u8], usize>,
+) {
     loop {
         match producer.send(record) {
             Ok(()) => return,
