@@ -80,6 +80,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         object_min_bytes: args.object_min_kb.map(|kb| (kb as usize) << 10),
     };
     let store = storage::open(&location, &settings).await?;
+    storage::heap::spawn_idle_trim();
     let defaults = RetentionDefaults {
         retention_ms: args.retention_ms,
         retention_bytes: args.retention_bytes,

@@ -4,6 +4,7 @@
 //! opened [`Db`], and which SlateDB settings Shale runs with. It knows nothing about Kafka.
 
 pub mod direct;
+pub mod heap;
 pub mod journal;
 pub mod keys;
 

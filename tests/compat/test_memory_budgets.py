@@ -173,3 +173,30 @@ def test_consumers_past_a_small_fetch_budget_all_get_everything(make_broker, top
     for thread in threads:
         thread.join(90)
     assert results == {p: values for p in range(4)}
+
+
+def test_memory_a_keyed_burst_took_goes_back_once_the_broker_is_idle(make_broker, topic_name):
+    """Keyed records each add a key index entry, held in SlateDB's memtables until they are
+    flushed; the memory they leave free is given back to the system once the broker has
+    been idle for a few seconds, so a broker does not keep its peak for good."""
+    broker = make_broker("--default-partitions", "8")
+    producer = Producer({"bootstrap.servers": broker.bootstrap, "acks": "all", "linger.ms": 5})
+    value = b"v" * 200
+    for i in range(400_000):
+        while True:
+            try:
+                producer.produce(topic_name, value, key=b"key-%d" % (i % 1000))
+                break
+            except BufferError:
+                producer.poll(0.01)
+    assert producer.flush(60) == 0
+    peak = broker.memory_mb("VmHWM")
+    assert peak > 120, f"the burst took only {peak:.0f} MB; nothing to give back"
+    deadline = time.monotonic() + 40
+    while broker.memory_mb() > peak / 2 and time.monotonic() < deadline:
+        time.sleep(1)
+    assert broker.memory_mb() <= peak / 2, (
+        f"still {broker.memory_mb():.0f} MB after the burst's peak of {peak:.0f} MB"
+    )
+    read = consume(broker.bootstrap, topic_name, 0, 10)
+    assert len(read) == 10 and all(m.key().startswith(b"key-") for m in read)
