@@ -24,11 +24,11 @@ mod glibc {
 
     /// Above this share of one core over an interval, the broker was busy: it may have
     /// freed memory since the last trim.
-    const BUSY_SHARE: f64 = 0.20;
+    const BUSY_SHARE: f64 = 0.10;
 
     /// Below this share of one core over an interval, the broker is idle (an idle broker
-    /// uses well under 1%: SlateDB's flush tick and the retention check).
-    const IDLE_SHARE: f64 = 0.05;
+    /// uses 0.3%: SlateDB's flush tick and the retention check).
+    const IDLE_SHARE: f64 = 0.02;
 
     pub async fn trim_when_idle() {
         let mut busy_since_trim = false;
