@@ -12,9 +12,13 @@ use shale::broker::sasl::SaslUsers;
 use shale::broker::txn_coordinator::{TxnConfig, TxnCoordinator};
 use shale::broker::{server, Broker};
 use shale::log::{retention, LogStore, RetentionDefaults};
+use shale::storage::slatedb_log::BackpressureWarnings;
 use shale::storage::{self, StorageSettings, StoreLocation};
 use tokio::net::TcpListener;
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::FilterExt;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
 
 #[derive(Parser)]
 #[command(
@@ -42,11 +46,11 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let output = tracing_subscriber::fmt::layer()
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
-        .init();
+        .with_filter(filter.and(BackpressureWarnings::default()));
+    tracing_subscriber::registry().with(output).init();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(e) => {

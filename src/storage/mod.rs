@@ -7,6 +7,7 @@ pub mod direct;
 pub mod heap;
 pub mod journal;
 pub mod keys;
+pub mod slatedb_log;
 
 use std::path::PathBuf;
 use std::sync::Arc;
