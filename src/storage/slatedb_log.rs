@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tracing::field::{Field, Visit};
+use tracing::level_filters::LevelFilter;
 use tracing::{Event, Level, Metadata};
 use tracing_subscriber::layer::{Context, Filter};
 
@@ -31,6 +32,14 @@ pub struct BackpressureWarnings {
 impl<S> Filter<S> for BackpressureWarnings {
     fn enabled(&self, _: &Metadata<'_>, _: &Context<'_, S>) -> bool {
         true
+    }
+
+    /// It passes every level, so combined with the log filter (`and`) the hint stays that
+    /// filter's. Without a hint of its own the combination would have none: every `debug!`
+    /// and `trace!` of SlateDB's (through the `log` crate) would be built and offered to
+    /// the filters, on the produce path too.
+    fn max_level_hint(&self) -> Option<LevelFilter> {
+        Some(LevelFilter::TRACE)
     }
 
     fn event_enabled(&self, event: &Event<'_>, _: &Context<'_, S>) -> bool {
@@ -110,6 +119,15 @@ mod tests {
         let text = String::from_utf8(written.lock().unwrap().clone()).unwrap();
         assert_eq!(text.matches("applying backpressure").count(), 1, "{text}");
         assert_eq!(text.matches("failed to shutdown").count(), 3, "{text}");
+    }
+
+    #[test]
+    fn the_log_filters_level_hint_stays() {
+        use tracing_subscriber::filter::FilterExt;
+        let filter = tracing_subscriber::EnvFilter::new("info,slatedb=warn")
+            .and(BackpressureWarnings::default());
+        let hint = <_ as Filter<tracing_subscriber::Registry>>::max_level_hint(&filter);
+        assert_eq!(hint, Some(LevelFilter::INFO));
     }
 
     struct Writer(Arc<Mutex<Vec<u8>>>);
