@@ -1077,8 +1077,9 @@ struct Scanned {
 
 /// Scans `segments` ([`scan_segment`]), [`SCANS_AT_ONCE`] at a time, and gives their
 /// results in the same order. A start reads every segment, up to 64 MiB. Each scan reuses
-/// one buffer for its segments: on this VM, touching memory new to the process cost more
-/// than the reads (16 segments took ~120 ms with a fresh buffer each, ~60 ms with one).
+/// one buffer for its segments, since on this VM the first touch of memory new to the
+/// process is slow. 16 full segments took 118-150 ms one after another with a fresh buffer
+/// each; 87-91 ms with one buffer; 63-86 ms four at a time, each with one.
 fn scan_segments(segments: &[File]) -> Vec<io::Result<Scanned>> {
     if segments.is_empty() {
         return Vec::new();
