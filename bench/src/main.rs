@@ -418,7 +418,7 @@ fn keyed_produce(bench: &Bench, report: &mut Report) -> Result<()> {
         "RSS under produce <= 500 MB, with keyed records (key index on)",
         format!("{peak:.0} MB at the peak"),
         peak <= 500.0,
-        "the key index's entries in SlateDB's memtables: up to 96 MiB of unflushed writes, \
+        "the key index's entries in SlateDB's memtables: up to 64 MiB of unflushed writes, \
          4-5 times that in memory (see docs/performance.md)",
     );
     Ok(())

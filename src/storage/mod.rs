@@ -131,7 +131,7 @@ const L0_TABLE_BYTES: usize = 32 << 20;
 
 /// Writes wait once SlateDB holds this many bytes not yet in L0 tables (its count, which
 /// the memtables' memory exceeds 4-5 times).
-const MAX_UNFLUSHED_BYTES: usize = 96 << 20;
+const MAX_UNFLUSHED_BYTES: usize = 64 << 20;
 
 /// How long after SlateDB stops needing a WAL object in the journal it is deleted.
 const JOURNALED_WAL_RECLAIM_DELAY: Duration = Duration::from_secs(2);
@@ -250,8 +250,8 @@ pub async fn open(
         // counts for it (skiplist nodes, a key and a value allocation per entry). Under
         // keyed produce (a key index entry per record) SlateDB's own bounds (64 MiB tables,
         // 1 GiB unflushed) let the broker grow by ~110 MB a second, to 2.1 GB after 6M
-        // records and on; with these it levels off near 0.7 GB, the appends waiting on
-        // flushes instead (docs/performance.md). Batch objects keep record data out of
+        // records and on; with these the benchmark's keyed run peaks at 0.35-0.4 GB, the
+        // appends waiting on flushes instead (docs/performance.md). Batch objects keep record data out of
         // SlateDB, so unkeyed produce does not come near these bounds.
         l0_sst_size_bytes: L0_TABLE_BYTES,
         max_unflushed_bytes: MAX_UNFLUSHED_BYTES,
