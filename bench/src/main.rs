@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use clap::Parser;
 use hdrhistogram::Histogram;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -1033,7 +1033,13 @@ impl Bench {
                     send(&producer, record);
                 }
             }
-            Payload::Lent => send_lent(&producer, topic, partitions, &payload, records)?,
+            Payload::Lent => {
+                ensure!(
+                    keys.is_empty(),
+                    "keyed records are only sent with the payload copied"
+                );
+                send_lent(&producer, topic, partitions, &payload, records)?
+            }
         }
         producer.flush(Duration::from_secs(120))?;
         let secs = started.elapsed().as_secs_f64();
