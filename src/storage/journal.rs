@@ -342,6 +342,7 @@ impl Journal {
             ..State::default()
         };
         let mut segment_files = Vec::with_capacity(numbered.len());
+        let mut segment_paths = Vec::with_capacity(numbered.len());
         for (_, path) in numbered {
             let file = positional::direct(std::fs::OpenOptions::new().read(true).write(true))
                 .open(&path)?;
@@ -352,11 +353,35 @@ impl Journal {
                 continue;
             }
             segment_files.push(file);
+            segment_paths.push(path);
         }
         let scans = scan_segments(&segment_files);
-        for (file, scanned) in segment_files.into_iter().zip(scans) {
+        for ((file, path), scanned) in segment_files.into_iter().zip(segment_paths).zip(scans) {
             let index = state.segments.len();
-            let Scanned { salt, end, objects } = scanned?;
+            let Scanned {
+                salt,
+                end,
+                objects,
+                cut,
+            } = scanned?;
+            match cut {
+                Some(Cut { at, whole_after: 0 }) => tracing::warn!(
+                    segment = %path.display(),
+                    at,
+                    "a WAL journal entry is not whole, most likely a write a crash of the \
+                     host interrupted (never acknowledged); the segment's objects end before it"
+                ),
+                Some(Cut { at, whole_after }) => tracing::error!(
+                    segment = %path.display(),
+                    at,
+                    whole_after,
+                    "a WAL journal entry is not whole and whole entries follow it; the \
+                     segment's objects end before it and those entries are dropped. After a \
+                     crash of the host they were never acknowledged; otherwise the segment \
+                     was damaged and acknowledged writes in them are lost"
+                ),
+                None => {}
+            }
             for (location, mut placed) in objects {
                 placed.segment = index;
                 let newer = state
@@ -1073,6 +1098,22 @@ struct Scanned {
     /// Where the next entry would go.
     end: usize,
     objects: Vec<(Path, Placed)>,
+    /// Set when the read ended at an entry of the segment's current use that is not whole,
+    /// rather than where nothing more was written.
+    cut: Option<Cut>,
+}
+
+/// An entry of a segment's current use (its magic and salt) that is not whole: the read
+/// stops there, as Kafka's recovery truncates a log at its first invalid batch.
+#[derive(Debug, PartialEq, Eq)]
+struct Cut {
+    /// Where in the segment the entry starts.
+    at: usize,
+    /// Whole entries of the same use after it, which the read leaves out. A crash of the
+    /// host in the middle of a round's write leaves them unacknowledged (the round's sync
+    /// never returned); otherwise the segment was damaged after it was written, and they
+    /// held acknowledged objects.
+    whole_after: usize,
 }
 
 /// Scans `segments` ([`scan_segment`]), [`SCANS_AT_ONCE`] at a time, and gives their
@@ -1156,11 +1197,48 @@ fn scan_segment(file: &File, bytes: &mut Aligned) -> io::Result<Scanned> {
         found.push((entry.path, placed));
         end += entry.padded;
     }
+    // Why the read ended: nothing more was written there (zeros, the file's end, or an
+    // entry of the segment's previous use), or an entry of this use is not whole.
+    let mut cut = None;
+    if read_to(bytes, end + HEADER_BYTES)? {
+        let this_use = entry_salt(&bytes[end..]).filter(|&s| salt.is_none_or(|salt| salt == s));
+        if let Some(this_use) = this_use {
+            read_to(bytes, SEGMENT_BYTES)?;
+            let after = &bytes[(end + ALIGN).min(bytes.len())..];
+            cut = Some(Cut {
+                at: end,
+                whole_after: count_whole(after, this_use),
+            });
+        }
+    }
     Ok(Scanned {
         salt: salt.unwrap_or(0),
         end,
         objects: found,
+        cut,
     })
+}
+
+/// The salt in the entry header that starts `bytes`, if it has the magic.
+fn entry_salt(bytes: &[u8]) -> Option<u64> {
+    let header = bytes.get(..HEADER_BYTES)?;
+    (header[0..4] == MAGIC).then(|| u64::from_le_bytes(header[8..16].try_into().unwrap()))
+}
+
+/// How many whole entries of salt `salt` start at block boundaries in `bytes`.
+fn count_whole(bytes: &[u8], salt: u64) -> usize {
+    let mut count = 0;
+    let mut at = 0;
+    while at < bytes.len() {
+        match decode_entry(&bytes[at..], Some(salt)) {
+            Some(entry) => {
+                count += 1;
+                at += entry.padded;
+            }
+            None => at += ALIGN,
+        }
+    }
+    count
 }
 
 /// The length of the entry whose header starts `bytes`, if it has the magic and fits a
@@ -1515,25 +1593,23 @@ mod tests {
     #[tokio::test]
     async fn a_torn_entry_ends_its_segment_and_reused_segments_forget_old_entries() {
         let dir = tempfile::tempdir().unwrap();
-        let Some(folder) = open(dir.path()).await else {
+        let Some(folder) = journal_of_entries(dir.path(), 4).await else {
             eprintln!("skipped: the temp folder refuses direct I/O");
             return;
         };
-        for id in 0..4 {
-            folder
-                .put(&wal(id), Bytes::from(vec![id as u8; 5000]).into())
-                .await
-                .unwrap();
-        }
         drop(folder);
         // Tear the third entry: a crash in the middle of its write.
-        let segment = dir.path().join("journal/00000000.seg");
-        let file = std::fs::OpenOptions::new()
-            .write(true)
-            .open(&segment)
-            .unwrap();
-        std::os::unix::fs::FileExt::write_all_at(&file, &[0xff; 16], 2 * 8192 + 3000).unwrap();
-        drop(file);
+        overwrite_first_segment(dir.path(), 2 * 8192 + 3000, &[0xff; 16]);
+        // The read says where it stopped, and that a whole entry follows (an operator is
+        // told, as this may be damage to acknowledged data, not a crash's torn write).
+        let cut = scan_first_segment(dir.path()).cut;
+        assert_eq!(
+            cut,
+            Some(Cut {
+                at: 2 * 8192,
+                whole_after: 1
+            })
+        );
         let (folder, listed) = reopen(dir.path()).await;
         assert_eq!(listed, [wal(0), wal(1)]);
 
@@ -1547,6 +1623,65 @@ mod tests {
         drop(folder);
         let (_, listed) = reopen(dir.path()).await;
         assert_eq!(listed, [wal(9)]);
+        // The previous use's entries after it end the read without a cut.
+        let scanned = scan_first_segment(dir.path());
+        assert_eq!((scanned.objects.len(), scanned.cut), (1, None));
+    }
+
+    #[tokio::test]
+    async fn a_torn_last_entry_is_a_cut_with_nothing_after_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let Some(folder) = journal_of_entries(dir.path(), 3).await else {
+            eprintln!("skipped: the temp folder refuses direct I/O");
+            return;
+        };
+        drop(folder);
+        let whole = scan_first_segment(dir.path());
+        assert_eq!(
+            (whole.objects.len(), whole.end, whole.cut),
+            (3, 3 * 8192, None)
+        );
+        overwrite_first_segment(dir.path(), 2 * 8192 + 4096, &[0; 16]);
+        let torn = scan_first_segment(dir.path());
+        assert_eq!(torn.objects.len(), 2);
+        assert_eq!(
+            torn.cut,
+            Some(Cut {
+                at: 2 * 8192,
+                whole_after: 0
+            })
+        );
+    }
+
+    /// A journaled folder in `dir` whose first segment holds `count` WAL objects of 5000
+    /// bytes, an entry of two blocks each; `None` where the temp folder refuses direct I/O.
+    async fn journal_of_entries(dir: &FsPath, count: u64) -> Option<LocalFolder> {
+        let folder = open(dir).await?;
+        for id in 0..count {
+            folder
+                .put(&wal(id), Bytes::from(vec![id as u8; 5000]).into())
+                .await
+                .unwrap();
+        }
+        Some(folder)
+    }
+
+    /// Writes `bytes` at `at` in the first segment of the journal in `dir`, as a crash in
+    /// the middle of a write, or damage, would leave it.
+    fn overwrite_first_segment(dir: &FsPath, at: u64, bytes: &[u8]) {
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(dir.join("journal/00000000.seg"))
+            .unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&file, bytes, at).unwrap();
+    }
+
+    /// What a start reads from the first segment of the journal in `dir`.
+    fn scan_first_segment(dir: &FsPath) -> Scanned {
+        let file = positional::direct(std::fs::OpenOptions::new().read(true))
+            .open(dir.join("journal/00000000.seg"))
+            .unwrap();
+        scan_segment(&file, &mut Aligned::with_capacity(ALIGN, SEGMENT_BYTES)).unwrap()
     }
 
     #[tokio::test]
