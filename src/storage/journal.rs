@@ -20,10 +20,13 @@
 //! interrupted, or never written) without losing an acknowledged one. Concurrent puts (the
 //! partitions of one produce, several producers, WAL objects) share a sync instead of
 //! queueing for one each.
-//! A segment whose objects are all deleted is reused under a new random salt, so entries
-//! left from its previous use end that read as well. A deleted object may come back after
-//! a restart while its segment was not reused: SlateDB only replays WAL objects newer than
-//! its manifest names, and its collector deletes the old ones again.
+//! A segment whose objects are all deleted has its first block zeroed, so a start reads
+//! nothing from it, and is then reused under a new random salt, so entries left from its
+//! previous use end that read as well. A lane's current segment is not cleared while the
+//! lane writes to it, so objects deleted from it may come back after a restart: SlateDB
+//! only replays WAL objects newer than its manifest names and its collector deletes the
+//! old ones again; batch objects are moved to their files again and the orphan sweep at
+//! start deletes those no log segment registers.
 //!
 //! Batch objects (see `log::batch_objects`) live as long as their log segment, so the
 //! journal only holds the small ones until they are files: a produce waits for one
@@ -270,13 +273,15 @@ enum Lane {
     Moved = 1,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct State {
     segments: Vec<Segment>,
     /// The segment puts go to, by lane ([`Lane`]).
     current: [Option<usize>; 2],
     /// Segments holding no objects, to be (re)used.
     ready: Vec<usize>,
+    /// Segments whose objects are all gone, to [`clear_emptied`] before they are ready.
+    emptied: mpsc::UnboundedSender<usize>,
     /// A new segment file is being written.
     preparing: bool,
     next_file: u64,
@@ -337,9 +342,15 @@ impl Journal {
             }
         }
         numbered.sort();
+        let (emptied, to_clear) = mpsc::unbounded_channel();
         let mut state = State {
+            segments: Vec::new(),
+            current: [None; 2],
+            ready: Vec::new(),
+            emptied,
+            preparing: false,
             next_file: numbered.last().map_or(0, |(n, _)| n + 1),
-            ..State::default()
+            objects: BTreeMap::new(),
         };
         let mut segment_files = Vec::with_capacity(numbered.len());
         let mut segment_paths = Vec::with_capacity(numbered.len());
@@ -442,6 +453,7 @@ impl Journal {
         });
         tokio::spawn(move_objects(Arc::downgrade(&journal), to_move));
         tokio::spawn(commit_puts(Arc::downgrade(&journal), to_commit));
+        tokio::spawn(clear_emptied(Arc::downgrade(&journal), to_clear));
         Ok(journal)
     }
 
@@ -990,7 +1002,7 @@ impl State {
             }
             self.current[lane] = None;
             if self.segments[current].live == 0 {
-                self.ready.push(current);
+                self.empty(current);
             }
         }
         let next = self.ready.pop()?;
@@ -1012,13 +1024,47 @@ impl State {
     }
 
     /// One object (or put) fewer in `segment`; an empty segment that no lane writes to is
-    /// ready for reuse.
+    /// cleared for reuse.
     fn release(&mut self, segment: usize) {
         let held = &mut self.segments[segment];
         held.live -= 1;
         if held.live == 0 && !self.current.contains(&Some(segment)) {
-            self.ready.push(segment);
+            self.empty(segment);
         }
+    }
+
+    /// Hands `segment`, which holds no objects and takes no puts, to [`clear_emptied`].
+    fn empty(&mut self, segment: usize) {
+        // The receiver lives as long as the journal.
+        let _ = self.emptied.send(segment);
+    }
+}
+
+/// Zeroes the first block of each segment whose objects are all gone, then makes it ready
+/// for reuse. Without that a start read the segment's entries again and found its deleted
+/// objects: WAL objects SlateDB had to delete a second time, and batch objects moved back
+/// to files for the orphan sweep to delete. Cleared, it reads as empty, and a restart
+/// reads only the segments that hold objects, and the lanes' current ones (a lane keeps
+/// writing to its segment after the objects in it are gone, so those stay until it moves
+/// on). Not synced: a crash before the block reaches the disk leaves the segment as it was
+/// before (the reuse that follows writes and syncs its own entries over it).
+async fn clear_emptied(journal: Weak<Journal>, mut emptied: mpsc::UnboundedReceiver<usize>) {
+    let zeros = Arc::new(Aligned::from_slice(ALIGN, &[0; ALIGN]));
+    while let Some(segment) = emptied.recv().await {
+        let Some(journal) = journal.upgrade() else {
+            return;
+        };
+        let file = journal.lock().segments[segment].file.clone();
+        let zeros = zeros.clone();
+        let cleared =
+            tokio::task::spawn_blocking(move || positional::write_all_at(&file, &zeros, 0))
+                .await
+                .map_err(io::Error::other)
+                .and_then(|r| r);
+        if let Err(e) = cleared {
+            tracing::warn!(error = %e, segment, "could not clear an emptied WAL journal segment; a start reads its deleted objects again");
+        }
+        journal.lock().ready.push(segment);
     }
 }
 
@@ -1616,6 +1662,7 @@ mod tests {
         // Emptied, the segment is reused; what it held before is gone after a restart.
         folder.delete(&wal(0)).await.unwrap();
         folder.delete(&wal(1)).await.unwrap();
+        cleared(&folder).await;
         folder
             .put(&wal(9), Bytes::from_static(b"new").into())
             .await
@@ -1651,6 +1698,44 @@ mod tests {
                 whole_after: 0
             })
         );
+    }
+
+    #[tokio::test]
+    async fn an_emptied_segment_is_cleared_and_its_deleted_objects_stay_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let Some(folder) = journal_of_entries(dir.path(), 3).await else {
+            eprintln!("skipped: the temp folder refuses direct I/O");
+            return;
+        };
+        drop(folder);
+        // After a start no lane writes to the segment, so emptying it clears it.
+        let (folder, listed) = reopen(dir.path()).await;
+        assert_eq!(listed, [wal(0), wal(1), wal(2)]);
+        for id in 0..3 {
+            folder.delete(&wal(id)).await.unwrap();
+        }
+        cleared(&folder).await;
+        drop(folder);
+        let scanned = scan_first_segment(dir.path());
+        assert_eq!((scanned.objects.len(), scanned.end), (0, 0));
+        let (folder, listed) = reopen(dir.path()).await;
+        assert!(listed.is_empty(), "deleted objects came back: {listed:?}");
+        // The cleared segment is taken again.
+        folder
+            .put(&wal(7), Bytes::from_static(b"again").into())
+            .await
+            .unwrap();
+        drop(folder);
+        let (_, listed) = reopen(dir.path()).await;
+        assert_eq!(listed, [wal(7)]);
+    }
+
+    /// Waits until the first segment of `folder`'s journal, emptied, is cleared and ready.
+    async fn cleared(folder: &LocalFolder) {
+        let journal = folder.journal.clone().unwrap();
+        while !journal.lock().ready.contains(&0) {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
     }
 
     /// A journaled folder in `dir` whose first segment holds `count` WAL objects of 5000
