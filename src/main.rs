@@ -11,7 +11,7 @@ use shale::broker::group_coordinator::{GroupConfig, GroupCoordinator};
 use shale::broker::sasl::SaslUsers;
 use shale::broker::txn_coordinator::{TxnConfig, TxnCoordinator};
 use shale::broker::{server, Broker};
-use shale::log::{retention, LogStore, RetentionDefaults};
+use shale::log::{retention, LogStore, TopicDefaults};
 use shale::storage::slatedb_log::BackpressureWarnings;
 use shale::storage::{self, StorageSettings, StoreLocation};
 use tokio::net::TcpListener;
@@ -85,11 +85,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     };
     let store = storage::open(&location, &settings).await?;
     storage::heap::spawn_idle_trim();
-    let defaults = RetentionDefaults {
+    let defaults = TopicDefaults {
         retention_ms: args.retention_ms,
         retention_bytes: args.retention_bytes,
         segment_bytes: args.segment_bytes,
         segment_ms: args.segment_ms,
+        key_index: args.key_index,
     };
     let log = LogStore::open(store, defaults).await?;
     retention::spawn(

@@ -1,10 +1,13 @@
 //! Broker settings (the `serve` flags) and the topic configs Shale knows.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{ArgAction, Args};
+
+use crate::log::TopicDefaults;
 
 /// Flags of `shale serve`; each has a `SHALE_*` environment variable.
 #[derive(Debug, Clone, Args)]
@@ -151,6 +154,12 @@ pub struct ServeArgs {
         value_parser = clap::value_parser!(i64).range(1..)
     )]
     pub segment_ms: i64,
+
+    /// Default `shale.key.index` for topics that do not set it: index records by message
+    /// key, for key streams and conditional appends over HTTP. Off, a keyed record costs
+    /// what an unkeyed one does.
+    #[arg(long, env = "SHALE_KEY_INDEX", default_value_t = true, action = ArgAction::Set)]
+    pub key_index: bool,
 
     /// How often retention looks for segments to drop, in milliseconds.
     #[arg(
@@ -560,13 +569,19 @@ pub const SOURCE_TOPIC: i8 = 1;
 pub const SOURCE_STATIC_BROKER: i8 = 4;
 pub const SOURCE_DEFAULT: i8 = 5;
 
-/// Every known topic config with the value in force and where it comes from.
-pub fn effective_topic_configs(
-    configs: &BTreeMap<String, String>,
-) -> impl Iterator<Item = (&'static TopicConfigDef, &str, i8)> {
+/// Every known topic config with the value in force and where it comes from: the topic's
+/// own, the broker's flag (`--retention-ms` and the like, where it differs from Kafka's
+/// default), or Kafka's default.
+pub fn effective_topic_configs<'a>(
+    configs: &'a BTreeMap<String, String>,
+    defaults: &'a TopicDefaults,
+) -> impl Iterator<Item = (&'static TopicConfigDef, Cow<'a, str>, i8)> {
     TOPIC_CONFIGS.iter().map(|def| match configs.get(def.name) {
-        Some(value) => (def, value.as_str(), SOURCE_TOPIC),
-        None => (def, def.default, SOURCE_DEFAULT),
+        Some(value) => (def, Cow::Borrowed(value.as_str()), SOURCE_TOPIC),
+        None => match defaults.value_of(def.name) {
+            Some(flag) if flag != def.default => (def, Cow::Owned(flag), SOURCE_STATIC_BROKER),
+            _ => (def, Cow::Borrowed(def.default), SOURCE_DEFAULT),
+        },
     })
 }
 

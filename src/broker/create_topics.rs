@@ -31,7 +31,7 @@ pub async fn handle(
                 result.num_partitions = partitions as i32;
                 result.replication_factor = 1;
                 result.configs = Some(
-                    effective_topic_configs(&configs)
+                    effective_topic_configs(&configs, broker.log.topic_defaults())
                         .map(|(def, value, source)| {
                             let mut entry = CreatableTopicConfigs::default();
                             entry.name = str_bytes(def.name);

@@ -74,17 +74,19 @@ fn entries(
                     format!("Topic '{}' does not exist.", name.as_str()),
                 )
             })?;
-            Ok(effective_topic_configs(&topic.configs)
-                .map(|(def, value, source)| Entry {
-                    name: def.name,
-                    value: value.to_string(),
-                    source,
-                    kind: def.kind,
-                    doc: def.doc,
-                    read_only: false,
-                    default: (source != SOURCE_DEFAULT).then_some(def.default),
-                })
-                .collect())
+            Ok(
+                effective_topic_configs(&topic.configs, broker.log.topic_defaults())
+                    .map(|(def, value, source)| Entry {
+                        name: def.name,
+                        value: value.into_owned(),
+                        source,
+                        kind: def.kind,
+                        doc: def.doc,
+                        read_only: false,
+                        default: (source != SOURCE_DEFAULT).then_some(def.default),
+                    })
+                    .collect(),
+            )
         }
         RESOURCE_BROKER
             if name.is_empty() || name.as_str() == broker.config.node_id.to_string() =>

@@ -35,8 +35,8 @@ pub use batch_objects::StagedAppend;
 pub use durability::PendingWrite;
 pub use partition::{PartitionLog, PartitionOffsets};
 pub use read::{FetchedRecords, Isolation};
-pub use retention::RetentionDefaults;
 pub use topic::Topic;
+pub use topic::TopicDefaults;
 
 use crate::storage::keys::{
     self, AbortedTxn, BatchKey, IndexedRecord, KeyIndexEntry, SequenceEntry,
@@ -166,7 +166,7 @@ pub struct LogStore {
     segments: RwLock<Segments>,
     /// Drains dropped segments (see `retention`).
     admin: slatedb::admin::Admin,
-    defaults: RetentionDefaults,
+    defaults: TopicDefaults,
     /// Serialises changes to partitions' stored log start offsets.
     start_offsets: Mutex<()>,
     /// Segments whose drain was submitted, with when, so they are not resubmitted at once.
@@ -188,7 +188,7 @@ impl LogStore {
     /// Loads topics and the global sequence from an opened database.
     pub async fn open(
         store: crate::storage::OpenedStore,
-        defaults: RetentionDefaults,
+        defaults: TopicDefaults,
     ) -> Result<Arc<Self>, LogError> {
         let crate::storage::OpenedStore {
             db,
@@ -315,6 +315,11 @@ impl LogStore {
 
     fn write_catalog(&self) -> std::sync::RwLockWriteGuard<'_, Catalog> {
         self.catalog.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The broker's defaults for topic configs a topic does not set.
+    pub fn topic_defaults(&self) -> &TopicDefaults {
+        &self.defaults
     }
 
     pub fn topic(&self, name: &str) -> Option<Arc<Topic>> {

@@ -19,42 +19,12 @@ use uuid::Uuid;
 
 use super::batch::BatchView;
 use super::read::prefix_range;
-use super::segments::{self, PartitionSpan, RollPolicy, SegmentRecord, SegmentStats};
+use super::segments::{self, PartitionSpan, SegmentRecord, SegmentStats};
 use super::{now_ms, LogError, LogStore, Topic};
 use crate::storage::keys::{self, BatchKey, StoredBatch};
 
 /// A drain is resubmitted only if the segment is still there this much later.
 const DRAIN_RETRY_MS: i64 = 30_000;
-
-/// Broker-wide defaults for topics that do not set these configs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RetentionDefaults {
-    pub retention_ms: i64,
-    pub retention_bytes: i64,
-    pub segment_bytes: u64,
-    pub segment_ms: i64,
-}
-
-impl Default for RetentionDefaults {
-    /// Kafka's: 7 days, no size limit, 1 GiB or 7-day segments.
-    fn default() -> Self {
-        RetentionDefaults {
-            retention_ms: 7 * 24 * 3600 * 1000,
-            retention_bytes: -1,
-            segment_bytes: 1 << 30,
-            segment_ms: 7 * 24 * 3600 * 1000,
-        }
-    }
-}
-
-impl RetentionDefaults {
-    pub fn roll(&self) -> RollPolicy {
-        RollPolicy {
-            segment_bytes: self.segment_bytes,
-            segment_ms: self.segment_ms,
-        }
-    }
-}
 
 /// Runs a retention pass every `interval` while the store is alive.
 pub fn spawn(store: &Arc<LogStore>, interval: Duration) {

@@ -7,7 +7,6 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::partition::PartitionLog;
-use super::retention::RetentionDefaults;
 use super::segments::RollPolicy;
 
 /// A topic as the broker serves it. Replaced as a whole when partitions or configs change,
@@ -23,6 +22,52 @@ pub struct Topic {
     pub configs: BTreeMap<String, String>,
     /// What the log acts on: segment rolls and retention.
     pub policy: TopicPolicy,
+}
+
+/// Broker-wide defaults (`shale serve` flags) for topics that do not set these configs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TopicDefaults {
+    pub retention_ms: i64,
+    pub retention_bytes: i64,
+    pub segment_bytes: u64,
+    pub segment_ms: i64,
+    /// `shale.key.index`.
+    pub key_index: bool,
+}
+
+impl Default for TopicDefaults {
+    /// Kafka's: 7 days, no size limit, 1 GiB or 7-day segments; and the key index on.
+    fn default() -> Self {
+        TopicDefaults {
+            retention_ms: 7 * 24 * 3600 * 1000,
+            retention_bytes: -1,
+            segment_bytes: 1 << 30,
+            segment_ms: 7 * 24 * 3600 * 1000,
+            key_index: true,
+        }
+    }
+}
+
+impl TopicDefaults {
+    pub fn roll(&self) -> RollPolicy {
+        RollPolicy {
+            segment_bytes: self.segment_bytes,
+            segment_ms: self.segment_ms,
+        }
+    }
+
+    /// The broker's default for the topic config `name`, for those a flag sets; what
+    /// DescribeConfigs reports for a topic that does not set it.
+    pub fn value_of(&self, name: &str) -> Option<String> {
+        Some(match name {
+            "retention.ms" => self.retention_ms.to_string(),
+            "retention.bytes" => self.retention_bytes.to_string(),
+            "segment.bytes" => self.segment_bytes.to_string(),
+            "segment.ms" => self.segment_ms.to_string(),
+            "shale.key.index" => self.key_index.to_string(),
+            _ => return None,
+        })
+    }
 }
 
 /// The topic configs the log acts on, with the broker's defaults filled in.
@@ -56,7 +101,7 @@ fn cleanup_policy(configs: &BTreeMap<String, String>) -> impl Iterator<Item = &s
 }
 
 impl TopicPolicy {
-    pub fn from_configs(configs: &BTreeMap<String, String>, defaults: &RetentionDefaults) -> Self {
+    pub fn from_configs(configs: &BTreeMap<String, String>, defaults: &TopicDefaults) -> Self {
         let number = |name: &str, default: i64| {
             configs
                 .get(name)
@@ -73,9 +118,9 @@ impl TopicPolicy {
             compact: cleanup_policy(configs).any(|p| p == "compact"),
             delete: cleanup_policy(configs).any(|p| p == "delete"),
             delete_retention_ms: number("delete.retention.ms", 86_400_000),
-            key_index: !configs
+            key_index: configs
                 .get("shale.key.index")
-                .is_some_and(|v| v.eq_ignore_ascii_case("false")),
+                .map_or(defaults.key_index, |v| !v.eq_ignore_ascii_case("false")),
             key_copy_max_bytes: number("shale.key.index.copy.max.bytes", 256).max(0) as usize,
         }
     }
@@ -88,7 +133,7 @@ impl Topic {
             .and_then(|i| self.partitions.get(i))
     }
 
-    pub(super) fn from_record(record: TopicRecord, defaults: &RetentionDefaults) -> Self {
+    pub(super) fn from_record(record: TopicRecord, defaults: &TopicDefaults) -> Self {
         let partitions = (0..record.partitions as i32)
             .map(|index| Arc::new(PartitionLog::new(record.id, index)))
             .collect();
@@ -137,7 +182,7 @@ mod tests {
         let json = serde_json::to_vec(&record).unwrap();
         let back: TopicRecord = serde_json::from_slice(&json).unwrap();
         assert_eq!(back, record);
-        let defaults = RetentionDefaults::default();
+        let defaults = TopicDefaults::default();
         let topic = Topic::from_record(back, &defaults);
         assert_eq!(topic.policy.retention_ms, 1000);
         assert_eq!(topic.policy.retention_bytes, defaults.retention_bytes);
@@ -156,5 +201,25 @@ mod tests {
         assert!(topic.partition(3).is_none());
         assert!(topic.partition(-1).is_none());
         assert_eq!(topic.to_record(), record);
+    }
+
+    #[test]
+    fn the_broker_default_of_the_key_index_applies_where_a_topic_does_not_set_it() {
+        let off = TopicDefaults {
+            key_index: false,
+            ..TopicDefaults::default()
+        };
+        let key_index = |set: Option<&str>| {
+            let configs = set
+                .map(|v| BTreeMap::from([("shale.key.index".to_string(), v.to_string())]))
+                .unwrap_or_default();
+            TopicPolicy::from_configs(&configs, &off).key_index
+        };
+        assert!(!key_index(None));
+        assert!(key_index(Some("true")));
+        assert!(!key_index(Some("FALSE")));
+        assert_eq!(off.value_of("shale.key.index").as_deref(), Some("false"));
+        assert_eq!(off.value_of("retention.ms").as_deref(), Some("604800000"));
+        assert_eq!(off.value_of("cleanup.policy"), None);
     }
 }

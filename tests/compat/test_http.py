@@ -12,7 +12,9 @@ import urllib.request
 from confluent_kafka import Consumer, Producer, TopicPartition
 from kafka.partitioner.default import murmur2
 
-from clients import create_topic, produce
+from confluent_kafka.admin import ConfigResource, ConfigSource, ResourceType
+
+from clients import admin, consume, create_topic, produce
 
 HTTP_READY = re.compile(r"HTTP API listening on 127\.0\.0\.1:(\d+)")
 
@@ -218,6 +220,38 @@ def test_bad_requests_get_json_errors(make_broker, topic_name):
     # Nothing was half-written.
     assert call(base, "GET", f"/v1/topics/{topic_name}/keys/k/count")[1]["count"] == 0
     assert broker.running()
+
+
+def test_the_key_index_flag_sets_the_default_of_topics_that_do_not_set_it(make_broker, topic_name):
+    """`--key-index false`: keyed records of topics that do not set shale.key.index are not
+    indexed (keyed produce then costs what unkeyed does), a topic that sets it still is, and
+    DescribeConfigs says where each value comes from, as it does for `--retention-ms`."""
+    broker, base = http_broker(make_broker, "--key-index", "false", "--retention-ms", "3600000")
+    indexed = topic_name + "-indexed"
+    create_topic(broker.bootstrap, topic_name)
+    create_topic(broker.bootstrap, indexed, config={"shale.key.index": "true"})
+    sent = [(None, b"k", f"v{i}".encode(), None, None) for i in range(5)]
+    for topic in (topic_name, indexed):
+        assert [err for *_, err in produce(broker.bootstrap, topic, sent)] == [None] * 5
+        assert [m.value() for m in consume(broker.bootstrap, topic, 0, 5)] == [v for _, _, v, _, _ in sent]
+    status, body = call(base, "GET", f"/v1/topics/{topic_name}/keys/k/records")
+    assert status == 400 and "index" in body["error"], body
+    status, body = call(base, "GET", f"/v1/topics/{indexed}/keys/k/records")
+    assert status == 200 and [r["value"] for r in body["records"]] == [f"v{i}" for i in range(5)]
+
+    client = admin(broker.bootstrap)
+    described = {}
+    for topic in (topic_name, indexed):
+        resource = ConfigResource(ResourceType.TOPIC, topic)
+        described[topic] = client.describe_configs([resource])[resource].result(15)
+    flag = described[topic_name]["shale.key.index"]
+    assert (flag.value, flag.source, flag.is_default) == ("false", ConfigSource.STATIC_BROKER_CONFIG.value, False)
+    own = described[indexed]["shale.key.index"]
+    assert (own.value, own.source) == ("true", ConfigSource.DYNAMIC_TOPIC_CONFIG.value)
+    retention = described[topic_name]["retention.ms"]
+    assert (retention.value, retention.source) == ("3600000", ConfigSource.STATIC_BROKER_CONFIG.value)
+    segment = described[topic_name]["segment.ms"]
+    assert (segment.value, segment.source, segment.is_default) == ("604800000", ConfigSource.DEFAULT_CONFIG.value, True)
 
 
 def test_counts_and_time_ranges(make_broker, topic_name):
