@@ -35,8 +35,7 @@ pub use batch_objects::StagedAppend;
 pub use durability::PendingWrite;
 pub use partition::{PartitionLog, PartitionOffsets};
 pub use read::{FetchedRecords, Isolation};
-pub use topic::Topic;
-pub use topic::TopicDefaults;
+pub use topic::{Topic, TopicDefaults};
 
 use crate::storage::keys::{
     self, AbortedTxn, BatchKey, IndexedRecord, KeyIndexEntry, SequenceEntry,
