@@ -426,12 +426,13 @@ fn keyed_produce(bench: &Bench, report: &mut Report) -> Result<()> {
 
 fn many_clients(bench: &Bench, report: &mut Report) -> Result<()> {
     report.section("Memory with many clients");
-    let runs: Vec<[(f64, f64); 2]> = (0..bench.args.runs)
+    let runs: Vec<ManyClients> = (0..bench.args.runs)
         .map(|_| bench.many_clients())
         .collect::<Result<_>>()?;
     let median_at = |phase: usize, field: fn(&(f64, f64)) -> f64| {
-        median_of(runs.iter().map(|run| field(&run[phase])).collect())
+        median_of(runs.iter().map(|run| field(&run.phases[phase])).collect())
     };
+    let restart = median_of(runs.iter().map(|run| run.restart_ms).collect());
     let records = bench.args.records / MANY_PRODUCERS;
     report.line(&format!(
         "- {MANY_PRODUCERS} producers at once (payload lent), each {records} records of {} B \
@@ -441,9 +442,13 @@ fn many_clients(bench: &Bench, report: &mut Report) -> Result<()> {
         median_at(0, |r| r.1),
     ));
     report.line(&format!(
-        "- then, on a restarted broker, {MANY_CONSUMERS} consumers at once, three per topic, \
-         each reading its topic from the beginning with fetches of up to {} MiB: peak broker \
-         RSS **{:.0} MB** ({:.0} MB/s in all)",
+        "- then the broker is killed (SIGKILL) and started again on the same data: it accepts \
+         connections after **{restart:.1} ms** (what SlateDB had not flushed is replayed first)"
+    ));
+    report.line(&format!(
+        "- and {MANY_CONSUMERS} consumers at once, three per topic, each reading its topic \
+         from the beginning with fetches of up to {} MiB: peak broker RSS **{:.0} MB** \
+         ({:.0} MB/s in all)",
         MANY_CONSUMERS_FETCH_BYTES >> 20,
         median_at(1, |r| r.0),
         median_at(1, |r| r.1),
@@ -813,6 +818,14 @@ struct Workload {
     keys: usize,
 }
 
+/// What the many-clients run measured.
+struct ManyClients {
+    /// Peak broker RSS (MB) and MB/s in all: the producers', then the consumers'.
+    phases: [(f64, f64); 2],
+    /// From the restart after the producers (and a SIGKILL) to accepting connections.
+    restart_ms: f64,
+}
+
 /// p50, p99, p99.9, max in ms.
 struct Latency {
     ack: [f64; 4],
@@ -1095,10 +1108,10 @@ impl Bench {
         self.consume_all(&broker.bootstrap, topic, partitions)
     }
 
-    /// Peak broker RSS (MB) and MB/s in all, with [`MANY_PRODUCERS`] producers at once,
-    /// each to a topic of its own, then with [`MANY_CONSUMERS`] consumers at once reading
-    /// those topics from the beginning.
-    fn many_clients(&self) -> Result<[(f64, f64); 2]> {
+    /// [`MANY_PRODUCERS`] producers at once, each to a topic of its own, then, after a
+    /// SIGKILL and a restart, [`MANY_CONSUMERS`] consumers at once reading those topics from
+    /// the beginning.
+    fn many_clients(&self) -> Result<ManyClients> {
         let broker = self.start_broker(&[])?;
         let topics: Vec<(String, i32)> = (0..MANY_PRODUCERS)
             .map(|i| (format!("many-{i}"), 1))
@@ -1125,10 +1138,12 @@ impl Bench {
             megabytes * MANY_PRODUCERS as f64 / started.elapsed().as_secs_f64(),
         );
         // A new broker on the same data, so that the memory the producers' requests took
-        // (which the allocator keeps) does not count as the consumers'.
+        // (which the allocator keeps) does not count as the consumers'. Dropped, the broker
+        // is killed: its successor's start is a restart after a crash.
         let data = broker.data.clone();
         drop(broker);
         let broker = self.start_broker_in(data, &[])?;
+        let restart_ms = broker.startup.as_secs_f64() * 1e3;
         let mut config = consumer_config(&broker.bootstrap);
         config.set(
             "fetch.message.max.bytes",
@@ -1150,7 +1165,10 @@ impl Bench {
             broker.rss_mb().1,
             megabytes * MANY_CONSUMERS as f64 / started.elapsed().as_secs_f64(),
         );
-        Ok([produced, consumed])
+        Ok(ManyClients {
+            phases: [produced, consumed],
+            restart_ms,
+        })
     }
 
     fn latency(&self, rate: u64, committers: usize) -> Result<Latency> {
