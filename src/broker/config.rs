@@ -156,8 +156,8 @@ pub struct ServeArgs {
     pub segment_ms: i64,
 
     /// Default `shale.key.index` for topics that do not set it: index records by message
-    /// key, for key streams and conditional appends over HTTP. Off, a keyed record costs
-    /// what an unkeyed one does.
+    /// key, for key streams and conditional appends over HTTP. Off, keyed produce skips the
+    /// index's memory and work (docs/performance.md).
     #[arg(long, env = "SHALE_KEY_INDEX", default_value_t = true, action = ArgAction::Set)]
     pub key_index: bool,
 

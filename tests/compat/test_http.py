@@ -224,7 +224,7 @@ def test_bad_requests_get_json_errors(make_broker, topic_name):
 
 def test_the_key_index_flag_sets_the_default_of_topics_that_do_not_set_it(make_broker, topic_name):
     """`--key-index false`: keyed records of topics that do not set shale.key.index are not
-    indexed (keyed produce then costs what unkeyed does), a topic that sets it still is, and
+    indexed (keyed produce then skips the index's work), a topic that sets it still is, and
     DescribeConfigs says where each value comes from, as it does for `--retention-ms`."""
     broker, base = http_broker(make_broker, "--key-index", "false", "--retention-ms", "3600000")
     indexed = topic_name + "-indexed"
