@@ -564,24 +564,136 @@ impl TopicConfigDef {
     }
 }
 
-/// Kafka's `ConfigSource` for a topic config: set on the topic, or the default.
+/// Kafka's `ConfigSource` for a config: set on the topic, by a `shale serve` flag (a static
+/// broker config in Kafka's terms), or the default.
 pub const SOURCE_TOPIC: i8 = 1;
 pub const SOURCE_STATIC_BROKER: i8 = 4;
 pub const SOURCE_DEFAULT: i8 = 5;
 
-/// Every known topic config with the value in force and where it comes from: the topic's
-/// own, the broker's flag (`--retention-ms` and the like, where it differs from Kafka's
-/// default), or Kafka's default.
+/// One of the values Kafka lists under a config as its synonyms: where the config's value
+/// could come from, most specific first, the first being the one in force.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigSynonym<'a> {
+    pub name: &'static str,
+    pub value: Cow<'a, str>,
+    pub source: i8,
+}
+
+impl ConfigSynonym<'_> {
+    pub fn into_owned(self) -> ConfigSynonym<'static> {
+        ConfigSynonym {
+            name: self.name,
+            value: Cow::Owned(self.value.into_owned()),
+            source: self.source,
+        }
+    }
+}
+
+/// Where a broker config Kafka falls back to gets its own default.
+#[derive(Clone, Copy)]
+enum BrokerDefault {
+    /// From itself: the topic config's default.
+    Own,
+    /// From a coarser config (`log.retention.hours` under `log.retention.ms`), which Kafka
+    /// lists, under this name and value, only when the finer one is set.
+    Coarser(&'static str, &'static str),
+}
+
+/// The broker config a topic config falls back to, as Kafka names it (the first of its
+/// synonyms in Kafka's `ServerTopicConfigSynonyms`); `None` for configs with no broker
+/// default. The topic configs a `shale serve` flag sets (see [`TopicDefaults::value_of`])
+/// are described under these names.
+fn broker_synonym(topic_config: &str) -> Option<(&'static str, BrokerDefault)> {
+    use BrokerDefault::{Coarser, Own};
+    Some(match topic_config {
+        "cleanup.policy" => ("log.cleanup.policy", Own),
+        "compression.type" => ("compression.type", Own),
+        "delete.retention.ms" => ("log.cleaner.delete.retention.ms", Own),
+        "file.delete.delay.ms" => ("log.segment.delete.delay.ms", Own),
+        "flush.messages" => ("log.flush.interval.messages", Own),
+        "flush.ms" => (
+            "log.flush.interval.ms",
+            Coarser("log.flush.scheduler.interval.ms", MAX),
+        ),
+        "index.interval.bytes" => ("log.index.interval.bytes", Own),
+        "max.compaction.lag.ms" => ("log.cleaner.max.compaction.lag.ms", Own),
+        "max.message.bytes" => ("message.max.bytes", Own),
+        "message.downconversion.enable" => ("log.message.downconversion.enable", Own),
+        "message.timestamp.after.max.ms" => ("log.message.timestamp.after.max.ms", Own),
+        "message.timestamp.before.max.ms" => ("log.message.timestamp.before.max.ms", Own),
+        "message.timestamp.difference.max.ms" => ("log.message.timestamp.difference.max.ms", Own),
+        "message.timestamp.type" => ("log.message.timestamp.type", Own),
+        "min.cleanable.dirty.ratio" => ("log.cleaner.min.cleanable.ratio", Own),
+        "min.compaction.lag.ms" => ("log.cleaner.min.compaction.lag.ms", Own),
+        "min.insync.replicas" => ("min.insync.replicas", Own),
+        "preallocate" => ("log.preallocate", Own),
+        "retention.bytes" => ("log.retention.bytes", Own),
+        "retention.ms" => ("log.retention.ms", Coarser("log.retention.hours", "168")),
+        "segment.bytes" => ("log.segment.bytes", Own),
+        "segment.index.bytes" => ("log.index.size.max.bytes", Own),
+        "segment.jitter.ms" => ("log.roll.jitter.ms", Coarser("log.roll.jitter.hours", "0")),
+        "segment.ms" => ("log.roll.ms", Coarser("log.roll.hours", "168")),
+        "shale.key.index" => ("shale.key.index", Own),
+        "unclean.leader.election.enable" => ("unclean.leader.election.enable", Own),
+        _ => return None,
+    })
+}
+
+/// A topic config as it is in force for one topic.
+pub struct EffectiveConfig<'a> {
+    pub def: &'static TopicConfigDef,
+    /// As Kafka lists them: the topic's own value, the broker's flag (where it differs from
+    /// Kafka's default) under the broker config's name, then the broker config's default.
+    /// Empty where Kafka lists none; the value is then the default.
+    pub synonyms: Vec<ConfigSynonym<'a>>,
+}
+
+impl EffectiveConfig<'_> {
+    pub fn value(&self) -> &str {
+        self.synonyms
+            .first()
+            .map_or(self.def.default, |s| s.value.as_ref())
+    }
+
+    pub fn source(&self) -> i8 {
+        self.synonyms.first().map_or(SOURCE_DEFAULT, |s| s.source)
+    }
+}
+
+/// Every known topic config of a topic with `configs` set, on a broker with `defaults`.
 pub fn effective_topic_configs<'a>(
     configs: &'a BTreeMap<String, String>,
     defaults: &'a TopicDefaults,
-) -> impl Iterator<Item = (&'static TopicConfigDef, Cow<'a, str>, i8)> {
-    TOPIC_CONFIGS.iter().map(|def| match configs.get(def.name) {
-        Some(value) => (def, Cow::Borrowed(value.as_str()), SOURCE_TOPIC),
-        None => match defaults.value_of(def.name) {
-            Some(flag) if flag != def.default => (def, Cow::Owned(flag), SOURCE_STATIC_BROKER),
-            _ => (def, Cow::Borrowed(def.default), SOURCE_DEFAULT),
-        },
+) -> impl Iterator<Item = EffectiveConfig<'a>> {
+    TOPIC_CONFIGS.iter().map(move |def| {
+        let mut synonyms = Vec::new();
+        let mut add = |name, value, source| {
+            synonyms.push(ConfigSynonym {
+                name,
+                value,
+                source,
+            })
+        };
+        if let Some(value) = configs.get(def.name) {
+            add(def.name, Cow::Borrowed(value.as_str()), SOURCE_TOPIC);
+        }
+        if let Some((broker, fallback)) = broker_synonym(def.name) {
+            let flag = defaults
+                .value_of(def.name)
+                .filter(|flag| flag != def.default);
+            let flagged = flag.is_some();
+            if let Some(flag) = flag {
+                add(broker, Cow::Owned(flag), SOURCE_STATIC_BROKER);
+            }
+            match fallback {
+                BrokerDefault::Own => add(broker, Cow::Borrowed(def.default), SOURCE_DEFAULT),
+                BrokerDefault::Coarser(name, value) if flagged => {
+                    add(name, Cow::Borrowed(value), SOURCE_DEFAULT)
+                }
+                BrokerDefault::Coarser(..) => {}
+            }
+        }
+        EffectiveConfig { def, synonyms }
     })
 }
 
@@ -673,5 +785,84 @@ mod tests {
         assert_eq!(topic_config_value(&set, "retention.ms"), Some("5"));
         assert_eq!(topic_config_value(&set, "segment.ms"), Some("604800000"));
         assert_eq!(topic_config_value(&set, "nope"), None);
+    }
+
+    fn described(
+        name: &str,
+        configs: &BTreeMap<String, String>,
+        defaults: &TopicDefaults,
+    ) -> (String, i8, Vec<(&'static str, String, i8)>) {
+        let config = effective_topic_configs(configs, defaults)
+            .find(|c| c.def.name == name)
+            .unwrap();
+        let synonyms = config
+            .synonyms
+            .iter()
+            .map(|s| (s.name, s.value.to_string(), s.source))
+            .collect();
+        (config.value().to_owned(), config.source(), synonyms)
+    }
+
+    #[test]
+    fn synonyms_name_the_broker_config_as_kafka_does() {
+        let none = BTreeMap::new();
+        let kafka = TopicDefaults::default();
+        // Kafka's `log.retention.ms` has no default of its own, so nothing is listed.
+        assert_eq!(
+            described("retention.ms", &none, &kafka),
+            ("604800000".into(), SOURCE_DEFAULT, vec![])
+        );
+        assert_eq!(
+            described("retention.bytes", &none, &kafka),
+            (
+                "-1".into(),
+                SOURCE_DEFAULT,
+                vec![("log.retention.bytes", "-1".into(), SOURCE_DEFAULT)]
+            )
+        );
+        assert_eq!(
+            described("shale.key.index.copy.max.bytes", &none, &kafka),
+            ("256".into(), SOURCE_DEFAULT, vec![])
+        );
+
+        let flags = TopicDefaults {
+            retention_ms: 3_600_000,
+            segment_bytes: 1 << 20,
+            ..TopicDefaults::default()
+        };
+        assert_eq!(
+            described("retention.ms", &none, &flags),
+            (
+                "3600000".into(),
+                SOURCE_STATIC_BROKER,
+                vec![
+                    ("log.retention.ms", "3600000".into(), SOURCE_STATIC_BROKER),
+                    ("log.retention.hours", "168".into(), SOURCE_DEFAULT),
+                ]
+            )
+        );
+        let set = BTreeMap::from([("segment.bytes".to_string(), "4096".to_string())]);
+        assert_eq!(
+            described("segment.bytes", &set, &flags),
+            (
+                "4096".into(),
+                SOURCE_TOPIC,
+                vec![
+                    ("segment.bytes", "4096".into(), SOURCE_TOPIC),
+                    ("log.segment.bytes", "1048576".into(), SOURCE_STATIC_BROKER),
+                    ("log.segment.bytes", "1073741824".into(), SOURCE_DEFAULT),
+                ]
+            )
+        );
+    }
+
+    #[test]
+    fn every_flag_set_config_has_a_broker_synonym() {
+        let defaults = TopicDefaults::default();
+        for def in TOPIC_CONFIGS {
+            if defaults.value_of(def.name).is_some() {
+                assert!(broker_synonym(def.name).is_some(), "{}", def.name);
+            }
+        }
     }
 }

@@ -32,11 +32,11 @@ pub async fn handle(
                 result.replication_factor = 1;
                 result.configs = Some(
                     effective_topic_configs(&configs, broker.log.topic_defaults())
-                        .map(|(def, value, source)| {
+                        .map(|config| {
                             let mut entry = CreatableTopicConfigs::default();
-                            entry.name = str_bytes(def.name);
-                            entry.value = Some(str_bytes(value));
-                            entry.config_source = source;
+                            entry.name = str_bytes(config.def.name);
+                            entry.value = Some(str_bytes(config.value().to_owned()));
+                            entry.config_source = config.source();
                             entry
                         })
                         .collect(),

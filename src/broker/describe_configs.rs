@@ -1,5 +1,7 @@
 //! DescribeConfigs: topic configs (set or default) and the broker's read-only settings.
 
+use std::borrow::Cow;
+
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::describe_configs_response::{
     DescribeConfigsResourceResult, DescribeConfigsResult, DescribeConfigsSynonym,
@@ -7,7 +9,7 @@ use kafka_protocol::messages::describe_configs_response::{
 use kafka_protocol::messages::{DescribeConfigsRequest, DescribeConfigsResponse};
 use kafka_protocol::protocol::StrBytes;
 
-use super::config::{effective_topic_configs, ConfigType, SOURCE_DEFAULT, SOURCE_STATIC_BROKER};
+use super::config::{effective_topic_configs, ConfigSynonym, ConfigType, SOURCE_STATIC_BROKER};
 use super::{str_bytes, Broker, RESOURCE_BROKER, RESOURCE_TOPIC};
 
 struct Entry {
@@ -17,8 +19,9 @@ struct Entry {
     kind: ConfigType,
     doc: &'static str,
     read_only: bool,
-    /// The default the value overrides, for synonyms.
-    default: Option<&'static str>,
+    /// Where the value could come from, most specific first (see
+    /// [`super::config::EffectiveConfig::synonyms`]).
+    synonyms: Vec<ConfigSynonym<'static>>,
 }
 
 pub fn handle(
@@ -76,14 +79,18 @@ fn entries(
             })?;
             Ok(
                 effective_topic_configs(&topic.configs, broker.log.topic_defaults())
-                    .map(|(def, value, source)| Entry {
-                        name: def.name,
-                        value: value.into_owned(),
-                        source,
-                        kind: def.kind,
-                        doc: def.doc,
+                    .map(|config| Entry {
+                        name: config.def.name,
+                        value: config.value().to_owned(),
+                        source: config.source(),
+                        kind: config.def.kind,
+                        doc: config.def.doc,
                         read_only: false,
-                        default: (source != SOURCE_DEFAULT).then_some(def.default),
+                        synonyms: config
+                            .synonyms
+                            .into_iter()
+                            .map(ConfigSynonym::into_owned)
+                            .collect(),
                     })
                     .collect(),
             )
@@ -109,12 +116,16 @@ fn broker_entries(broker: &Broker) -> Vec<Entry> {
     let config = &broker.config;
     let setting = |name, value: String, kind, doc| Entry {
         name,
+        synonyms: vec![ConfigSynonym {
+            name,
+            value: Cow::Owned(value.clone()),
+            source: SOURCE_STATIC_BROKER,
+        }],
         value,
         source: SOURCE_STATIC_BROKER,
         kind,
         doc,
         read_only: true,
-        default: None,
     };
     vec![
         setting(
@@ -185,22 +196,21 @@ fn describe(
 ) -> DescribeConfigsResourceResult {
     let mut result = DescribeConfigsResourceResult::default();
     result.name = str_bytes(entry.name);
-    result.value = Some(str_bytes(entry.value.clone()));
+    result.value = Some(str_bytes(entry.value));
     result.read_only = entry.read_only;
     result.config_source = entry.source;
     if synonyms {
-        let mut own = DescribeConfigsSynonym::default();
-        own.name = str_bytes(entry.name);
-        own.value = Some(str_bytes(entry.value));
-        own.source = entry.source;
-        result.synonyms.push(own);
-        if let Some(default) = entry.default {
-            let mut fallback = DescribeConfigsSynonym::default();
-            fallback.name = str_bytes(entry.name);
-            fallback.value = Some(str_bytes(default));
-            fallback.source = SOURCE_DEFAULT;
-            result.synonyms.push(fallback);
-        }
+        result.synonyms = entry
+            .synonyms
+            .into_iter()
+            .map(|synonym| {
+                let mut described = DescribeConfigsSynonym::default();
+                described.name = str_bytes(synonym.name);
+                described.value = Some(str_bytes(synonym.value.into_owned()));
+                described.source = synonym.source;
+                described
+            })
+            .collect();
     }
     if version >= 3 {
         result.config_type = entry.kind as i8;

@@ -229,7 +229,7 @@ def test_the_key_index_flag_sets_the_default_of_topics_that_do_not_set_it(make_b
     broker, base = http_broker(make_broker, "--key-index", "false", "--retention-ms", "3600000")
     indexed = topic_name + "-indexed"
     create_topic(broker.bootstrap, topic_name)
-    create_topic(broker.bootstrap, indexed, config={"shale.key.index": "true"})
+    create_topic(broker.bootstrap, indexed, config={"shale.key.index": "true", "retention.ms": "7200000"})
     sent = [(None, b"k", f"v{i}".encode(), None, None) for i in range(5)]
     for topic in (topic_name, indexed):
         assert [err for *_, err in produce(broker.bootstrap, topic, sent)] == [None] * 5
@@ -250,6 +250,17 @@ def test_the_key_index_flag_sets_the_default_of_topics_that_do_not_set_it(make_b
     assert (own.value, own.source) == ("true", ConfigSource.DYNAMIC_TOPIC_CONFIG.value)
     retention = described[topic_name]["retention.ms"]
     assert (retention.value, retention.source) == ("3600000", ConfigSource.STATIC_BROKER_CONFIG.value)
+    # Synonyms name the broker configs the flags stand for, as Kafka's admin tools show them.
+    assert [(s.name, s.value, s.source) for s in retention.synonyms.values()] == [
+        ("log.retention.ms", "3600000", ConfigSource.STATIC_BROKER_CONFIG.value),
+        ("log.retention.hours", "168", ConfigSource.DEFAULT_CONFIG.value),
+    ]
+    own_retention = described[indexed]["retention.ms"]
+    assert [(s.name, s.value, s.source) for s in own_retention.synonyms.values()] == [
+        ("retention.ms", "7200000", ConfigSource.DYNAMIC_TOPIC_CONFIG.value),
+        ("log.retention.ms", "3600000", ConfigSource.STATIC_BROKER_CONFIG.value),
+        ("log.retention.hours", "168", ConfigSource.DEFAULT_CONFIG.value),
+    ]
     segment = described[topic_name]["segment.ms"]
     assert (segment.value, segment.source, segment.is_default) == ("604800000", ConfigSource.DEFAULT_CONFIG.value, True)
 
