@@ -324,16 +324,21 @@ pub fn split_and_validate(
                 "clients may not produce control batches",
             ));
         }
-        // Offsets are handed out by the count, and readers size what they decode by it, so
-        // it must be one the batch can hold: uncompressed in its own bytes, compressed in
-        // what its records may decompress to. A 70-byte batch claiming 2^27 records had the
-        // key index reserve 14 GB, which aborts the process where memory is short.
-        let room = if view.attributes() & COMPRESSION_BITS == 0 {
-            size - HEADER_LEN
-        } else {
-            super::decode::MAX_DECOMPRESSED_BYTES
-        };
-        if view.record_count() as usize > room / MIN_RECORD_BYTES {
+        // Offsets are handed out by the count, and readers size what they decode by it. An
+        // uncompressed batch must be exactly that many records, as Kafka reads it through
+        // before taking it; consumers would otherwise fail on it or lose records. A
+        // compressed one must count no more than what its records may decompress to: a
+        // 70-byte batch claiming 2^27 records had the key index reserve 14 GB, which aborts
+        // the process where memory is short.
+        if view.attributes() & COMPRESSION_BITS == 0 {
+            if !records_fill(&batch[HEADER_LEN..], view.record_count()) {
+                return Err(BatchError::Corrupt(
+                    "the records do not match the record count",
+                ));
+            }
+        } else if view.record_count() as usize
+            > super::decode::MAX_DECOMPRESSED_BYTES / MIN_RECORD_BYTES
+        {
             return Err(BatchError::Corrupt(
                 "more records counted than the batch can hold",
             ));
@@ -345,6 +350,25 @@ pub fn split_and_validate(
         return Err(BatchError::Corrupt("no record batch in produce data"));
     }
     Ok(batches)
+}
+
+/// Whether `records`, an uncompressed batch's after its header, are exactly `count`
+/// records, each a varint length and at least that many bytes more. A count the bytes
+/// cannot hold fails at the first record that is not there.
+fn records_fill(records: &[u8], count: i32) -> bool {
+    let mut at = 0;
+    for _ in 0..count {
+        let Some((length, start)) = varint(records, at) else {
+            return false;
+        };
+        match usize::try_from(length) {
+            Ok(length) if length >= MIN_RECORD_BYTES - 1 && length <= records.len() - start => {
+                at = start + length;
+            }
+            _ => return false,
+        }
+    }
+    at == records.len()
 }
 
 /// A batch copied out of the request so the broker can assign its offset.
@@ -499,21 +523,29 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn a_record_count_the_batch_cannot_hold_is_refused_and_sizes_nothing() {
-        let batch = encode_batch(&["a"], Compression::None);
-        let lying = counting(&batch, i32::MAX);
-        assert_eq!(
-            split_and_validate(&lying, 1 << 20),
-            Err(BatchError::Corrupt(
-                "more records counted than the batch can hold"
-            ))
-        );
+    fn a_record_count_the_records_do_not_match_is_refused_and_sizes_nothing() {
+        let batch = encode_batch(&["a", "bb", "ccc"], Compression::None);
+        assert!(split_and_validate(&batch, 1 << 20).is_ok());
+        let mismatch = Err(BatchError::Corrupt(
+            "the records do not match the record count",
+        ));
+        for count in [1, 2, 4, i32::MAX] {
+            assert_eq!(
+                split_and_validate(&counting(&batch, count), 1 << 20),
+                mismatch,
+                "{count}"
+            );
+        }
+        // Bytes after the last record, under a valid CRC.
+        let mut padded = BytesMut::from(batch.as_ref());
+        padded.extend_from_slice(&[0; 8]);
+        let length = padded.len() as i32 - LENGTH_END as i32;
+        padded[8..12].copy_from_slice(&length.to_be_bytes());
+        reseal(&mut padded);
+        assert_eq!(split_and_validate(&padded.freeze(), 1 << 20), mismatch);
         // A stored batch is read the same way: the key index's reads stop at the first
         // record that is not there, having reserved no more than the bytes allow.
-        assert!(keyed_records(&lying).is_err());
-        let room = (batch.len() - HEADER_LEN) / MIN_RECORD_BYTES;
-        assert!(split_and_validate(&counting(&batch, room as i32), 1 << 20).is_ok());
-        assert!(split_and_validate(&counting(&batch, room as i32 + 1), 1 << 20).is_err());
+        assert!(keyed_records(&counting(&batch, i32::MAX)).is_err());
         let compressed = encode_batch(&["a"], Compression::Gzip);
         assert!(split_and_validate(&counting(&compressed, 1 << 20), 1 << 20).is_ok());
         assert!(split_and_validate(&counting(&compressed, i32::MAX), 1 << 20).is_err());

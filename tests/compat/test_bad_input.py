@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from clients import create_topic
+from clients import consume, create_topic
 import wire
 
 
@@ -113,15 +113,37 @@ def test_compressed_batches_that_expand_past_the_bound_are_refused(broker, topic
     assert_still_serving(broker)
 
 
-def test_a_batch_counting_more_records_than_it_holds_is_refused(broker, topic_name):
-    create_topic(broker.bootstrap, topic_name)
+def test_a_batch_whose_record_count_does_not_match_its_records_is_refused(broker, topic_name):
+    create_topic(broker.bootstrap, topic_name, config={"shale.key.index": "false"})
     sock = wire.connect(broker)
-    record = b"\0" + wire.zigzag(0) + wire.zigzag(0) + wire.zigzag(1) + b"k" + wire.zigzag(1) + b"v" + wire.zigzag(0)
-    one = wire.zigzag(len(record)) + record
-    # One keyed record in ~70 bytes, counted as 2^31 - 1 records: the key index reserved
-    # room for that many (~220 GB), and the failed allocation aborted the broker.
-    assert wire.produce_roundtrip(sock, topic_name, wire.compressed_batch(0, one, 2**31 - 1))[0] == 2
-    assert wire.produce_roundtrip(sock, topic_name, wire.compressed_batch(0, one, 1)) == (0, 0)
+
+    def keyed(offset_delta):
+        record = b"\0" + wire.zigzag(0) + wire.zigzag(offset_delta) + wire.zigzag(1) + b"k" + wire.zigzag(1) + b"v"
+        return wire.zigzag(len(record) + 1) + record + wire.zigzag(0)
+
+    one = keyed(0)
+    two = one + keyed(1)
+
+    def produce(records, count):
+        return wire.produce_roundtrip(sock, topic_name, wire.compressed_batch(0, records, count))
+
+    # One keyed record in ~70 bytes, counted as 2^31 - 1 records (on a topic with the key
+    # index, its reads reserved room for that many, ~220 GB, and the failed allocation
+    # aborted the broker).
+    assert produce(one, 2**31 - 1)[0] == 2  # CORRUPT_MESSAGE
+    # Counts the records do not fill, under a valid CRC: Kafka refuses them too. Taken on a
+    # topic without the key index, they gave consumers offsets with no record, or records
+    # past the batch's last offset.
+    assert produce(one, 2)[0] == 2
+    assert produce(two, 1)[0] == 2
+    assert produce(one + b"\0\0\0", 1)[0] == 2
+    assert produce(two, 2) == (0, 0)
+    assert produce(one, 1) == (0, 2)
+    assert [(m.offset(), m.key()) for m in consume(broker.bootstrap, topic_name, 0, 3)] == [
+        (0, b"k"),
+        (1, b"k"),
+        (2, b"k"),
+    ]
     assert_still_serving(broker)
 
 
