@@ -11,7 +11,7 @@ use shale::broker::group_coordinator::{GroupConfig, GroupCoordinator};
 use shale::broker::sasl::SaslUsers;
 use shale::broker::txn_coordinator::{TxnConfig, TxnCoordinator};
 use shale::broker::{server, Broker};
-use shale::log::{retention, LogStore, TopicDefaults};
+use shale::log::{producers, retention, LogStore, TopicDefaults};
 use shale::storage::slatedb_log::BackpressureWarnings;
 use shale::storage::{self, StorageSettings, StoreLocation};
 use tokio::net::TcpListener;
@@ -97,6 +97,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         &log,
         Duration::from_millis(args.retention_check_interval_ms),
     );
+    producers::spawn_expiry(&log, Duration::from_millis(args.producer_id_expiration_ms));
     let listener = TcpListener::bind(args.listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.listen))?;
@@ -113,6 +114,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         fetch_memory_bytes: args.fetch_memory_bytes,
         connections_max_idle: Duration::from_millis(args.connections_max_idle_ms),
         max_connections: args.max_connections,
+        producer_id_expiration: Duration::from_millis(args.producer_id_expiration_ms),
         sasl_users,
     };
     tracing::info!(

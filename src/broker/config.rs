@@ -161,6 +161,18 @@ pub struct ServeArgs {
     #[arg(long, env = "SHALE_KEY_INDEX", default_value_t = true, action = ArgAction::Set)]
     pub key_index: bool,
 
+    /// How long an idempotent producer's state on a partition (its epoch and last batches,
+    /// which make retries exactly-once) is kept after its last write there, in
+    /// milliseconds: Kafka's `producer.id.expiration.ms`. A producer with a transaction open
+    /// keeps it.
+    #[arg(
+        long,
+        env = "SHALE_PRODUCER_ID_EXPIRATION_MS",
+        default_value_t = 86_400_000,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub producer_id_expiration_ms: u64,
+
     /// How often retention looks for segments to drop, in milliseconds.
     #[arg(
         long,
@@ -238,6 +250,8 @@ pub struct BrokerConfig {
     pub fetch_memory_bytes: u64,
     pub connections_max_idle: std::time::Duration,
     pub max_connections: u32,
+    /// How long an idle producer's state is kept (`--producer-id-expiration-ms`).
+    pub producer_id_expiration: std::time::Duration,
     /// Who may connect; `None`: anyone.
     pub sasl_users: Option<super::sasl::SaslUsers>,
 }

@@ -174,6 +174,12 @@ fn broker_entries(broker: &Broker) -> Vec<Entry> {
             "Idle time after which a connection is closed (--connections-max-idle-ms).",
         ),
         setting(
+            "producer.id.expiration.ms",
+            config.producer_id_expiration.as_millis().to_string(),
+            ConfigType::Long,
+            "How long an idle producer's state on a partition is kept (--producer-id-expiration-ms).",
+        ),
+        setting(
             "queued.max.request.bytes",
             config.queued_max_request_bytes.to_string(),
             ConfigType::Long,

@@ -36,7 +36,9 @@ pub async fn handle(
                             state.producer_epoch = i32::from(entry.epoch);
                             state.last_sequence =
                                 entry.batches.back().map_or(-1, |b| b.last_sequence);
-                            state.last_timestamp = -1;
+                            // The broker's clock at the producer's last write here, where
+                            // Kafka gives that batch's max timestamp.
+                            state.last_timestamp = entry.last_write_ms;
                             state.coordinator_epoch = -1;
                             state.current_txn_start_offset = entry.txn_first_offset.unwrap_or(-1);
                             state

@@ -623,6 +623,7 @@ impl LogStore {
             targets,
             rolled,
             indexed,
+            now_ms,
         } = self.plan_segments(appends, &mut write);
         for (key, value) in metadata.iter() {
             write.put(key, value);
@@ -636,13 +637,23 @@ impl LogStore {
             let segment = targets[&append.partition.topic_id];
             let base_offset = state.next_offset.load(Ordering::Acquire);
             let planned = match partition_write.marker {
-                Some(marker) => plan_marker(append, marker, state, segment, base_offset, sequence),
+                Some(marker) => {
+                    let at = PlanAt {
+                        segment,
+                        base_offset,
+                        first_sequence: sequence,
+                        key_copy_max_bytes: None,
+                        now_ms,
+                    };
+                    plan_marker(append, marker, state, at)
+                }
                 None => {
                     let at = PlanAt {
                         segment,
                         base_offset,
                         first_sequence: sequence,
                         key_copy_max_bytes: indexed.get(&append.partition.topic_id).copied(),
+                        now_ms,
                     };
                     plan_partition(partition_write, state, at)?
                 }
@@ -764,6 +775,7 @@ impl LogStore {
             targets,
             rolled,
             indexed,
+            now_ms: now,
         }
     }
 
@@ -797,6 +809,8 @@ struct PlanAt {
     /// For topics indexed by message key: the size up to which a record is copied into
     /// its index entry.
     key_copy_max_bytes: Option<usize>,
+    /// The broker's clock for this append.
+    now_ms: i64,
 }
 
 /// Where an append's records go: each topic's segment, and the segments rolled to.
@@ -806,6 +820,8 @@ struct SegmentPlan {
     /// Topics whose records are indexed by message key, with the size up to which a record
     /// is copied into its index entry.
     indexed: HashMap<Uuid, usize>,
+    /// The broker's clock when the append was planned.
+    now_ms: i64,
 }
 
 /// How one partition's batches fit into an append.
@@ -876,17 +892,22 @@ fn plan_marker(
     append: &PartitionAppend,
     marker: TxnMarker,
     state: &PartitionState,
-    segment: u32,
-    offset: i64,
-    sequence: u64,
+    at: PlanAt,
 ) -> Planned {
+    let PlanAt {
+        segment,
+        base_offset: offset,
+        first_sequence: sequence,
+        now_ms,
+        ..
+    } = at;
     let topic_id = append.partition.topic_id;
     let partition = append.partition.index;
     let producer_id = marker.producer_id;
     let current = state.producers().get(&producer_id).cloned();
     let first_offset = current.as_ref().and_then(|e| e.txn_first_offset);
-    let entry = producers::end_transaction(current.as_ref(), marker.producer_epoch);
-    let batch = batch::control_batch(producer_id, marker.producer_epoch, marker.commit, now_ms());
+    let entry = producers::end_transaction(current.as_ref(), marker.producer_epoch, now_ms);
+    let batch = batch::control_batch(producer_id, marker.producer_epoch, marker.commit, now_ms);
     let key = BatchKey {
         segment,
         topic_id,
@@ -944,6 +965,7 @@ fn plan_partition(
         base_offset,
         first_sequence,
         key_copy_max_bytes,
+        now_ms,
     } = at;
     let topic_id = append.partition.topic_id;
     let partition = append.partition.index;
@@ -975,7 +997,8 @@ fn plan_partition(
                         last_sequence: last,
                         base_offset: next_offset,
                     };
-                    let mut entry = producers::record(current, view.producer_epoch(), recorded);
+                    let mut entry =
+                        producers::record(current, view.producer_epoch(), recorded, now_ms);
                     if view.is_transactional() && entry.txn_first_offset.is_none() {
                         entry.txn_first_offset = Some(next_offset);
                         txn_events.push(TxnEvent::Started {

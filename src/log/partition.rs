@@ -277,6 +277,7 @@ mod tests {
                 epoch: 0,
                 batches: Default::default(),
                 txn_first_offset: Some(40),
+                last_write_ms: 0,
             },
         );
         let aborted = AbortedTxn {

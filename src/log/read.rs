@@ -13,7 +13,7 @@ use super::decode;
 use super::partition::{PartitionLog, PartitionOffsets, PartitionState, TxnIndex};
 use super::producers::ProducerEntry;
 use super::read_ahead::{Chunk, ChunkRequest};
-use super::{LogError, LogStore};
+use super::{now_ms, LogError, LogStore};
 use crate::storage::keys::{self, AbortedTxn, BatchKey, StoredBatch};
 
 /// Scans read ahead at most this much per object-store request.
@@ -440,10 +440,11 @@ impl LogStore {
         let mut producers = HashMap::new();
         let prefix = keys::producer_state_prefix(partition.topic_id, partition.index);
         let mut scan = self.db.scan(prefix_range(&prefix)).await?;
+        let loaded_ms = now_ms();
         while let Some(entry) = scan.next().await? {
             let producer_id = keys::decode_producer_state_key(&entry.key)
                 .ok_or_else(|| LogError::Corrupt("producer state key".into()))?;
-            let state = ProducerEntry::decode(&entry.value)
+            let state = ProducerEntry::decode(&entry.value, loaded_ms)
                 .ok_or_else(|| LogError::Corrupt("producer state".into()))?;
             producers.insert(producer_id, state);
         }

@@ -2,6 +2,7 @@
 or reorder records, and the producer state survives a broker kill."""
 
 import struct
+import time
 
 from kafka.record.default_records import DefaultRecordBatchBuilder
 
@@ -96,3 +97,52 @@ def test_epoch_bumps_are_granted_only_for_issued_producer_ids(broker):
     assert init_producer_id_v3(sock, producer_id, epoch) == (0, producer_id, epoch + 1)
     error, _, _ = init_producer_id_v3(sock, producer_id + 1000, 0)
     assert error == 49  # INVALID_PRODUCER_ID_MAPPING
+
+
+def test_idle_producers_states_expire_but_open_transactions_keep_theirs(make_broker, topic_name):
+    """`--producer-id-expiration-ms` (Kafka's producer.id.expiration.ms): a producer that has
+    written nothing to a partition for that long loses its state there, as DescribeProducers
+    shows, also after a restart; one with a transaction open keeps it."""
+    from kafka import KafkaAdminClient, KafkaProducer
+    from kafka import TopicPartition as KTopicPartition
+
+    broker = make_broker("--producer-id-expiration-ms", "1500")
+    create_topic(broker.bootstrap, topic_name)
+    sock = wire.connect(broker)
+    idle_id, epoch = init_producer_id(sock)
+    assert send(sock, topic_name, batch(idle_id, epoch, 0, [b"a", b"b"])) == (0, 0)
+    transactional = KafkaProducer(bootstrap_servers=broker.bootstrap, transactional_id="t-" + topic_name)
+    transactional.init_transactions()
+    transactional.begin_transaction()
+    transactional.send(topic_name, b"open").get(timeout=15)
+    tp = KTopicPartition(topic_name, 0)
+
+    def producers():
+        client = KafkaAdminClient(bootstrap_servers=broker.bootstrap)
+        try:
+            return {p.producer_id: p for p in client.describe_producers([tp])[tp].active_producers}
+        finally:
+            client.close()
+
+    written_ms = time.time() * 1000
+    before = producers()
+    assert len(before) == 2 and idle_id in before
+    assert abs(before[idle_id].last_timestamp - written_ms) < 5_000
+    assert before[idle_id].last_sequence == 1
+    (open_id,) = set(before) - {idle_id}
+    assert before[open_id].current_transaction_start_offset == 2
+
+    time.sleep(3)
+    assert list(producers()) == [open_id]
+    # A retry of the first batch now is a new batch to the broker, as in Kafka.
+    assert send(sock, topic_name, batch(idle_id, epoch, 0, [b"a", b"b"])) == (0, 3)
+    transactional.commit_transaction()
+    transactional.close()
+
+    time.sleep(3)
+    assert producers() == {}
+    # The states are gone from the store too: a restart does not load them again.
+    broker.restart()
+    assert producers() == {}
+    got = consume(broker.bootstrap, topic_name, 0, 5, **{"isolation.level": "read_committed"})
+    assert [m.value() for m in got] == [b"a", b"b", b"open", b"a", b"b"]
