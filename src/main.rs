@@ -126,6 +126,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let groups = GroupCoordinator::start(log.clone(), group_config(&args)?).await?;
     let txn_config = TxnConfig {
         max_timeout_ms: args.transaction_max_timeout_ms,
+        id_expiration_ms: args.transactional_id_expiration_ms,
     };
     let txns = TxnCoordinator::start(log.clone(), groups.clone(), txn_config).await?;
     let broker = Arc::new(Broker::new(log.clone(), groups, txns, config));

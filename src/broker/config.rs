@@ -118,6 +118,17 @@ pub struct ServeArgs {
     )]
     pub transaction_max_timeout_ms: i32,
 
+    /// How long a transactional id with no transaction open is kept after its last use, in
+    /// milliseconds (Kafka's `transactional.id.expiration.ms`); initialised again later, it
+    /// gets a new producer id.
+    #[arg(
+        long,
+        env = "SHALE_TRANSACTIONAL_ID_EXPIRATION_MS",
+        default_value_t = 604_800_000,
+        value_parser = clap::value_parser!(i64).range(1..)
+    )]
+    pub transactional_id_expiration_ms: i64,
+
     /// Default `retention.ms` for topics that do not set it: records older than this are
     /// dropped, a whole segment at a time (-1 keeps them forever).
     #[arg(

@@ -9,6 +9,10 @@
 //!
 //! Each transactional id has its own lock, so producers do not wait on each other; a
 //! second map by producer id lets produce requests check their partitions without it.
+//!
+//! As in Kafka, a transactional id with no transaction open goes once it has not been used
+//! for `transactional.id.expiration.ms`; a producer that initialises it again later gets a
+//! new producer id.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Weak};
@@ -25,13 +29,17 @@ use crate::log::transactions::TxnOffset;
 use crate::log::{now_ms, LogError, LogStore, PartitionLog, TxnMarker};
 use crate::storage::keys::OffsetValue;
 
-/// How often open transactions are checked against their timeouts.
+/// How often open transactions are checked against their timeouts, and unused
+/// transactional ids against their expiration.
 const TIMEOUT_SWEEP: Duration = Duration::from_millis(200);
 
 #[derive(Debug, Clone, Copy)]
 pub struct TxnConfig {
     /// `transaction.max.timeout.ms`: the longest timeout a producer may ask for.
     pub max_timeout_ms: i32,
+    /// `transactional.id.expiration.ms`: how long a transactional id with no transaction
+    /// open is kept after its last use.
+    pub id_expiration_ms: i64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -94,6 +102,10 @@ struct TxnRecord {
     offsets: Vec<PendingOffset>,
     /// When the open transaction began (wall clock, so it survives restarts); -1 if none.
     start_ms: i64,
+    /// When the record was last stored (wall clock): the id's last use. Records stored
+    /// before Shale kept it read as 0, and are given the time they are loaded.
+    #[serde(default)]
+    updated_ms: i64,
 }
 
 impl TxnRecord {
@@ -178,9 +190,13 @@ impl TxnCoordinator {
     ) -> Result<Arc<Self>, LogError> {
         let mut txns = HashMap::new();
         let mut producers = HashMap::new();
+        let loaded_ms = now_ms();
         for (id, bytes) in log.load_transactions().await? {
-            let record: TxnRecord = serde_json::from_slice(&bytes)
+            let mut record: TxnRecord = serde_json::from_slice(&bytes)
                 .map_err(|e| LogError::Corrupt(format!("transaction {id:?}: {e}")))?;
+            if record.updated_ms == 0 {
+                record.updated_ms = loaded_ms;
+            }
             producers.insert(record.producer_id, ActiveProducer::of(&record));
             txns.insert(id, Arc::new(Mutex::new(Some(record))));
         }
@@ -235,7 +251,13 @@ impl TxnCoordinator {
             .insert(record.producer_id, ActiveProducer::of(record));
     }
 
-    async fn store(&self, transactional_id: &str, record: &TxnRecord) -> Result<(), ResponseError> {
+    /// Stores `record`, stamped as used now.
+    async fn store(
+        &self,
+        transactional_id: &str,
+        record: &mut TxnRecord,
+    ) -> Result<(), ResponseError> {
+        record.updated_ms = now_ms();
         self.log
             .store_transaction(transactional_id, record.encode())
             .await
@@ -265,7 +287,7 @@ impl TxnCoordinator {
                 .allocate_producer_id()
                 .await
                 .map_err(|e| storage_error(&e))?;
-            let record = TxnRecord {
+            let mut record = TxnRecord {
                 producer_id,
                 producer_epoch: 0,
                 timeout_ms,
@@ -274,8 +296,9 @@ impl TxnCoordinator {
                 groups: BTreeSet::new(),
                 offsets: Vec::new(),
                 start_ms: -1,
+                updated_ms: 0,
             };
-            self.store(transactional_id, &record).await?;
+            self.store(transactional_id, &mut record).await?;
             self.activate(&record);
             *guard = Some(record);
             return Ok((producer_id, 0));
@@ -314,7 +337,7 @@ impl TxnCoordinator {
         next.producer_epoch = producer_epoch;
         next.timeout_ms = timeout_ms;
         next.state = TxnState::Empty;
-        self.store(transactional_id, &next).await?;
+        self.store(transactional_id, &mut next).await?;
         let granted = (next.producer_id, next.producer_epoch);
         self.activate(&next);
         *record = next;
@@ -361,7 +384,7 @@ impl TxnCoordinator {
         next.begin();
         next.partitions.extend(partitions.iter().cloned());
         if next.state != record.state || next.partitions != record.partitions {
-            self.store(transactional_id, &next).await?;
+            self.store(transactional_id, &mut next).await?;
             self.activate(&next);
             *record = next;
         }
@@ -387,7 +410,7 @@ impl TxnCoordinator {
         next.begin();
         next.groups.insert(group.to_string());
         if next.state != record.state || next.groups != record.groups {
-            self.store(transactional_id, &next).await?;
+            self.store(transactional_id, &mut next).await?;
             *record = next;
         }
         Ok(())
@@ -444,7 +467,7 @@ impl TxnCoordinator {
             });
             errors.push(None);
         }
-        self.store(transactional_id, &next).await?;
+        self.store(transactional_id, &mut next).await?;
         *record = next;
         Ok(errors)
     }
@@ -510,6 +533,7 @@ impl TxnCoordinator {
         next.groups.clear();
         next.offsets.clear();
         next.start_ms = -1;
+        next.updated_ms = now_ms();
         let marker = TxnMarker {
             producer_id: record.producer_id,
             producer_epoch: marker_epoch,
@@ -618,7 +642,8 @@ impl TxnCoordinator {
     }
 
     /// Aborts transactions open longer than their timeout. The markers carry a bumped
-    /// epoch, so the producer that left the transaction open is fenced everywhere.
+    /// epoch, so the producer that left the transaction open is fenced everywhere. And
+    /// forgets the ids unused for `transactional.id.expiration.ms` with none open.
     async fn abort_expired(&self) {
         let now = now_ms();
         for (id, slot) in self.slots() {
@@ -628,6 +653,12 @@ impl TxnCoordinator {
             let Some(record) = guard.as_mut() else {
                 continue;
             };
+            if record.state != TxnState::Ongoing
+                && now.saturating_sub(record.updated_ms) >= self.config.id_expiration_ms
+            {
+                self.forget(&id, &slot, &mut guard).await;
+                continue;
+            }
             let expired = record.state == TxnState::Ongoing
                 && now - record.start_ms > i64::from(record.timeout_ms);
             if !expired || record.producer_epoch >= i16::MAX - 1 {
@@ -643,6 +674,30 @@ impl TxnCoordinator {
                 }
             }
         }
+    }
+}
+
+impl TxnCoordinator {
+    /// Removes an expired transactional id, whose slot `guard` holds: from the store, then
+    /// from memory. Requests waiting on the slot then find no record, as for an id never
+    /// seen; the slot leaves the map unless one of them holds it.
+    async fn forget(&self, id: &str, slot: &Slot, guard: &mut Option<TxnRecord>) {
+        let Some(record) = guard.as_ref() else {
+            return;
+        };
+        if let Err(e) = self.log.delete_transaction(id).await {
+            tracing::warn!(transactional_id = %id, error = %e, "forgetting an expired transactional id failed");
+            return;
+        }
+        self.producers().remove(&record.producer_id);
+        *guard = None;
+        let mut txns = self.txns.lock().unwrap_or_else(|e| e.into_inner());
+        // The map's and this sweep's: no request holds it, and none can clone it while the
+        // map is locked.
+        if Arc::strong_count(slot) == 2 {
+            txns.remove(id);
+        }
+        tracing::info!(transactional_id = %id, "forgot a transactional id unused past its expiration");
     }
 }
 

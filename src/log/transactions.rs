@@ -49,6 +49,15 @@ impl LogStore {
         Ok(self.pending_write(self.db.write(batch).await?))
     }
 
+    /// Deletes a transaction record (an expired transactional id). Not waited for: a delete
+    /// lost to a crash leaves a record that expires again.
+    pub async fn delete_transaction(&self, transactional_id: &str) -> Result<(), LogError> {
+        let mut batch = WriteBatch::new();
+        batch.delete(keys::transaction_key(transactional_id));
+        self.db.write(batch).await?;
+        Ok(())
+    }
+
     /// Ends a transaction: markers on `partitions`, the transaction's new `record`, and on
     /// commit its group offsets, all in one write.
     pub async fn write_transaction_end(

@@ -374,3 +374,63 @@ def test_transaction_coordinator_error_codes(broker, topic_name):
     assert end_txn(sock, txn_id, producer_id, 1, False) == 0
     assert end_txn(sock, txn_id, producer_id, 1, False) == 0  # a retried abort succeeds again
     assert end_txn(sock, txn_id, producer_id, 1, True) == 48
+
+
+def test_unused_transactional_ids_expire_and_open_transactions_keep_theirs(make_broker, topic_name):
+    """`--transactional-id-expiration-ms` (Kafka's transactional.id.expiration.ms): an id
+    with no transaction open is forgotten once unused that long, also after a restart, and
+    initialised again it gets a new producer id; an id with a transaction open is kept."""
+    from kafka import KafkaAdminClient
+
+    broker = make_broker("--transactional-id-expiration-ms", "1500")
+    create_topic(broker.bootstrap, topic_name)
+    done_id, open_id = "done-" + topic_name, "open-" + topic_name
+    done = txn_producer(broker.bootstrap, done_id)
+    done.begin_transaction()
+    done.produce(topic_name, value=b"committed")
+    done.commit_transaction(15)
+    still_open = txn_producer(broker.bootstrap, open_id, **{"transaction.timeout.ms": 60000})
+    still_open.begin_transaction()
+    still_open.produce(topic_name, value=b"open")
+    still_open.flush(15)
+
+    def listed():
+        client = KafkaAdminClient(bootstrap_servers=broker.bootstrap)
+        try:
+            return {
+                t.transactional_id: (t.producer_id, t.state.value)
+                for listings in client.list_transactions().values()
+                for t in listings
+            }
+        finally:
+            client.close()
+
+    before = listed()
+    assert set(before) == {done_id, open_id} and before[done_id][1] == "CompleteCommit"
+    deadline = time.monotonic() + 20
+    while done_id in listed() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert listed() == {open_id: before[open_id]}
+
+    again = txn_producer(broker.bootstrap, done_id)
+    assert listed()[done_id][0] != before[done_id][0], "a forgotten id gets a new producer id"
+    again.begin_transaction()
+    again.produce(topic_name, value=b"again")
+    again.commit_transaction(15)
+    still_open.commit_transaction(15)
+    assert values(read_all(broker.bootstrap, topic_name, [0], "read_committed", expect=3)) == [
+        b"again",
+        b"committed",
+        b"open",
+    ]
+
+    deadline = time.monotonic() + 20
+    while listed() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert listed() == {}
+    assert "forgot a transactional id unused past its expiration" in broker.log()
+    # Forgotten in the store too: a restart, with an expiration they would not reach, does
+    # not load them again.
+    broker.args = ["--transactional-id-expiration-ms", "3600000"]
+    broker.restart()
+    assert listed() == {}
