@@ -115,6 +115,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         connections_max_idle: Duration::from_millis(args.connections_max_idle_ms),
         max_connections: args.max_connections,
         producer_id_expiration: Duration::from_millis(args.producer_id_expiration_ms),
+        transactional_id_expiration: Duration::from_millis(args.transactional_id_expiration_ms),
         sasl_users,
     };
     tracing::info!(
@@ -126,7 +127,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let groups = GroupCoordinator::start(log.clone(), group_config(&args)?).await?;
     let txn_config = TxnConfig {
         max_timeout_ms: args.transaction_max_timeout_ms,
-        id_expiration_ms: args.transactional_id_expiration_ms,
+        id_expiration_ms: i64::try_from(args.transactional_id_expiration_ms).unwrap_or(i64::MAX),
     };
     let txns = TxnCoordinator::start(log.clone(), groups.clone(), txn_config).await?;
     let broker = Arc::new(Broker::new(log.clone(), groups, txns, config));

@@ -125,9 +125,9 @@ pub struct ServeArgs {
         long,
         env = "SHALE_TRANSACTIONAL_ID_EXPIRATION_MS",
         default_value_t = 604_800_000,
-        value_parser = clap::value_parser!(i64).range(1..)
+        value_parser = clap::value_parser!(u64).range(1..)
     )]
-    pub transactional_id_expiration_ms: i64,
+    pub transactional_id_expiration_ms: u64,
 
     /// Default `retention.ms` for topics that do not set it: records older than this are
     /// dropped, a whole segment at a time (-1 keeps them forever).
@@ -263,6 +263,8 @@ pub struct BrokerConfig {
     pub max_connections: u32,
     /// How long an idle producer's state is kept (`--producer-id-expiration-ms`).
     pub producer_id_expiration: std::time::Duration,
+    /// How long an unused transactional id is kept (`--transactional-id-expiration-ms`).
+    pub transactional_id_expiration: std::time::Duration,
     /// Who may connect; `None`: anyone.
     pub sasl_users: Option<super::sasl::SaslUsers>,
 }

@@ -180,6 +180,12 @@ fn broker_entries(broker: &Broker) -> Vec<Entry> {
             "How long an idle producer's state on a partition is kept (--producer-id-expiration-ms).",
         ),
         setting(
+            "transactional.id.expiration.ms",
+            config.transactional_id_expiration.as_millis().to_string(),
+            ConfigType::Long,
+            "How long an unused transactional id is kept (--transactional-id-expiration-ms).",
+        ),
+        setting(
             "queued.max.request.bytes",
             config.queued_max_request_bytes.to_string(),
             ConfigType::Long,

@@ -208,6 +208,8 @@ def test_describe_cluster_and_broker_configs(broker):
     configs = client.describe_configs([resource])[resource].result(15)
     assert configs["auto.create.topics.enable"].value == "true"
     assert configs["num.partitions"].value == "1"
+    assert configs["producer.id.expiration.ms"].value == "86400000"
+    assert configs["transactional.id.expiration.ms"].value == "604800000"
 
 
 def test_admin_list_offsets_including_max_timestamp(broker, topic_name):
