@@ -353,8 +353,9 @@ pub fn split_and_validate(
 }
 
 /// Whether `records`, an uncompressed batch's after its header, are exactly `count`
-/// records, each a varint length and at least that many bytes more. A count the bytes
-/// cannot hold fails at the first record that is not there.
+/// records, each a varint length and then that many bytes (at least the 6 of a record with
+/// no key, value or headers). A count the bytes cannot hold fails at the first record that
+/// is not there.
 fn records_fill(records: &[u8], count: i32) -> bool {
     let mut at = 0;
     for _ in 0..count {
