@@ -116,6 +116,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         max_connections: args.max_connections,
         producer_id_expiration: Duration::from_millis(args.producer_id_expiration_ms),
         transactional_id_expiration: Duration::from_millis(args.transactional_id_expiration_ms),
+        offsets_retention: Duration::from_millis(args.offsets_retention_ms),
         sasl_users,
     };
     tracing::info!(
@@ -177,6 +178,7 @@ fn group_config(args: &ServeArgs) -> anyhow::Result<GroupConfig> {
         min_session_timeout: Duration::from_millis(args.group_min_session_timeout_ms),
         max_session_timeout: Duration::from_millis(args.group_max_session_timeout_ms),
         initial_rebalance_delay: Duration::from_millis(args.group_initial_rebalance_delay_ms),
+        offsets_retention: Duration::from_millis(args.offsets_retention_ms),
     })
 }
 

@@ -108,6 +108,19 @@ pub struct ServeArgs {
     )]
     pub group_initial_rebalance_delay_ms: u64,
 
+    /// How long a group's committed offsets are kept, in milliseconds (Kafka's
+    /// `offsets.retention.minutes`, seven days): from the moment the group became empty, or
+    /// from each commit for groups without members (manual assignment) and for topics a
+    /// live consumer group no longer subscribes to. An empty group with nothing committed
+    /// is then removed.
+    #[arg(
+        long,
+        env = "SHALE_OFFSETS_RETENTION_MS",
+        default_value_t = 604_800_000,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub offsets_retention_ms: u64,
+
     /// Longest transaction timeout a transactional producer may ask for, in milliseconds
     /// (Kafka's `transaction.max.timeout.ms`).
     #[arg(
@@ -265,6 +278,8 @@ pub struct BrokerConfig {
     pub producer_id_expiration: std::time::Duration,
     /// How long an unused transactional id is kept (`--transactional-id-expiration-ms`).
     pub transactional_id_expiration: std::time::Duration,
+    /// How long committed offsets are kept (`--offsets-retention-ms`).
+    pub offsets_retention: std::time::Duration,
     /// Who may connect; `None`: anyone.
     pub sasl_users: Option<super::sasl::SaslUsers>,
 }

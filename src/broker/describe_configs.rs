@@ -186,6 +186,16 @@ fn broker_entries(broker: &Broker) -> Vec<Entry> {
             "How long an unused transactional id is kept (--transactional-id-expiration-ms).",
         ),
         setting(
+            "offsets.retention.minutes",
+            config
+                .offsets_retention
+                .as_millis()
+                .div_ceil(60_000)
+                .to_string(),
+            ConfigType::Int,
+            "How long committed offsets are kept, rounded up to minutes (--offsets-retention-ms).",
+        ),
+        setting(
             "queued.max.request.bytes",
             config.queued_max_request_bytes.to_string(),
             ConfigType::Long,

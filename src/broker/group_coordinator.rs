@@ -9,9 +9,12 @@
 //! (`group.instance.id`) keep their assignment across a quick restart without a rebalance.
 //!
 //! Committed offsets and group records are stored through `log`; a commit is acknowledged
-//! only once durable. A background sweep enforces session and rebalance timeouts.
+//! only once durable. A background sweep enforces session and rebalance timeouts; another
+//! expires committed offsets as Kafka's `offsets.retention.minutes` does, and removes empty
+//! groups with nothing committed.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
@@ -38,6 +41,8 @@ pub struct GroupConfig {
     pub max_session_timeout: Duration,
     /// How long the first rebalance of an empty group waits for more members to join.
     pub initial_rebalance_delay: Duration,
+    /// How long committed offsets are kept (Kafka's `offsets.retention.minutes`).
+    pub offsets_retention: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -189,6 +194,8 @@ struct Group {
     /// The first rebalance of an empty group completes no earlier than this.
     join_not_before: Option<Instant>,
     offsets: BTreeMap<(String, i32), OffsetValue>,
+    /// When the group last became empty (Unix ms): its offsets' retention starts here.
+    emptied_ms: i64,
 }
 
 impl Group {
@@ -296,6 +303,7 @@ impl Group {
         self.join_not_before = None;
         if self.members.is_empty() {
             self.state = GroupState::Empty;
+            self.emptied_ms = crate::log::now_ms();
             self.protocol = None;
             self.leader = None;
             return true;
@@ -342,12 +350,44 @@ impl Group {
         }
     }
 
+    /// Committed offsets past their retention at `now_ms`, as Kafka's offset cleanup picks
+    /// them: all of an empty group's once it has been empty that long; a live consumer
+    /// group's for topics none of its members subscribes to, each from its commit; and a
+    /// group without a protocol's (manual assignment) each from its commit.
+    fn expired_offsets(&self, now_ms: i64, retention: Duration) -> Vec<(String, i32)> {
+        let retention_ms = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
+        let expired = |since: i64| now_ms.saturating_sub(since) >= retention_ms;
+        let committed_long_ago = |unsubscribed: &dyn Fn(&str) -> bool| -> Vec<(String, i32)> {
+            self.offsets
+                .iter()
+                .filter(|((topic, _), value)| {
+                    unsubscribed(topic) && expired(value.commit_timestamp)
+                })
+                .map(|(key, _)| key.clone())
+                .collect()
+        };
+        match (self.protocol_type.as_deref(), self.state) {
+            (Some(_), GroupState::Empty) if expired(self.emptied_ms) => {
+                self.offsets.keys().cloned().collect()
+            }
+            (Some("consumer"), GroupState::Stable) => match subscribed_topics(self) {
+                Some(subscribed) => {
+                    committed_long_ago(&|topic| !subscribed.iter().any(|t| t == topic))
+                }
+                None => Vec::new(),
+            },
+            (None, _) => committed_long_ago(&|_| true),
+            _ => Vec::new(),
+        }
+    }
+
     fn record(&self) -> GroupRecord {
         GroupRecord {
             protocol_type: self.protocol_type.clone(),
             protocol: self.protocol.clone(),
             generation: self.generation,
             leader: self.leader.clone(),
+            emptied_ms: Some(self.emptied_ms),
             members: self
                 .members
                 .iter()
@@ -369,7 +409,8 @@ impl Group {
         }
     }
 
-    fn from_record(record: GroupRecord, now: Instant) -> Group {
+    /// Rebuilds a stored group; `now_ms` stands in for an emptied time older records lack.
+    fn from_record(record: GroupRecord, now: Instant, now_ms: i64) -> Group {
         let members: BTreeMap<String, Member> = record
             .members
             .into_iter()
@@ -406,6 +447,7 @@ impl Group {
             generation: record.generation,
             leader: record.leader,
             members,
+            emptied_ms: record.emptied_ms.unwrap_or(now_ms),
             ..Group::default()
         }
     }
@@ -418,6 +460,9 @@ struct GroupRecord {
     protocol: Option<String>,
     generation: i32,
     leader: Option<String>,
+    /// Absent in records written before offsets expired.
+    #[serde(default)]
+    emptied_ms: Option<i64>,
     members: Vec<MemberRecord>,
 }
 
@@ -453,6 +498,9 @@ pub struct GroupCoordinator {
     log: Arc<LogStore>,
     config: GroupConfig,
     groups: Mutex<HashMap<String, Group>>,
+    /// Offset cleanups that deleted something, counted once their deletes are issued. A
+    /// transaction that wrote offsets while one ran writes them again (`apply_committed`).
+    cleanups: AtomicU64,
 }
 
 impl GroupCoordinator {
@@ -460,11 +508,12 @@ impl GroupCoordinator {
     pub async fn start(log: Arc<LogStore>, config: GroupConfig) -> Result<Arc<Self>, LogError> {
         let stored = log.load_groups().await?;
         let now = Instant::now();
+        let now_ms = crate::log::now_ms();
         let mut groups: HashMap<String, Group> = HashMap::new();
         for (id, record) in stored.records {
             match serde_json::from_slice::<GroupRecord>(&record) {
                 Ok(record) => {
-                    groups.insert(id, Group::from_record(record, now));
+                    groups.insert(id, Group::from_record(record, now, now_ms));
                 }
                 Err(e) => {
                     tracing::warn!(group = %id, error = %e, "ignoring unreadable group record")
@@ -482,8 +531,19 @@ impl GroupCoordinator {
             log,
             config,
             groups: Mutex::new(groups),
+            cleanups: AtomicU64::new(0),
         });
-        tokio::spawn(sweep(Arc::downgrade(&coordinator)));
+        let weak = Arc::downgrade(&coordinator);
+        tokio::spawn(every(weak.clone(), SWEEP_INTERVAL, |c| async move {
+            c.sweep_once().await
+        }));
+        // Kafka checks every `offsets.retention.check.interval.ms` (ten minutes); a short
+        // retention is checked every half of it, so an offset outlives it by half at most.
+        let cleanup = (coordinator.config.offsets_retention / 2)
+            .clamp(Duration::from_millis(100), Duration::from_secs(600));
+        tokio::spawn(every(weak, cleanup, |c| async move {
+            c.expire_offsets_once().await
+        }));
         Ok(coordinator)
     }
 
@@ -874,6 +934,49 @@ impl GroupCoordinator {
         self.store(writes).await;
     }
 
+    /// Drops expired committed offsets, then groups left empty with nothing committed
+    /// (Kafka's offset cleanup, after which such a group is dead). The deletes are issued
+    /// under the lock, so a commit made after this pass is written after them; they are not
+    /// waited on, as one lost to a crash is made again by the next pass.
+    async fn expire_offsets_once(&self) {
+        let now_ms = crate::log::now_ms();
+        let retention = self.config.offsets_retention;
+        let mut groups = self.groups.lock().await;
+        let mut writes = Vec::new();
+        groups.retain(|group_id, group| {
+            for (topic, partition) in group.expired_offsets(now_ms, retention) {
+                group.offsets.remove(&(topic.clone(), partition));
+                writes.push(GroupWrite::Offset {
+                    group: group_id.clone(),
+                    topic,
+                    partition,
+                    value: None,
+                });
+            }
+            let dead = group.state == GroupState::Empty
+                && group.offsets.is_empty()
+                && group.pending.is_empty();
+            if dead {
+                tracing::info!(group = %group_id, "removing an empty group with no committed offsets");
+                writes.push(GroupWrite::Group {
+                    group: group_id.clone(),
+                    record: None,
+                });
+            }
+            !dead
+        });
+        if !writes.is_empty() {
+            self.store(writes).await;
+            self.cleanups.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// Where the offset cleanup stands; a transaction reads it before writing its offsets
+    /// and hands it to `apply_committed`.
+    pub fn cleanup_mark(&self) -> u64 {
+        self.cleanups.load(Ordering::SeqCst)
+    }
+
     /// Commits offsets durably. Returns the group-level error, or one error per offset.
     pub async fn commit(
         &self,
@@ -971,16 +1074,40 @@ impl GroupCoordinator {
         Ok(())
     }
 
-    /// Makes offsets that a committed transaction stored visible to OffsetFetch.
-    pub async fn apply_committed(&self, offsets: Vec<(String, String, i32, OffsetValue)>) {
-        let mut groups = self.groups.lock().await;
-        for (group, topic, partition, value) in offsets {
-            groups
-                .entry(group)
-                .or_default()
-                .offsets
-                .insert((topic, partition), value);
-        }
+    /// Makes offsets that a committed transaction stored visible to OffsetFetch. If an
+    /// offset cleanup ran since `mark` (read before the transaction wrote them), its
+    /// deletes may have landed after the transaction's write, so the offsets are written
+    /// again, and durably, before the commit is acknowledged.
+    pub async fn apply_committed(
+        &self,
+        offsets: Vec<(String, String, i32, OffsetValue)>,
+        mark: u64,
+    ) -> Result<(), ResponseError> {
+        let pending = {
+            let mut groups = self.groups.lock().await;
+            let mut writes = Vec::new();
+            let rewrite = self.cleanup_mark() != mark;
+            for (group, topic, partition, value) in offsets {
+                if rewrite {
+                    writes.push(GroupWrite::Offset {
+                        group: group.clone(),
+                        topic: topic.clone(),
+                        partition,
+                        value: Some(value.clone()),
+                    });
+                }
+                groups
+                    .entry(group)
+                    .or_default()
+                    .offsets
+                    .insert((topic, partition), value);
+            }
+            self.log
+                .write_groups(writes)
+                .await
+                .map_err(|e| storage_failure(&e))?
+        };
+        pending.durable().await.map_err(|e| storage_failure(&e))
     }
 
     /// Whether an offset may be committed: its partition exists and its metadata fits.
@@ -1126,7 +1253,7 @@ impl GroupCoordinator {
             let group = groups
                 .get_mut(group_id)
                 .ok_or(ResponseError::GroupIdNotFound)?;
-            let subscribed = subscribed_topics(group);
+            let subscribed = subscribed_topics(group).unwrap_or_default();
             let mut writes = Vec::new();
             let mut results = Vec::new();
             for (topic, partitions) in wanted {
@@ -1161,27 +1288,30 @@ impl GroupCoordinator {
     }
 }
 
-/// Topics the members of a consumer group subscribe to, read from their subscriptions.
-fn subscribed_topics(group: &Group) -> Vec<String> {
+/// Topics the members of a consumer group subscribe to, read from their subscriptions;
+/// `None` when the group does not use the consumer protocol or a subscription is
+/// unreadable (as Kafka, which then knows no subscribed topics).
+fn subscribed_topics(group: &Group) -> Option<Vec<String>> {
     if group.protocol_type.as_deref() != Some("consumer") {
-        return Vec::new();
+        return None;
     }
-    let protocol = group.protocol.clone().unwrap_or_default();
+    if group.members.is_empty() {
+        return Some(Vec::new());
+    }
+    let protocol = group.protocol.as_deref()?;
     let mut topics = Vec::new();
     for member in group.members.values() {
-        let mut metadata = member.metadata_for(&protocol);
+        let mut metadata = member.metadata_for(protocol);
         if metadata.remaining() < 2 {
-            continue;
+            return None;
         }
         let version = metadata.get_i16();
         // Newer subscription versions keep the v3 layout for the fields read here.
-        if let Ok(subscription) =
-            ConsumerProtocolSubscription::decode(&mut metadata, version.clamp(0, 3))
-        {
-            topics.extend(subscription.topics.into_iter().map(|t| t.to_string()));
-        }
+        let subscription =
+            ConsumerProtocolSubscription::decode(&mut metadata, version.clamp(0, 3)).ok()?;
+        topics.extend(subscription.topics.into_iter().map(|t| t.to_string()));
     }
-    topics
+    Some(topics)
 }
 
 fn storage_failure(e: &LogError) -> ResponseError {
@@ -1189,14 +1319,132 @@ fn storage_failure(e: &LogError) -> ResponseError {
     ResponseError::CoordinatorNotAvailable
 }
 
-async fn sweep(coordinator: Weak<GroupCoordinator>) {
-    let mut ticks = tokio::time::interval(SWEEP_INTERVAL);
+/// Runs `pass` every `period` while the coordinator lives.
+async fn every<F, Pass>(coordinator: Weak<GroupCoordinator>, period: Duration, pass: F)
+where
+    F: Fn(Arc<GroupCoordinator>) -> Pass,
+    Pass: std::future::Future<Output = ()>,
+{
+    let mut ticks = tokio::time::interval(period);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
         let Some(coordinator) = coordinator.upgrade() else {
             return;
         };
-        coordinator.sweep_once().await;
+        pass(coordinator).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::{BufMut, BytesMut};
+    use kafka_protocol::protocol::{Encodable, StrBytes};
+
+    use super::*;
+
+    const RETENTION: Duration = Duration::from_millis(1000);
+
+    fn offset(commit_timestamp: i64) -> OffsetValue {
+        OffsetValue {
+            offset: 1,
+            leader_epoch: -1,
+            commit_timestamp,
+            metadata: String::new(),
+        }
+    }
+
+    /// A member whose `range` subscription lists `topics`, as a Java consumer sends it.
+    fn subscriber(topics: &[&str]) -> Member {
+        let subscription = ConsumerProtocolSubscription::default().with_topics(
+            topics
+                .iter()
+                .map(|t| StrBytes::from_string(t.to_string()))
+                .collect(),
+        );
+        let mut metadata = BytesMut::new();
+        metadata.put_i16(1);
+        subscription.encode(&mut metadata, 1).unwrap();
+        Member {
+            instance_id: None,
+            client_id: "c".into(),
+            client_host: "h".into(),
+            session_timeout: RETENTION,
+            rebalance_timeout: RETENTION,
+            protocols: vec![("range".into(), metadata.freeze())],
+            assignment: Bytes::new(),
+            last_heartbeat: Instant::now(),
+            join_waiter: None,
+            sync_waiter: None,
+        }
+    }
+
+    fn group_with(offsets: &[(&str, i64)]) -> Group {
+        Group {
+            offsets: offsets
+                .iter()
+                .map(|(topic, at)| (((*topic).to_string(), 0), offset(*at)))
+                .collect(),
+            ..Group::default()
+        }
+    }
+
+    fn topics(expired: Vec<(String, i32)>) -> Vec<String> {
+        expired.into_iter().map(|(topic, _)| topic).collect()
+    }
+
+    #[test]
+    fn an_empty_groups_offsets_expire_together_from_when_it_emptied() {
+        let mut group = group_with(&[("old", 0), ("new", 5_000)]);
+        group.protocol_type = Some("consumer".into());
+        group.emptied_ms = 5_000;
+        assert!(group.expired_offsets(5_999, RETENTION).is_empty());
+        assert_eq!(
+            topics(group.expired_offsets(6_000, RETENTION)),
+            ["new", "old"]
+        );
+    }
+
+    #[test]
+    fn a_group_without_protocol_loses_each_offset_from_its_commit() {
+        let group = group_with(&[("old", 0), ("new", 5_000)]);
+        assert_eq!(topics(group.expired_offsets(5_999, RETENTION)), ["old"]);
+    }
+
+    #[test]
+    fn a_stable_consumer_group_keeps_its_subscribed_topics_offsets() {
+        let mut group = group_with(&[("read", 0), ("dropped", 0), ("recent", 5_000)]);
+        group.protocol_type = Some("consumer".into());
+        group.protocol = Some("range".into());
+        group.state = GroupState::Stable;
+        group.members.insert("m".into(), subscriber(&["read"]));
+        assert_eq!(topics(group.expired_offsets(5_999, RETENTION)), ["dropped"]);
+
+        group.state = GroupState::PreparingRebalance;
+        assert!(group.expired_offsets(5_999, RETENTION).is_empty());
+
+        group.state = GroupState::Stable;
+        group.members.get_mut("m").unwrap().protocols[0].1 = Bytes::from_static(b"\x00");
+        assert!(
+            group.expired_offsets(5_999, RETENTION).is_empty(),
+            "unreadable subscriptions expire nothing"
+        );
+    }
+
+    #[test]
+    fn the_emptied_time_survives_the_stored_record() {
+        let mut group = group_with(&[]);
+        group.protocol_type = Some("consumer".into());
+        group.emptied_ms = 1_234;
+        let stored = serde_json::to_vec(&group.record()).unwrap();
+        let loaded =
+            Group::from_record(serde_json::from_slice(&stored).unwrap(), Instant::now(), 9);
+        assert_eq!(loaded.emptied_ms, 1_234);
+        let older = br#"{"protocol_type":"consumer","protocol":null,"generation":3,"leader":null,"members":[]}"#;
+        let loaded = Group::from_record(serde_json::from_slice(older).unwrap(), Instant::now(), 9);
+        assert_eq!(
+            loaded.emptied_ms, 9,
+            "a record from before offsets expired gets the load time"
+        );
     }
 }

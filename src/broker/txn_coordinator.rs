@@ -548,6 +548,7 @@ impl TxnCoordinator {
                 value,
             })
             .collect();
+        let cleanup_mark = self.groups.cleanup_mark();
         let receipt = self
             .log
             .write_transaction_end(transactional_id, next.encode(), partitions, marker, &stored)
@@ -555,7 +556,9 @@ impl TxnCoordinator {
             .map_err(|e| storage_error(&e))?;
         receipt.durable().await.map_err(|e| storage_error(&e))?;
         if commit {
-            self.groups.apply_committed(offsets).await;
+            // The transaction is complete once its record is durable; a failed rewrite of
+            // its offsets is logged by the group coordinator, not undone here.
+            let _ = self.groups.apply_committed(offsets, cleanup_mark).await;
         }
         self.activate(&next);
         tracing::debug!(

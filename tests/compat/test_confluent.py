@@ -210,6 +210,7 @@ def test_describe_cluster_and_broker_configs(broker):
     assert configs["num.partitions"].value == "1"
     assert configs["producer.id.expiration.ms"].value == "86400000"
     assert configs["transactional.id.expiration.ms"].value == "604800000"
+    assert configs["offsets.retention.minutes"].value == "10080"
 
 
 def test_admin_list_offsets_including_max_timestamp(broker, topic_name):

@@ -546,3 +546,67 @@ def test_kafka_python_members_split_and_take_over(broker, topic_name):
         assert time.monotonic() < deadline + 30, assigned(first)
         first.poll(timeout_ms=50)
     first.close()
+
+
+def committed_offsets(client, group):
+    """A group's committed offsets as {(topic, partition): offset}, as an admin sees them."""
+    listed = client.list_consumer_group_offsets([ConsumerGroupTopicPartitions(group)])[group].result(15)
+    return {(tp.topic, tp.partition): tp.offset for tp in listed.topic_partitions if tp.offset >= 0}
+
+
+def listed_groups(client):
+    return {g.group_id for g in client.list_consumer_groups().result(15).valid}
+
+
+def test_committed_offsets_expire_after_offsets_retention(make_broker, topic_name):
+    """`--offsets-retention-ms` (Kafka's offsets.retention.minutes): an empty group's offsets
+    go that long after it emptied, and the group with them; a live group keeps its
+    subscribed topics' offsets and loses the others' that long after their commit; a
+    manually assigned consumer's offsets go that long after their commit."""
+    broker = make_broker("--offsets-retention-ms", "3000")
+    subscribed, other, manual_topic = f"{topic_name}-a", f"{topic_name}-b", f"{topic_name}-c"
+    for name in (subscribed, other, manual_topic):
+        create_topic(broker.bootstrap, name)
+    client = admin(broker.bootstrap)
+
+    left = Member(broker, "left", **{"enable.auto.commit": False})
+    left.consumer.subscribe([subscribed])
+    pump([left], lambda: left.assigned() == [0])
+    left.consumer.commit(offsets=[TopicPartition(subscribed, 0, 5)], asynchronous=False)
+    left.close()
+
+    live = Member(broker, "live", **{"enable.auto.commit": False})
+    live.consumer.subscribe([subscribed])
+    pump([live], lambda: live.assigned() == [0])
+    live.consumer.commit(
+        offsets=[TopicPartition(subscribed, 0, 3), TopicPartition(other, 0, 4)], asynchronous=False
+    )
+
+    manual = Member(broker, "manual", **{"enable.auto.commit": False})
+    manual.consumer.assign([TopicPartition(manual_topic, 0, 0)])
+    manual.consumer.commit(offsets=[TopicPartition(manual_topic, 0, 2)], asynchronous=False)
+    manual.close()
+
+    assert committed_offsets(client, "left") == {(subscribed, 0): 5}
+    assert committed_offsets(client, "live") == {(subscribed, 0): 3, (other, 0): 4}
+    assert committed_offsets(client, "manual") == {(manual_topic, 0): 2}
+    assert {"left", "live", "manual"} <= listed_groups(client)
+
+    pump([live], lambda: committed_offsets(client, "live") != {(subscribed, 0): 3, (other, 0): 4})
+    assert committed_offsets(client, "live") == {(subscribed, 0): 3}
+    pump([live], lambda: not {"left", "manual"} & listed_groups(client))
+    assert committed_offsets(client, "left") == {}
+    assert committed_offsets(client, "manual") == {}
+    for _ in range(40):  # two more retention periods: the subscribed topic's offset stays
+        live.poll()
+        time.sleep(0.1)
+    assert committed_offsets(client, "live") == {(subscribed, 0): 3}
+    live.close()
+
+    broker.args = ["--offsets-retention-ms", "3600000"]
+    broker.restart()
+    client = admin(broker.bootstrap)
+    assert committed_offsets(client, "left") == {}
+    assert committed_offsets(client, "manual") == {}
+    assert committed_offsets(client, "live") == {(subscribed, 0): 3}
+    assert listed_groups(client) == {"live"}
