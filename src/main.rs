@@ -10,7 +10,7 @@ use shale::broker::config::{BrokerConfig, ServeArgs};
 use shale::broker::group_coordinator::{GroupConfig, GroupCoordinator};
 use shale::broker::sasl::SaslUsers;
 use shale::broker::txn_coordinator::{TxnConfig, TxnCoordinator};
-use shale::broker::{server, Broker};
+use shale::broker::{server, tls, Broker};
 use shale::log::{producers, retention, LogStore, TopicDefaults};
 use shale::storage::slatedb_log::BackpressureWarnings;
 use shale::storage::{self, StorageSettings, StoreLocation};
@@ -75,6 +75,14 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .map(SaslUsers::parse)
         .transpose()
         .map_err(|e| anyhow::anyhow!("--sasl-users (SHALE_SASL_USERS): {e}"))?;
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(tls::server_config(
+            cert,
+            key,
+            args.tls_client_ca.as_deref(),
+        )?),
+        _ => None,
+    };
     let location = StoreLocation::parse(args.store.as_deref(), &args.data_dir)?;
     let settings = StorageSettings {
         flush_interval: Duration::from_millis(args.flush_interval_ms),
@@ -118,9 +126,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         transactional_id_expiration: Duration::from_millis(args.transactional_id_expiration_ms),
         offsets_retention: Duration::from_millis(args.offsets_retention_ms),
         sasl_users,
+        tls,
     };
     tracing::info!(
-        "Shale listening on {bound} (advertised as {}:{}), data in {location}, ready in {} ms",
+        "Shale listening on {bound} ({}advertised as {}:{}), data in {location}, ready in {} ms",
+        if config.tls.is_some() { "TLS, " } else { "" },
         config.advertised_host,
         config.advertised_port,
         started.elapsed().as_millis()

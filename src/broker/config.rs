@@ -250,6 +250,20 @@ pub struct ServeArgs {
     #[arg(long, env = "SHALE_SASL_USERS", hide_env_values = true)]
     pub sasl_users: Option<String>,
 
+    /// PEM certificate chain (the broker's own first): the Kafka listener then speaks TLS,
+    /// as Kafka's SSL listener (SASL_SSL with `--sasl-users`). Needs `--tls-key`.
+    #[arg(long, env = "SHALE_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<std::path::PathBuf>,
+
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of `--tls-cert`.
+    #[arg(long, env = "SHALE_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<std::path::PathBuf>,
+
+    /// PEM certificates of the CAs that sign client certificates: every client must then
+    /// present one (Kafka's `ssl.client.auth=required`). Needs `--tls-cert`.
+    #[arg(long, env = "SHALE_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<std::path::PathBuf>,
+
     /// Log filter (tracing's EnvFilter syntax), e.g. `info` or `shale=debug,slatedb=warn`.
     /// SlateDB's retries of a failing store stay visible by default: with the disk full,
     /// its WAL writes retry (and acks wait) with no other sign in the log.
@@ -282,6 +296,8 @@ pub struct BrokerConfig {
     pub offsets_retention: std::time::Duration,
     /// Who may connect; `None`: anyone.
     pub sasl_users: Option<super::sasl::SaslUsers>,
+    /// The listener's TLS; `None`: plaintext.
+    pub tls: Option<std::sync::Arc<tokio_rustls::rustls::ServerConfig>>,
 }
 
 /// Kafka's `ConfigType` codes, reported in DescribeConfigs v3+.

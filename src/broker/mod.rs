@@ -42,6 +42,7 @@ mod sasl_authenticate;
 mod sasl_handshake;
 pub mod server;
 mod sync_group;
+pub mod tls;
 pub mod txn_coordinator;
 mod txn_offset_commit;
 

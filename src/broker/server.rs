@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use futures::stream::FuturesOrdered;
 use futures::{FutureExt, StreamExt};
-use tokio::io::{AsyncWriteExt, BufWriter};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufWriter};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, Semaphore};
 use tokio::task::JoinHandle;
@@ -76,7 +76,7 @@ pub async fn serve(
                     let broker = broker.clone();
                     let budget = budget.clone();
                     tokio::spawn(async move {
-                        if let Err(reason) = run_connection(broker, socket, peer, &budget).await {
+                        if let Err(reason) = open_connection(broker, socket, peer, &budget).await {
                             tracing::info!(%peer, %reason, "closed connection");
                         }
                         drop(slot);
@@ -101,13 +101,44 @@ struct Answer {
 
 type Response = Result<Answer, String>;
 
-async fn run_connection(
+/// Serves a connection: over TLS when the listener has it, after the handshake (which gets
+/// as long as an idle connection), else on the socket's own halves.
+async fn open_connection(
     broker: Arc<Broker>,
     socket: TcpStream,
     peer: SocketAddr,
     budget: &ByteBudget,
 ) -> Result<(), String> {
-    let (reader, writer) = socket.into_split();
+    let Some(tls) = broker.config.tls.clone() else {
+        let (reader, writer) = socket.into_split();
+        return run_connection(broker, reader, writer, peer, budget).await;
+    };
+    let limit = broker.config.connections_max_idle;
+    let stream = match tokio::time::timeout(
+        limit,
+        tokio_rustls::TlsAcceptor::from(tls).accept(socket),
+    )
+    .await
+    {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => return Err(format!("TLS handshake failed: {e}")),
+        Err(_) => return Err(format!("no TLS handshake in {} ms", limit.as_millis())),
+    };
+    let (reader, writer) = tokio::io::split(stream);
+    run_connection(broker, reader, writer, peer, budget).await
+}
+
+async fn run_connection<R, W>(
+    broker: Arc<Broker>,
+    reader: R,
+    writer: W,
+    peer: SocketAddr,
+    budget: &ByteBudget,
+) -> Result<(), String>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
     let mut auth = Authenticator::new(broker.config.sasl_users.clone());
     let mut frames = FrameReader::new(reader, frame_limit(&broker, &auth), budget);
     let mut writer = BufWriter::new(writer);
@@ -266,7 +297,7 @@ fn encode(header: &RequestHeader, response: ResponseKind, held: Vec<Share>) -> R
 }
 
 async fn write_response(
-    writer: &mut BufWriter<tokio::net::tcp::OwnedWriteHalf>,
+    writer: &mut BufWriter<impl AsyncWrite + Unpin>,
     done: Result<Response, tokio::task::JoinError>,
 ) -> Result<(), String> {
     let answer = done.map_err(|e| format!("request handler failed: {e}"))??;

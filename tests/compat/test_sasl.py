@@ -10,14 +10,13 @@ import subprocess
 import time
 
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaConnectionError
-from confluent_kafka import Consumer, Producer
-from kafka import KafkaConsumer, KafkaProducer
-from kafka import TopicPartition as KafkaTopicPartition
+from confluent_kafka import Producer
+from kafka import KafkaProducer
 from kafka.errors import KafkaError
 
 import wire
+from clients import aiokafka_round_trip, confluent_round_trip, kafka_python_values
 from test_kafkajs import NODE_MODULES, SCENARIOS
 
 USERS = "alice:alice-secret,bob:pass:with:colons"
@@ -144,23 +143,9 @@ def confluent_config(broker, mechanism, user, password):
 
 def test_confluent_kafka_scram_producer_and_group_consumer(secured, topic_name):
     config = confluent_config(secured, "SCRAM-SHA-512", "alice", "alice-secret")
-    producer = Producer({**config, "acks": "all"})
-    for i in range(5):
-        producer.produce(topic_name, value=f"m{i}".encode())
-    assert producer.flush(30) == 0
-    consumer = Consumer({**config, "group.id": "g-" + topic_name, "auto.offset.reset": "earliest"})
-    consumer.subscribe([topic_name])
-    values = []
-    deadline = time.monotonic() + 30
-    while len(values) < 5 and time.monotonic() < deadline:
-        msg = consumer.poll(0.5)
-        if msg is not None:
-            assert msg.error() is None, msg.error()
-            values.append(msg.value())
-    committed = consumer.commit(asynchronous=False)
-    consumer.close()
+    values, committed = confluent_round_trip(config, topic_name)
     assert values == [f"m{i}".encode() for i in range(5)]
-    assert [(tp.partition, tp.offset) for tp in committed] == [(0, 5)]
+    assert committed == [(0, 5)]
 
 
 def test_confluent_kafka_reports_an_authentication_error(secured, topic_name):
@@ -189,18 +174,15 @@ def test_kafka_python_plain_and_scram(secured, topic_name, caplog):
         )
         producer.send(topic_name, mechanism.encode()).get(30)
         producer.close()
-    consumer = KafkaConsumer(
-        bootstrap_servers=secured.bootstrap,
+    values = kafka_python_values(
+        secured.bootstrap,
+        topic_name,
+        2,
         security_protocol="SASL_PLAINTEXT",
         sasl_mechanism="SCRAM-SHA-512",
         sasl_plain_username="alice",
         sasl_plain_password="alice-secret",
-        auto_offset_reset="earliest",
-        consumer_timeout_ms=10000,
     )
-    consumer.assign([KafkaTopicPartition(topic_name, 0)])
-    values = [m.value for _, m in zip(range(2), consumer)]
-    consumer.close()
     assert values == [b"PLAIN", b"SCRAM-SHA-256"]
     # kafka-python logs the broker's reason and gives up bootstrapping.
     with pytest.raises(KafkaError):
@@ -215,48 +197,44 @@ def test_kafka_python_plain_and_scram(secured, topic_name, caplog):
     assert "invalid credentials with SASL mechanism SCRAM-SHA-256" in caplog.text
 
 
-async def aiokafka_round_trip(bootstrap, topic, password):
-    sasl = {
-        "security_protocol": "SASL_PLAINTEXT",
-        "sasl_mechanism": "SCRAM-SHA-256",
-        "sasl_plain_username": "alice",
-        "sasl_plain_password": password,
-    }
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", **sasl)
-    await producer.start()
-    try:
-        sent = await producer.send_and_wait(topic, b"aio")
-    finally:
-        await producer.stop()
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, auto_offset_reset="earliest", **sasl)
-    await consumer.start()
-    try:
-        tp = TopicPartition(topic, 0)
-        consumer.assign([tp])
-        batch = await asyncio.wait_for(consumer.getmany(tp, timeout_ms=5000), 20)
-    finally:
-        await consumer.stop()
-    return sent.offset, [r.value for r in batch.get(tp, [])]
+def aiokafka_scram(bootstrap, topic, password):
+    return asyncio.run(
+        aiokafka_round_trip(
+            bootstrap,
+            topic,
+            b"aio",
+            security_protocol="SASL_PLAINTEXT",
+            sasl_mechanism="SCRAM-SHA-256",
+            sasl_plain_username="alice",
+            sasl_plain_password=password,
+        )
+    )
 
 
 def test_aiokafka_scram(secured, topic_name, caplog):
-    assert asyncio.run(aiokafka_round_trip(secured.bootstrap, topic_name, "alice-secret")) == (0, [b"aio"])
+    assert aiokafka_scram(secured.bootstrap, topic_name, "alice-secret") == (0, [b"aio"])
     # aiokafka logs the broker's reason and gives up bootstrapping.
     with pytest.raises(KafkaConnectionError):
-        asyncio.run(aiokafka_round_trip(secured.bootstrap, topic_name, "wrong"))
+        aiokafka_scram(secured.bootstrap, topic_name, "wrong")
     assert "SaslAuthenticationFailed: Authentication failed: invalid credentials" in caplog.text
 
 
-def kafkajs_sasl(broker, topic, sasl):
+def kafkajs_connected(broker, topic, **env):
+    """KafkaJS's `sasl` scenario (produce, then consume in a group) with its connection
+    settings from `env` (KAFKAJS_SASL, KAFKAJS_TLS_CA): what it read, or why it was refused."""
     done = subprocess.run(
         ["node", str(SCENARIOS), "sasl", broker.bootstrap, topic],
         capture_output=True,
         text=True,
         timeout=120,
-        env=dict(os.environ, NODE_PATH=NODE_MODULES, KAFKAJS_SASL=sasl),
+        env=dict(os.environ, NODE_PATH=NODE_MODULES, **env),
     )
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)
+
+
+def kafkajs_sasl(broker, topic, sasl):
+    return kafkajs_connected(broker, topic, KAFKAJS_SASL=sasl)
 
 
 @pytest.mark.parametrize("mechanism", ["plain", "scram-sha-256", "scram-sha-512"])

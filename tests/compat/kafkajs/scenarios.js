@@ -18,12 +18,18 @@ const sasl = process.env.KAFKAJS_SASL
     )
   : undefined
 
+// TLS, when the test sets it: KAFKAJS_TLS_CA=path of the CA's PEM certificate.
+const ssl = process.env.KAFKAJS_TLS_CA
+  ? { ca: [require('fs').readFileSync(process.env.KAFKAJS_TLS_CA)] }
+  : undefined
+
 const kafka = new Kafka({
   clientId: 'shale-compat',
   brokers: [bootstrap],
   logLevel: logLevel.NOTHING,
   retry: { retries: 3, initialRetryTime: 100 },
   sasl,
+  ssl,
 })
 
 const text = (buffer) => (buffer === null ? null : buffer.toString())
@@ -267,8 +273,8 @@ const scenarios = {
     }
   },
 
-  // Produce and consume in a group over an authenticated connection (KAFKAJS_SASL), or what
-  // KafkaJS reports when the broker refuses the credentials.
+  // Produce and consume in a group over an authenticated connection (KAFKAJS_SASL) or TLS
+  // (KAFKAJS_TLS_CA), or what KafkaJS reports when the broker refuses the credentials.
   async sasl() {
     const producer = kafka.producer()
     try {
