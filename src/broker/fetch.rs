@@ -111,6 +111,7 @@ pub async fn handle(
             for share in pass.shares {
                 context.hold(share);
             }
+            broker.metrics.fetched_bytes.inc_by(pass.bytes as u64);
             response.responses = pass.topics;
             return response;
         }

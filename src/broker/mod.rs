@@ -33,6 +33,7 @@ mod list_groups;
 mod list_offsets;
 mod list_transactions;
 mod metadata;
+pub mod metrics;
 mod offset_commit;
 mod offset_delete;
 mod offset_fetch;
@@ -69,6 +70,7 @@ pub struct Broker {
     /// Record bytes fetches may hold at once, from their read until their answer is
     /// written (`--fetch-memory-bytes`).
     pub fetch_budget: ByteBudget,
+    pub metrics: metrics::Metrics,
 }
 
 /// Who sent a request, and where it stands among its connection's produce requests.
@@ -155,6 +157,7 @@ impl Broker {
             txns,
             config,
             fetch_budget,
+            metrics: metrics::Metrics::default(),
         }
     }
 

@@ -92,6 +92,7 @@ pub async fn handle(
     let appended = if appends.is_empty() {
         Ok(Vec::new())
     } else {
+        let sizes: Vec<(u64, u64)> = appends.iter().map(|a| batch_sizes(&a.batches)).collect();
         // Large batches are written to their objects before this request's turn, side by
         // side with the requests ahead of it; only offsets are handed out in order.
         let staged = broker.log.stage(appends).await;
@@ -104,6 +105,12 @@ pub async fn handle(
         match appended {
             Ok(receipt) => {
                 let outcomes = receipt.outcomes.clone();
+                for (outcome, (records, bytes)) in outcomes.iter().zip(&sizes) {
+                    if matches!(outcome, AppendOutcome::Appended { .. }) {
+                        broker.metrics.produced_records.inc_by(*records);
+                        broker.metrics.produced_bytes.inc_by(*bytes);
+                    }
+                }
                 let durable = match acks {
                     -1 => await_durable(receipt, request.timeout_ms).await,
                     _ => Ok(()),
@@ -179,6 +186,14 @@ pub async fn handle(
         response.responses.push(topic_response);
     }
     Some(response)
+}
+
+/// Records and bytes of one partition's validated batches, for the metrics.
+fn batch_sizes(batches: &[Bytes]) -> (u64, u64) {
+    batches.iter().fold((0, 0), |(records, bytes), b| {
+        let count = BatchView::new(b).map_or(0, |v| v.record_count().max(0) as u64);
+        (records + count, bytes + b.len() as u64)
+    })
 }
 
 /// A batch whose records fail validation: INVALID_RECORD, which clients do not retry, from

@@ -75,10 +75,13 @@ pub async fn serve(
                     let _ = socket.set_nodelay(true);
                     let broker = broker.clone();
                     let budget = budget.clone();
+                    broker.metrics.connections_accepted.inc();
+                    broker.metrics.connections.inc();
                     tokio::spawn(async move {
-                        if let Err(reason) = open_connection(broker, socket, peer, &budget).await {
+                        if let Err(reason) = open_connection(broker.clone(), socket, peer, &budget).await {
                             tracing::info!(%peer, %reason, "closed connection");
                         }
+                        broker.metrics.connections.dec();
                         drop(slot);
                     });
                 }
@@ -161,7 +164,9 @@ where
                     let incoming = protocol::decode_request(frame.bytes).map_err(|e| e.to_string())?;
                     let incoming = match incoming {
                         Incoming::Request { header, body } if is_sasl(&body) => {
+                            let started = std::time::Instant::now();
                             let (answer, close) = answer_sasl(&mut auth, &header, *body);
+                            broker.metrics.request(api_of(&header), started.elapsed());
                             frames.set_max_frame_bytes(frame_limit(&broker, &auth));
                             if close {
                                 // A failed exchange: answer, then end the connection.
@@ -326,6 +331,7 @@ async fn respond(
                 .map_err(|e| e.to_string())
         }
         Incoming::Request { header, body } => {
+            let started = std::time::Instant::now();
             let context = RequestContext {
                 client_id: header
                     .client_id
@@ -337,6 +343,7 @@ async fn respond(
                 held: std::sync::Mutex::new(vec![request_share]),
             };
             let response = broker.handle(&context, &header, *body).await;
+            broker.metrics.request(api_of(&header), started.elapsed());
             let held = context
                 .held
                 .into_inner()

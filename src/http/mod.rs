@@ -12,6 +12,8 @@
 //! - `GET /v1/topics/{topic}/count?partition=&since_ms=&until_ms=`: records in a topic or
 //!   partition, optionally in a time range
 //!
+//! - `GET /metrics`: Prometheus metrics (OpenMetrics text, see `broker::metrics`)
+//!
 //! Reads take `since_ms`/`until_ms` to keep only records with timestamps in that range.
 //!
 //! With `--sasl-users`, every request needs HTTP Basic credentials of one of those users.
@@ -61,6 +63,7 @@ pub async fn serve(broker: Arc<Broker>, listener: TcpListener) -> std::io::Resul
         .route("/v1/topics/{topic}/count", get(topic_count))
         .route("/v1/topics/{topic}/records", get(topic_records))
         .route("/v1/log", get(global_log))
+        .route("/metrics", get(metrics))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint") })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(middleware::from_fn_with_state(broker.clone(), require_user))
@@ -97,6 +100,19 @@ async fn require_user(State(broker): State<Arc<Broker>>, request: Request, next:
             refused
         }
     }
+}
+
+/// The broker's metrics for a Prometheus scrape.
+async fn metrics(State(broker): State<Arc<Broker>>) -> Response {
+    let text = broker.metrics.render(&broker).await;
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
 }
 
 /// An error answered as `{"error": message}` (plus fields such as the current version).
