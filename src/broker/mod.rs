@@ -9,11 +9,14 @@ mod add_partitions_to_txn;
 mod alter_configs;
 mod api_versions;
 pub mod config;
+mod create_acls;
 mod create_partitions;
 mod create_topics;
+mod delete_acls;
 mod delete_groups;
 mod delete_records;
 mod delete_topics;
+mod describe_acls;
 mod describe_cluster;
 mod describe_configs;
 mod describe_groups;
@@ -261,6 +264,9 @@ impl Broker {
             RequestKind::DeleteGroups(r) => {
                 ResponseKind::DeleteGroups(delete_groups::handle(self, r).await)
             }
+            RequestKind::DescribeAcls(_) => ResponseKind::DescribeAcls(describe_acls::handle()),
+            RequestKind::CreateAcls(r) => ResponseKind::CreateAcls(create_acls::handle(r)),
+            RequestKind::DeleteAcls(r) => ResponseKind::DeleteAcls(delete_acls::handle(r)),
             other => {
                 // The codec only decodes APIs listed in protocol::versions, each of which
                 // has an arm above; reaching this is a bug in that table.

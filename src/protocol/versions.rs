@@ -42,6 +42,10 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DescribeProducers, 0, 0),
     (ApiKey::DescribeTransactions, 0, 0),
     (ApiKey::ListTransactions, 0, 1),
+    // No authorizer: answered with SECURITY_DISABLED, as Kafka without one.
+    (ApiKey::DescribeAcls, 1, 3),
+    (ApiKey::CreateAcls, 1, 3),
+    (ApiKey::DeleteAcls, 1, 3),
     // librdkafka enables SASL only if v0 is listed too, but a v0 handshake (whose exchange
     // follows as raw frames outside the protocol) is refused: clients since Kafka 1.0 use
     // v1 and SaslAuthenticate.

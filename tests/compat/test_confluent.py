@@ -351,3 +351,29 @@ def test_one_consumer_of_many_partitions_gets_each_its_own_records(broker, topic
     got = consume_partitions(broker.bootstrap, topic_name, partitions, count, **fetches)
     for p in range(partitions):
         assert got[p] == [(i, _sent(p, i)) for i in range(count)]
+
+
+def test_acl_requests_get_security_disabled_as_from_kafka_without_an_authorizer(broker, topic_name):
+    from confluent_kafka.admin import (
+        AclBinding,
+        AclBindingFilter,
+        AclOperation,
+        AclPermissionType,
+        ResourcePatternType,
+    )
+
+    client = admin(broker.bootstrap)
+    binding = AclBinding(
+        ResourceType.TOPIC, topic_name, ResourcePatternType.LITERAL, "User:alice", "*",
+        AclOperation.READ, AclPermissionType.ALLOW,
+    )
+    every = AclBindingFilter(
+        ResourceType.ANY, None, ResourcePatternType.ANY, None, None, AclOperation.ANY, AclPermissionType.ANY
+    )
+    # librdkafka reports no ACLs for the describe, and the error for each creation and filter.
+    assert client.describe_acls(every).result(15) == []
+    for future in (client.create_acls([binding])[binding], client.delete_acls([every])[every]):
+        with pytest.raises(KafkaException) as raised:
+            future.result(15)
+        assert raised.value.args[0].code() == KafkaError.SECURITY_DISABLED
+        assert raised.value.args[0].str() == "No Authorizer is configured."

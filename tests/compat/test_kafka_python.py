@@ -71,6 +71,43 @@ def test_kafka_python_admin_manages_topics_and_configs(broker, topic_name):
         admin.close()
 
 
+def test_kafka_python_acl_admin_gets_security_disabled(broker, topic_name):
+    from kafka.admin import (
+        ACL,
+        ACLFilter,
+        ACLOperation,
+        ACLPermissionType,
+        ACLResourcePatternType,
+        ResourcePattern,
+        ResourcePatternFilter,
+        ResourceType,
+    )
+    from kafka.errors import SecurityDisabledError
+
+    admin = KafkaAdminClient(bootstrap_servers=broker.bootstrap)
+    try:
+        everything = ACLFilter(
+            principal=None,
+            host="*",
+            operation=ACLOperation.ANY,
+            permission_type=ACLPermissionType.ANY,
+            resource_pattern=ResourcePatternFilter(ResourceType.ANY, None, ACLResourcePatternType.ANY),
+        )
+        with pytest.raises(SecurityDisabledError):
+            admin.describe_acls(everything)
+        acl = ACL(
+            principal="User:alice",
+            host="*",
+            operation=ACLOperation.READ,
+            permission_type=ACLPermissionType.ALLOW,
+            resource_pattern=ResourcePattern(ResourceType.TOPIC, topic_name),
+        )
+        # kafka-python lists each refused ACL's error type.
+        assert admin.create_acls([acl]) == {"succeeded": [], "failed": [SecurityDisabledError]}
+    finally:
+        admin.close()
+
+
 def test_kafka_python_consumer_sees_offsets_and_end(broker, topic_name):
     p = producer(broker)
     for i in range(5):
