@@ -146,7 +146,15 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let http = TcpListener::bind(address)
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen for HTTP on {address}: {e}"))?;
-        tracing::info!("HTTP API listening on {}", http.local_addr()?);
+        tracing::info!(
+            "HTTP API listening on {}{}",
+            http.local_addr()?,
+            if broker.config.tls.is_some() {
+                " (HTTPS)"
+            } else {
+                ""
+            }
+        );
         let broker = broker.clone();
         tokio::spawn(async move {
             if let Err(e) = shale::http::serve(broker, http).await {

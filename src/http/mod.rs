@@ -16,9 +16,11 @@
 //!
 //! Reads take `since_ms`/`until_ms` to keep only records with timestamps in that range.
 //!
-//! With `--sasl-users`, every request needs HTTP Basic credentials of one of those users.
+//! With `--sasl-users`, every request needs HTTP Basic credentials of one of those users;
+//! with `--tls-cert`, the API is served over TLS (HTTPS) with the same certificate.
 
 mod murmur2;
+mod tls;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -52,7 +54,8 @@ const MAX_WAIT_MS: u64 = 60_000;
 const DEFAULT_LIMIT: usize = 100;
 const MAX_LIMIT: usize = 10_000;
 
-/// Serves the HTTP API on `listener` until the process ends.
+/// Serves the HTTP API on `listener` until the process ends, over TLS when the Kafka
+/// listener has it.
 pub async fn serve(broker: Arc<Broker>, listener: TcpListener) -> std::io::Result<()> {
     let app = Router::new()
         .route(
@@ -67,8 +70,14 @@ pub async fn serve(broker: Arc<Broker>, listener: TcpListener) -> std::io::Resul
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint") })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(middleware::from_fn_with_state(broker.clone(), require_user))
-        .with_state(broker);
-    axum::serve(listener, app).await
+        .with_state(broker.clone());
+    match broker.config.tls.clone() {
+        Some(config) => {
+            let idle = broker.config.connections_max_idle;
+            axum::serve(tls::TlsListener::new(listener, config, idle)?, app).await
+        }
+        None => axum::serve(listener, app).await,
+    }
 }
 
 /// With `--sasl-users`, lets through only requests with one of those users' name and

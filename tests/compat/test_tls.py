@@ -3,6 +3,7 @@ SASL_SSL with `--sasl-users`, and client certificates with `--tls-client-ca` (Ka
 ssl.client.auth=required). Certificates come from a throwaway CA (trustme)."""
 
 import asyncio
+import base64
 import socket
 import subprocess
 import time
@@ -193,3 +194,26 @@ def test_bad_tls_files_stop_the_broker_with_a_message(tmp_path, certs, flags, me
     )
     assert done.returncode != 0
     assert message in done.stderr, done.stderr
+
+
+def test_the_http_api_is_served_over_tls_with_the_same_certificate(make_broker, certs, topic_name):
+    import http.client
+    import ssl
+    import urllib.error
+    import urllib.request
+
+    from test_http import http_base
+
+    broker = make_broker(*certs.flags(), "--http", "127.0.0.1:0", env={"SHALE_SASL_USERS": SCRAM_USERS})
+    https = http_base(broker).replace("http://", "https://")
+    trusted = ssl.create_default_context(cafile=certs.ca)
+    credentials = {"Authorization": "Basic " + base64.b64encode(b"alice:alice-secret").decode()}
+    request = urllib.request.Request(https + "/metrics", headers=credentials)
+    with urllib.request.urlopen(request, context=trusted, timeout=30) as response:
+        assert response.status == 200
+        assert "shale_topics 0" in response.read().decode()
+    # Plain HTTP gets no answer: the broker waits for a TLS handshake and drops the bytes.
+    with pytest.raises((urllib.error.URLError, http.client.HTTPException, OSError)):
+        plain = https.replace("https://", "http://") + "/metrics"
+        urllib.request.urlopen(urllib.request.Request(plain, headers=credentials), timeout=10)
+    assert logged(broker, "HTTP TLS handshake failed")
