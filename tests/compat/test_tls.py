@@ -1,12 +1,17 @@
 """TLS on the Kafka listener (`--tls-cert`, `--tls-key`): Kafka's SSL security protocol,
 SASL_SSL with `--sasl-users`, and client certificates with `--tls-client-ca` (Kafka's
-ssl.client.auth=required). Certificates come from a throwaway CA (trustme)."""
+ssl.client.auth=required), on the Kafka listener and the HTTP API alike. Certificates come
+from a throwaway CA (trustme)."""
 
 import asyncio
 import base64
+import http.client
 import socket
+import ssl
 import subprocess
 import time
+import urllib.error
+import urllib.request
 
 import pytest
 import trustme
@@ -17,6 +22,7 @@ from kafka import KafkaProducer
 import wire
 from clients import aiokafka_round_trip, confluent_round_trip, kafka_python_values
 from conftest import SHALE_BIN
+from test_http import http_base
 from test_sasl import kafkajs_connected, logged
 
 SCRAM_USERS = "alice:alice-secret"
@@ -143,7 +149,7 @@ def test_sasl_ssl_authenticates_over_tls(make_broker, certs, topic_name):
 
 
 def test_client_certificates_are_required_with_a_client_ca(make_broker, certs, topic_name):
-    broker = make_broker(*certs.flags(), "--tls-client-ca", certs.ca)
+    broker = make_broker(*certs.flags(), "--tls-client-ca", certs.ca, "--http", "127.0.0.1:0")
     config = ssl_config(broker, certs)
     signed = {"ssl.certificate.location": certs.client_cert, "ssl.key.location": certs.client_key}
     values, _ = confluent_round_trip({**config, **signed}, topic_name, count=2)
@@ -159,6 +165,15 @@ def test_client_certificates_are_required_with_a_client_ca(make_broker, certs, t
     # Neither got a topic created.
     topics = Consumer({**config, **signed, "group.id": "lister"}).list_topics(timeout=15).topics
     assert topic_name in topics and topic_name + "-x" not in topics and topic_name + "-y" not in topics
+
+    # The HTTP API asks for a client certificate too.
+    https = http_base(broker).replace("http://", "https://") + "/metrics"
+    trusted = ssl.create_default_context(cafile=certs.ca)
+    with pytest.raises((urllib.error.URLError, ssl.SSLError, OSError)):
+        urllib.request.urlopen(https, context=trusted, timeout=10).read()
+    trusted.load_cert_chain(certs.client_cert, certs.client_key)
+    with urllib.request.urlopen(https, context=trusted, timeout=30) as response:
+        assert "shale_topics 1" in response.read().decode()
 
 
 def test_a_plaintext_client_is_closed_and_tls_clients_go_on(tls_broker, certs, topic_name):
@@ -197,13 +212,6 @@ def test_bad_tls_files_stop_the_broker_with_a_message(tmp_path, certs, flags, me
 
 
 def test_the_http_api_is_served_over_tls_with_the_same_certificate(make_broker, certs, topic_name):
-    import http.client
-    import ssl
-    import urllib.error
-    import urllib.request
-
-    from test_http import http_base
-
     broker = make_broker(*certs.flags(), "--http", "127.0.0.1:0", env={"SHALE_SASL_USERS": SCRAM_USERS})
     https = http_base(broker).replace("http://", "https://")
     trusted = ssl.create_default_context(cafile=certs.ca)
