@@ -76,11 +76,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .transpose()
         .map_err(|e| anyhow::anyhow!("--sasl-users (SHALE_SASL_USERS): {e}"))?;
     let tls = match (&args.tls_cert, &args.tls_key) {
-        (Some(cert), Some(key)) => Some(tls::server_config(
-            cert,
-            key,
-            args.tls_client_ca.as_deref(),
-        )?),
+        (Some(cert), Some(key)) => {
+            let tls = Arc::new(tls::Tls::load(cert, key, args.tls_client_ca.as_deref())?);
+            reload_tls_on_hangup(tls.clone());
+            Some(tls)
+        }
         _ => None,
     };
     let location = StoreLocation::parse(args.store.as_deref(), &args.data_dir)?;
@@ -224,6 +224,26 @@ fn advertised(
         }
         None => Ok((bound.ip().to_string(), i32::from(bound.port()))),
     }
+}
+
+/// Reads the TLS files again on every SIGHUP, so a renewed certificate is served to new
+/// connections without a restart.
+fn reload_tls_on_hangup(tls: Arc<tls::Tls>) {
+    #[cfg(unix)]
+    tokio::spawn(async move {
+        let hangup = tokio::signal::unix::SignalKind::hangup();
+        let Ok(mut hangups) = tokio::signal::unix::signal(hangup) else {
+            return;
+        };
+        while hangups.recv().await.is_some() {
+            match tls.reload() {
+                Ok(()) => tracing::info!("SIGHUP: TLS certificate and key read again"),
+                Err(e) => {
+                    tracing::error!("SIGHUP: {e:#}; still serving the previous certificate")
+                }
+            }
+        }
+    });
 }
 
 async fn shutdown_signal() -> &'static str {

@@ -251,7 +251,8 @@ pub struct ServeArgs {
     pub sasl_users: Option<String>,
 
     /// PEM certificate chain (the broker's own first): the Kafka listener then speaks TLS,
-    /// as Kafka's SSL listener (SASL_SSL with `--sasl-users`). Needs `--tls-key`.
+    /// as Kafka's SSL listener (SASL_SSL with `--sasl-users`). Needs `--tls-key`. The TLS
+    /// files are read again on SIGHUP.
     #[arg(long, env = "SHALE_TLS_CERT", requires = "tls_key")]
     pub tls_cert: Option<std::path::PathBuf>,
 
@@ -297,7 +298,7 @@ pub struct BrokerConfig {
     /// Who may connect; `None`: anyone.
     pub sasl_users: Option<super::sasl::SaslUsers>,
     /// The listener's TLS; `None`: plaintext.
-    pub tls: Option<std::sync::Arc<tokio_rustls::rustls::ServerConfig>>,
+    pub tls: Option<std::sync::Arc<super::tls::Tls>>,
 }
 
 /// Kafka's `ConfigType` codes, reported in DescribeConfigs v3+.

@@ -119,7 +119,7 @@ async fn open_connection(
     let limit = broker.config.connections_max_idle;
     let stream = match tokio::time::timeout(
         limit,
-        tokio_rustls::TlsAcceptor::from(tls).accept(socket),
+        tokio_rustls::TlsAcceptor::from(tls.current()).accept(socket),
     )
     .await
     {

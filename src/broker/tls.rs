@@ -1,9 +1,10 @@
 //! TLS on the Kafka listener: Kafka's `SSL` security protocol, and `SASL_SSL` with
-//! `--sasl-users`. The certificate and key are read once at startup; with a client CA,
-//! every client must present a certificate it signed (Kafka's `ssl.client.auth=required`).
+//! `--sasl-users`. The certificate and key are read at startup and again on SIGHUP, so a
+//! renewed certificate is served without a restart; with a client CA, every client must
+//! present a certificate it signed (Kafka's `ssl.client.auth=required`).
 
-use std::path::Path;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
 
 use tokio_rustls::rustls::crypto::{aws_lc_rs, CryptoProvider};
 use tokio_rustls::rustls::pki_types::pem::PemObject;
@@ -11,10 +12,50 @@ use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::rustls::server::WebPkiClientVerifier;
 use tokio_rustls::rustls::{RootCertStore, ServerConfig};
 
+/// The files TLS is read from, and the settings last read from them: new connections take
+/// the current settings, ones already open keep those they started with.
+#[derive(Debug)]
+pub struct Tls {
+    cert: PathBuf,
+    key: PathBuf,
+    client_ca: Option<PathBuf>,
+    current: RwLock<Arc<ServerConfig>>,
+}
+
+impl Tls {
+    /// Reads the files; errors name the flag whose file is at fault.
+    pub fn load(cert: &Path, key: &Path, client_ca: Option<&Path>) -> anyhow::Result<Self> {
+        Ok(Tls {
+            current: RwLock::new(server_config(cert, key, client_ca)?),
+            cert: cert.to_path_buf(),
+            key: key.to_path_buf(),
+            client_ca: client_ca.map(Path::to_path_buf),
+        })
+    }
+
+    /// The settings for a connection accepted now.
+    pub fn current(&self) -> Arc<ServerConfig> {
+        self.current
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Reads the files again. On an error the settings in use stay.
+    pub fn reload(&self) -> anyhow::Result<()> {
+        let fresh = server_config(&self.cert, &self.key, self.client_ca.as_deref())?;
+        *self
+            .current
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = fresh;
+        Ok(())
+    }
+}
+
 /// Builds the listener's TLS settings from PEM files: the certificate chain (the broker's
 /// own first), its private key, and optionally the CAs that sign client certificates.
 /// Errors name the flag whose file is at fault.
-pub fn server_config(
+fn server_config(
     cert: &Path,
     key: &Path,
     client_ca: Option<&Path>,

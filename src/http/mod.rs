@@ -72,9 +72,9 @@ pub async fn serve(broker: Arc<Broker>, listener: TcpListener) -> std::io::Resul
         .layer(middleware::from_fn_with_state(broker.clone(), require_user))
         .with_state(broker.clone());
     match broker.config.tls.clone() {
-        Some(config) => {
+        Some(settings) => {
             let idle = broker.config.connections_max_idle;
-            axum::serve(tls::TlsListener::new(listener, config, idle)?, app).await
+            axum::serve(tls::TlsListener::new(listener, settings, idle)?, app).await
         }
         None => axum::serve(listener, app).await,
     }

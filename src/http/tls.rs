@@ -8,9 +8,10 @@ use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
-use tokio_rustls::rustls::ServerConfig;
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
+
+use crate::broker::tls::Tls;
 
 /// Connections that finished their TLS handshake, for axum to serve. Handshakes run on
 /// tasks of their own, so a client that stalls in one holds up no other.
@@ -23,7 +24,7 @@ impl TlsListener {
     /// Accepts on `listener`, giving each handshake up to `handshake_timeout`.
     pub fn new(
         listener: TcpListener,
-        config: Arc<ServerConfig>,
+        tls: Arc<Tls>,
         handshake_timeout: Duration,
     ) -> std::io::Result<Self> {
         let local = listener.local_addr()?;
@@ -38,7 +39,7 @@ impl TlsListener {
                         continue;
                     }
                 };
-                let acceptor = TlsAcceptor::from(config.clone());
+                let acceptor = TlsAcceptor::from(tls.current());
                 let handshaken = handshaken.clone();
                 tokio::spawn(async move {
                     match tokio::time::timeout(handshake_timeout, acceptor.accept(socket)).await {

@@ -225,3 +225,31 @@ def test_the_http_api_is_served_over_tls_with_the_same_certificate(make_broker, 
         plain = https.replace("https://", "http://") + "/metrics"
         urllib.request.urlopen(urllib.request.Request(plain, headers=credentials), timeout=10)
     assert logged(broker, "HTTP TLS handshake failed")
+
+
+def test_sighup_serves_a_renewed_certificate_and_keeps_the_old_one_on_bad_files(
+    make_broker, certs, topic_name, tmp_path
+):
+    import shutil
+    import signal
+
+    broker = make_broker(*certs.flags())
+    assert confluent_round_trip(ssl_config(broker, certs), topic_name, count=1)[0] == [b"m0"]
+    renewed_folder = tmp_path / "renewed"
+    renewed_folder.mkdir()
+    renewed = Certificates(renewed_folder)  # another CA
+
+    with open(certs.cert, "w") as broken:
+        broken.write("not a certificate\n")
+    broker.proc.send_signal(signal.SIGHUP)
+    assert logged(broker, "still serving the previous certificate")
+    assert confluent_round_trip(ssl_config(broker, certs), topic_name + "-a", count=1)[0] == [b"m0"]
+
+    shutil.copy(renewed.cert, certs.cert)
+    shutil.copy(renewed.key, certs.key)
+    broker.proc.send_signal(signal.SIGHUP)
+    assert logged(broker, "SIGHUP: TLS certificate and key read again")
+    assert confluent_round_trip(ssl_config(broker, renewed), topic_name + "-b", count=1)[0] == [b"m0"]
+    refused = first_error(ssl_config(broker, certs), topic_name + "-c")
+    assert refused is not None and "certificate verify failed" in refused.str(), refused
+    assert broker.running()
