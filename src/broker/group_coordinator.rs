@@ -943,6 +943,7 @@ impl GroupCoordinator {
         let retention = self.config.offsets_retention;
         let mut groups = self.groups.lock().await;
         let mut writes = Vec::new();
+        let mut removed_groups = 0;
         groups.retain(|group_id, group| {
             for (topic, partition) in group.expired_offsets(now_ms, retention) {
                 group.offsets.remove(&(topic.clone(), partition));
@@ -957,7 +958,8 @@ impl GroupCoordinator {
                 && group.offsets.is_empty()
                 && group.pending.is_empty();
             if dead {
-                tracing::info!(group = %group_id, "removing an empty group with no committed offsets");
+                tracing::debug!(group = %group_id, "removing an empty group with no committed offsets");
+                removed_groups += 1;
                 writes.push(GroupWrite::Group {
                     group: group_id.clone(),
                     record: None,
@@ -966,6 +968,12 @@ impl GroupCoordinator {
             !dead
         });
         if !writes.is_empty() {
+            // One line per pass, as Kafka logs its cleanup, whatever the number of groups.
+            tracing::info!(
+                offsets = writes.len() - removed_groups,
+                groups = removed_groups,
+                "expired committed offsets and removed empty groups"
+            );
             self.store(writes).await;
             self.cleanups.fetch_add(1, Ordering::SeqCst);
         }
