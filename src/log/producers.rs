@@ -15,6 +15,7 @@ use std::time::Duration;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use slatedb::WriteBatch;
 
+use super::read::prefix_range;
 use super::{now_ms, LogError, LogStore};
 use crate::storage::keys;
 
@@ -228,6 +229,7 @@ fn expiry_interval(expiration: Duration) -> Duration {
 pub fn spawn_expiry(store: &Arc<LogStore>, expiration: Duration) {
     let store: Weak<LogStore> = Arc::downgrade(store);
     let expiration_ms = i64::try_from(expiration.as_millis()).unwrap_or(i64::MAX);
+    let started_ms = now_ms();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(expiry_interval(expiration));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -236,7 +238,7 @@ pub fn spawn_expiry(store: &Arc<LogStore>, expiration: Duration) {
             let Some(store) = store.upgrade() else {
                 return;
             };
-            match store.expire_producers(expiration_ms).await {
+            match store.expire_producers(expiration_ms, started_ms).await {
                 Ok(0) => {}
                 Ok(expired) => tracing::debug!(expired, "idle producers' states dropped"),
                 Err(e) => tracing::warn!(error = %e, "producer expiry failed; retrying"),
@@ -248,12 +250,36 @@ pub fn spawn_expiry(store: &Arc<LogStore>, expiration: Duration) {
 impl LogStore {
     /// Drops the states of producers that have written nothing to a partition for
     /// `expiration_ms` (and have no transaction open there), from the partitions loaded
-    /// and from SlateDB; returns how many went. Partitions not loaded since the start keep
-    /// theirs until they are. Runs under the append lock, so no append is planned against
-    /// a state being dropped, and the deletes are ordered with appends' writes.
-    pub async fn expire_producers(&self, expiration_ms: i64) -> Result<usize, LogError> {
-        let _appends = self.append.lock().await;
+    /// and from SlateDB; returns how many went. The states of partitions not loaded (and
+    /// of deleted topics) are read from SlateDB first, without holding up appends; one
+    /// stored without its write time (by a build before it was kept) counts from
+    /// `started_ms`, as a loaded one counts from its load. The deletes are then made under
+    /// the append lock, so no append is planned against a state being dropped and they
+    /// are ordered with appends' writes; a partition loaded meanwhile is left to the
+    /// in-memory pass.
+    pub async fn expire_producers(
+        &self,
+        expiration_ms: i64,
+        started_ms: i64,
+    ) -> Result<usize, LogError> {
         let now = now_ms();
+        let mut idle_stored = Vec::new();
+        let mut stored = self
+            .db
+            .scan(prefix_range(&keys::producer_states_prefix()))
+            .await?;
+        while let Some(entry) = stored.next().await? {
+            if self.producer_state_loaded(&entry.key) {
+                continue;
+            }
+            let idle = ProducerEntry::decode(&entry.value, started_ms)
+                .is_some_and(|state| state.expired(now, expiration_ms));
+            if idle {
+                idle_stored.push(entry.key);
+            }
+        }
+
+        let _appends = self.append.lock().await;
         let mut deletes = WriteBatch::new();
         let mut expired = 0;
         for topic in self.topics() {
@@ -275,11 +301,24 @@ impl LogStore {
                 });
             }
         }
+        for key in idle_stored {
+            if !self.producer_state_loaded(&key) {
+                deletes.delete(key);
+                expired += 1;
+            }
+        }
         if expired > 0 {
             // Not waited for: a delete lost to a crash leaves a state the next pass drops.
             self.db.write(deletes).await?;
         }
         Ok(expired)
+    }
+
+    /// Whether the partition of a stored producer state is loaded (its states in memory).
+    fn producer_state_loaded(&self, key: &[u8]) -> bool {
+        keys::decode_producer_state_partition(key)
+            .and_then(|(topic_id, index)| self.topic_by_id(topic_id)?.partition(index).cloned())
+            .is_some_and(|partition| partition.state.get().is_some())
     }
 }
 

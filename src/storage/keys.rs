@@ -216,6 +216,19 @@ pub fn producer_state_prefix(topic_id: Uuid, partition: i32) -> BytesMut {
     key
 }
 
+/// The prefix shared by every producer's state on every partition.
+pub fn producer_states_prefix() -> Bytes {
+    header(META_SEGMENT, KeyType::ProducerState, 0).freeze()
+}
+
+/// The topic id and partition of a producer-state key.
+pub fn decode_producer_state_partition(key: &[u8]) -> Option<(Uuid, i32)> {
+    let rest = body(key, KeyType::ProducerState)?;
+    let topic_id = Uuid::from_slice(rest.get(..16)?).ok()?;
+    let partition = u32::from_be_bytes(rest.get(16..20)?.try_into().ok()?);
+    Some((topic_id, partition as i32))
+}
+
 /// The producer id of a producer-state key.
 pub fn decode_producer_state_key(key: &[u8]) -> Option<i64> {
     let rest = body(key, KeyType::ProducerState)?;
@@ -764,6 +777,8 @@ mod tests {
         let topic_id = Uuid::new_v4();
         let key = producer_state_key(topic_id, 3, 1 << 40);
         assert_eq!(decode_producer_state_key(&key), Some(1 << 40));
+        assert_eq!(decode_producer_state_partition(&key), Some((topic_id, 3)));
+        assert!(key.starts_with(&producer_states_prefix()));
         assert!(key.starts_with(&producer_state_prefix(topic_id, 3)));
         assert!(!key.starts_with(&producer_state_prefix(topic_id, 4)));
         assert_eq!(segment_of(&producer_ids_key()), Some(META_SEGMENT));

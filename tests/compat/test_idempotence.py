@@ -148,3 +148,32 @@ def test_idle_producers_states_expire_but_open_transactions_keep_theirs(make_bro
     assert producers() == {}
     got = consume(broker.bootstrap, topic_name, 0, 5, **{"isolation.level": "read_committed"})
     assert [m.value() for m in got] == [b"a", b"b", b"open", b"a", b"b"]
+
+
+def test_idle_producer_states_of_partitions_not_loaded_since_a_restart_expire_too(make_broker, topic_name):
+    """The expiry pass also reads the states of partitions nobody has used since the broker
+    started, so they do not stay in the store until a client touches the partition."""
+    from kafka import KafkaAdminClient
+    from kafka import TopicPartition as KTopicPartition
+
+    broker = make_broker("--producer-id-expiration-ms", "3600000")
+    create_topic(broker.bootstrap, topic_name)
+    sock = wire.connect(broker)
+    producer_id, epoch = init_producer_id(sock)
+    assert send(sock, topic_name, batch(producer_id, epoch, 0, [b"a"])) == (0, 0)
+    sock.close()
+
+    # Restarted with a short expiration, and the partition left alone past it.
+    broker.args = ["--producer-id-expiration-ms", "1000"]
+    broker.restart()
+    time.sleep(2.5)
+    # Back to a long expiration: a state still stored would be loaded and listed again.
+    broker.args = ["--producer-id-expiration-ms", "3600000"]
+    broker.restart()
+    tp = KTopicPartition(topic_name, 0)
+    client = KafkaAdminClient(bootstrap_servers=broker.bootstrap)
+    try:
+        assert client.describe_producers([tp])[tp].active_producers == []
+    finally:
+        client.close()
+    assert [m.value() for m in consume(broker.bootstrap, topic_name, 0, 1)] == [b"a"]
