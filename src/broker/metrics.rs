@@ -163,7 +163,8 @@ fn gauge(value: i64) -> Gauge {
     gauge
 }
 
-/// Topics, partitions, groups by state, and each group's lag per committed partition.
+/// Topics, partitions, topic sizes, groups by state, and each group's lag per committed
+/// partition.
 async fn register_state(registry: &mut Registry, broker: &Broker) {
     let topics = broker.log.topics();
     let partitions: usize = topics.iter().map(|t| t.partitions.len()).sum();
@@ -172,6 +173,23 @@ async fn register_state(registry: &mut Registry, broker: &Broker) {
         "shale_partitions",
         "Partitions of all topics",
         gauge(partitions as i64),
+    );
+    let sizes = Family::<[(&'static str, String); 1], Gauge>::default();
+    for topic in &topics {
+        let bytes: u64 = topic
+            .partitions
+            .iter()
+            .map(|p| broker.log.partition_bytes(p))
+            .sum();
+        sizes
+            .get_or_create(&[("topic", topic.name.clone())])
+            .set(bytes as i64);
+    }
+    registry.register_with_unit(
+        "shale_topic_size",
+        "Stored bytes of a topic's partitions, as DescribeLogDirs reports them",
+        Unit::Bytes,
+        sizes,
     );
 
     let groups = broker.groups.list().await;

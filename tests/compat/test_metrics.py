@@ -52,6 +52,8 @@ def test_metrics_count_requests_traffic_and_consumer_lag(make_broker, topic_name
     # Ten 100-byte values in batches of at least 61 header bytes and 7 per record.
     assert 10 * (100 + 7) + 61 <= after[("shale_produced_bytes_total", ())] < 10 * (100 + 7) + 61 * 10
     assert after[("shale_fetched_bytes_total", ())] >= after[("shale_produced_bytes_total", ())]
+    stored = after[("shale_topic_size_bytes", (("topic", topic_name),))]
+    assert stored == after[("shale_produced_bytes_total", ())]
     lag = ("shale_consumer_group_lag", (("group", "lagging"), ("partition", "0"), ("topic", topic_name)))
     assert after[lag] == 6
     assert after[("shale_consumer_groups", (("state", "Empty"),))] == 1
