@@ -2,8 +2,8 @@
 //!
 //! Counters that requests move (requests and their durations per Kafka API, connections,
 //! bytes and records produced, bytes fetched) are atomics updated where the work happens;
-//! what can be read from the broker's state (topics, partitions, groups, consumer lag,
-//! memory) is read when scraped, so it costs nothing between scrapes.
+//! what can be read from the broker's state (topics, partitions, topic sizes, groups,
+//! consumer lag, memory) is read when scraped, so it costs nothing between scrapes.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
