@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the tests need (kcat, Node.js, Go and Sarama from Debian, Python Kafka clients
-# in venvs (current and older releases), KafkaJS from npm) and runs every test: formatting,
-# lints, unit tests, and the compat suite against the real broker.
+# in venvs (current and older releases, and two stream-processing frameworks), KafkaJS from
+# npm) and runs every test: formatting, lints, unit tests, and the compat suite against the
+# real broker.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,6 +27,11 @@ older="${SHALE_TEST_OLDER_VENV:-$HOME/.cache/shale-venv-older}"
 [ -x "$older/bin/python" ] || python3 -m venv "$older"
 "$older/bin/pip" install -q --disable-pip-version-check -r tests/compat/older/requirements.txt
 export SHALE_TEST_OLDER_PYTHON="$older/bin/python"
+# Stream-processing frameworks (Quix Streams, Faust) pin client releases of their own.
+frameworks="${SHALE_TEST_FRAMEWORKS_VENV:-$HOME/.cache/shale-venv-frameworks}"
+[ -x "$frameworks/bin/python" ] || python3 -m venv "$frameworks"
+"$frameworks/bin/pip" install -q --disable-pip-version-check -r tests/compat/frameworks/requirements.txt
+export SHALE_TEST_FRAMEWORKS_PYTHON="$frameworks/bin/python"
 # KafkaJS, pinned by tests/compat/kafkajs/package-lock.json, installed outside the checkout.
 node_dir="${SHALE_TEST_NODE:-$HOME/.cache/shale-node}"
 mkdir -p "$node_dir"
