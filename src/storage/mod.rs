@@ -41,10 +41,20 @@ pub enum StoreLocation {
 pub enum StorageError {
     #[error("unsupported store URL {0:?}: use memory://, file:///path or s3://bucket/prefix")]
     UnsupportedUrl(String),
-    #[error("cannot use data folder {path}: {source}")]
+    // `error`, not `source`: the message carries it, so a chain printed with `{:#}` names it once.
+    #[error("cannot use data folder {path}: {error}")]
     Folder {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
+    },
+    #[error(
+        "cannot reach s3://{bucket}/{prefix}: {error}; check AWS_ENDPOINT (and \
+         AWS_ALLOW_HTTP=true for an http:// one), AWS_REGION, the credentials and the bucket"
+    )]
+    Unreachable {
+        bucket: String,
+        prefix: String,
+        error: String,
     },
     #[error("object store: {0}")]
     ObjectStore(#[from] object_store::Error),
@@ -181,6 +191,42 @@ impl PrefixExtractor for SegmentExtractor {
     }
 }
 
+/// How long a start waits for the bucket's first answer.
+const S3_PROBE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Lists the store's prefix once, with few retries, so that a wrong endpoint, bucket or
+/// credentials stop the start with a message naming the settings to check. Without it the
+/// broker only logged SlateDB retrying its first request, for minutes.
+async fn probe_bucket(bucket: &str, prefix: &str) -> Result<(), StorageError> {
+    let unreachable = |error: String| StorageError::Unreachable {
+        bucket: bucket.to_string(),
+        prefix: prefix.to_string(),
+        error,
+    };
+    let probe = AmazonS3Builder::from_env()
+        .with_bucket_name(bucket)
+        .with_retry(object_store::RetryConfig {
+            max_retries: 2,
+            retry_timeout: S3_PROBE_TIMEOUT,
+            ..object_store::RetryConfig::default()
+        })
+        .build()?;
+    let prefix_path = object_store::path::Path::from(prefix);
+    match tokio::time::timeout(
+        S3_PROBE_TIMEOUT,
+        probe.list_with_delimiter(Some(&prefix_path)),
+    )
+    .await
+    {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(unreachable(e.to_string())),
+        Err(_) => Err(unreachable(format!(
+            "no answer in {} s",
+            S3_PROBE_TIMEOUT.as_secs()
+        ))),
+    }
+}
+
 /// Opens (creating if needed) the database at `location`. A local folder is locked, and
 /// fails to open while another broker holds it; elsewhere, opening fences any other broker
 /// writing to the same location: its next write fails and it shuts down.
@@ -191,14 +237,11 @@ pub async fn open(
     let mut direct = None;
     let (store, path): (Arc<dyn ObjectStore>, String) = match location {
         StoreLocation::Folder(dir) => {
-            std::fs::create_dir_all(dir).map_err(|source| StorageError::Folder {
+            let in_folder = |error| StorageError::Folder {
                 path: dir.clone(),
-                source,
-            })?;
-            let in_folder = |source| StorageError::Folder {
-                path: dir.clone(),
-                source,
+                error,
             };
+            std::fs::create_dir_all(dir).map_err(in_folder)?;
             // Locked first: nothing, not even the probe, touches a folder another broker uses.
             let lock = journal::lock_folder(dir).map_err(in_folder)?;
             if settings.direct_io {
@@ -223,6 +266,7 @@ pub async fn open(
             } else {
                 prefix.clone()
             };
+            probe_bucket(bucket, &path).await?;
             (Arc::new(store), path)
         }
     };

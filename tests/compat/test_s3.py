@@ -12,6 +12,7 @@ import boto3
 import pytest
 
 from clients import consume, create_topic, produce
+from conftest import SHALE_BIN
 from test_batch_objects import big_values, produce_big
 from test_confluent import SMALL_FETCHES, consume_partitions
 
@@ -64,6 +65,30 @@ def test_s3_store_keeps_acked_records_and_fences_a_second_broker(make_broker, s3
     assert "Fenced" in first.log()
     after = produce(second.bootstrap, topic_name, [(0, None, b"second", None, None)])
     assert after[0][3] is None and after[0][1] == 20
+
+
+@pytest.mark.parametrize(
+    "case, store, overrides, expected",
+    [
+        ("no such bucket", "s3://no-such-bucket/p", {}, "NoSuchBucket"),
+        ("http endpoint not allowed", "s3://shale-test/p", {"AWS_ALLOW_HTTP": "false"}, "builder error"),
+    ],
+)
+def test_a_start_on_a_bucket_it_cannot_reach_stops_at_once_and_says_what_to_check(
+    s3_env, tmp_path, case, store, overrides, expected
+):
+    started = time.monotonic()
+    done = subprocess.run(
+        [SHALE_BIN, "serve", "--listen", "127.0.0.1:0", "--store", store],
+        env={**os.environ, **s3_env, **overrides},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode != 0, case
+    assert time.monotonic() - started < 30, case
+    assert f"cannot reach {store}" in done.stderr and expected in done.stderr, done.stderr[-2000:]
+    assert "AWS_ALLOW_HTTP=true for an http:// one" in done.stderr
 
 
 def bucket(s3_env):
