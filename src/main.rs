@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use clap::{Parser, Subcommand};
 use shale::broker::config::{BrokerConfig, ServeArgs};
 use shale::broker::group_coordinator::{GroupConfig, GroupCoordinator};
-use shale::broker::sasl::SaslUsers;
+use shale::broker::sasl::{SaslUsers, ScramCredentials};
 use shale::broker::txn_coordinator::{TxnConfig, TxnCoordinator};
 use shale::broker::{server, tls, Broker};
 use shale::log::{producers, retention, LogStore, TopicDefaults};
@@ -141,7 +141,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         id_expiration_ms: i64::try_from(args.transactional_id_expiration_ms).unwrap_or(i64::MAX),
     };
     let txns = TxnCoordinator::start(log.clone(), groups.clone(), txn_config).await?;
-    let broker = Arc::new(Broker::new(log.clone(), groups, txns, config));
+    let scram = Arc::new(ScramCredentials::load(&log).await?);
+    let broker = Arc::new(Broker::new(log.clone(), groups, txns, config, scram));
     if let Some(address) = args.http {
         let http = TcpListener::bind(address)
             .await

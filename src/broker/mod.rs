@@ -7,6 +7,7 @@
 mod add_offsets_to_txn;
 mod add_partitions_to_txn;
 mod alter_configs;
+mod alter_user_scram_credentials;
 mod api_versions;
 pub mod config;
 mod create_acls;
@@ -23,6 +24,7 @@ mod describe_groups;
 mod describe_log_dirs;
 mod describe_producers;
 mod describe_transactions;
+mod describe_user_scram_credentials;
 mod end_txn;
 mod fetch;
 mod find_coordinator;
@@ -74,6 +76,8 @@ pub struct Broker {
     /// written (`--fetch-memory-bytes`).
     pub fetch_budget: ByteBudget,
     pub metrics: metrics::Metrics,
+    /// SCRAM credentials set through AlterUserScramCredentials.
+    pub scram: Arc<sasl::ScramCredentials>,
 }
 
 /// Who sent a request, and where it stands among its connection's produce requests.
@@ -151,6 +155,7 @@ impl Broker {
         groups: Arc<GroupCoordinator>,
         txns: Arc<TxnCoordinator>,
         config: BrokerConfig,
+        scram: Arc<sasl::ScramCredentials>,
     ) -> Self {
         let fetch_budget =
             ByteBudget::new(config.fetch_memory_bytes as usize, "--fetch-memory-bytes");
@@ -161,6 +166,7 @@ impl Broker {
             config,
             fetch_budget,
             metrics: metrics::Metrics::default(),
+            scram,
         }
     }
 
@@ -267,6 +273,14 @@ impl Broker {
             RequestKind::DescribeAcls(_) => ResponseKind::DescribeAcls(describe_acls::handle()),
             RequestKind::CreateAcls(r) => ResponseKind::CreateAcls(create_acls::handle(r)),
             RequestKind::DeleteAcls(r) => ResponseKind::DeleteAcls(delete_acls::handle(r)),
+            RequestKind::DescribeUserScramCredentials(r) => {
+                ResponseKind::DescribeUserScramCredentials(describe_user_scram_credentials::handle(
+                    self, r,
+                ))
+            }
+            RequestKind::AlterUserScramCredentials(r) => ResponseKind::AlterUserScramCredentials(
+                alter_user_scram_credentials::handle(self, r).await,
+            ),
             other => {
                 // The codec only decodes APIs listed in protocol::versions, each of which
                 // has an arm above; reaching this is a bug in that table.

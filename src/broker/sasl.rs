@@ -9,19 +9,25 @@
 //! connection must authenticate as one of them before anything but ApiVersions, as on a
 //! SASL_PLAINTEXT Kafka listener.
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, RwLock};
 
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use hmac::{Hmac, Mac};
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::ApiKey;
 use sha2::{Digest, Sha256, Sha512};
 use subtle::ConstantTimeEq;
 
-/// PBKDF2 rounds for the SCRAM keys; Kafka's minimum for both hashes.
+use crate::log::{LogError, LogStore};
+
+/// PBKDF2 rounds for the SCRAM keys of `--sasl-users`; Kafka's minimum for both hashes.
 const SCRAM_ITERATIONS: u32 = 4096;
+
+/// The rounds AlterUserScramCredentials accepts, as Kafka: its minimum and maximum.
+pub const SCRAM_ITERATIONS_ACCEPTED: std::ops::RangeInclusive<i32> = 4096..=16384;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mechanism {
@@ -66,12 +72,12 @@ impl std::fmt::Debug for SaslUsers {
 
 struct User {
     password: String,
-    sha256: ScramKeys,
-    sha512: ScramKeys,
+    sha256: Arc<ScramKeys>,
+    sha512: Arc<ScramKeys>,
 }
 
 impl User {
-    fn keys(&self, hash: Hash) -> &ScramKeys {
+    fn keys(&self, hash: Hash) -> &Arc<ScramKeys> {
         match hash {
             Hash::Sha256 => &self.sha256,
             Hash::Sha512 => &self.sha512,
@@ -79,8 +85,10 @@ impl User {
     }
 }
 
-struct ScramKeys {
-    salt: [u8; 16],
+/// What the server keeps of a SCRAM password (RFC 5802): never the password itself.
+pub struct ScramKeys {
+    salt: Vec<u8>,
+    iterations: u32,
     stored_key: Vec<u8>,
     server_key: Vec<u8>,
 }
@@ -103,8 +111,8 @@ impl SaslUsers {
             }
             let user = User {
                 password: password.to_string(),
-                sha256: ScramKeys::derive(Hash::Sha256, password)?,
-                sha512: ScramKeys::derive(Hash::Sha512, password)?,
+                sha256: Arc::new(ScramKeys::derive(Hash::Sha256, password)?),
+                sha512: Arc::new(ScramKeys::derive(Hash::Sha512, password)?),
             };
             if users.insert(name.to_string(), user).is_some() {
                 return Err(format!("user `{name}` is given twice"));
@@ -126,7 +134,7 @@ impl SaslUsers {
     }
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Hash {
     Sha256,
     Sha512,
@@ -138,6 +146,22 @@ impl Hash {
             Mechanism::Plain => None,
             Mechanism::ScramSha256 => Some(Hash::Sha256),
             Mechanism::ScramSha512 => Some(Hash::Sha512),
+        }
+    }
+
+    /// Kafka's code for the mechanism in the SCRAM credential APIs.
+    fn from_code(code: i8) -> Option<Hash> {
+        match code {
+            1 => Some(Hash::Sha256),
+            2 => Some(Hash::Sha512),
+            _ => None,
+        }
+    }
+
+    fn code(self) -> i8 {
+        match self {
+            Hash::Sha256 => 1,
+            Hash::Sha512 => 2,
         }
     }
 
@@ -168,14 +192,14 @@ impl Hash {
         }
     }
 
-    fn salted_password(self, password: &str, salt: &[u8]) -> Vec<u8> {
+    fn salted_password(self, password: &str, salt: &[u8], iterations: u32) -> Vec<u8> {
         match self {
             Hash::Sha256 => {
-                pbkdf2::pbkdf2_hmac_array::<Sha256, 32>(password.as_bytes(), salt, SCRAM_ITERATIONS)
+                pbkdf2::pbkdf2_hmac_array::<Sha256, 32>(password.as_bytes(), salt, iterations)
                     .to_vec()
             }
             Hash::Sha512 => {
-                pbkdf2::pbkdf2_hmac_array::<Sha512, 64>(password.as_bytes(), salt, SCRAM_ITERATIONS)
+                pbkdf2::pbkdf2_hmac_array::<Sha512, 64>(password.as_bytes(), salt, iterations)
                     .to_vec()
             }
         }
@@ -186,14 +210,180 @@ impl ScramKeys {
     fn derive(hash: Hash, password: &str) -> Result<Self, String> {
         let mut salt = [0u8; 16];
         getrandom::fill(&mut salt).map_err(|e| format!("no random salt: {e}"))?;
-        let salted = hash.salted_password(password, &salt);
-        let client_key = hash.hmac(&salted, b"Client Key");
-        Ok(ScramKeys {
-            salt,
+        let salted = hash.salted_password(password, &salt, SCRAM_ITERATIONS);
+        Ok(Self::from_salted(hash, &salt, &salted, SCRAM_ITERATIONS))
+    }
+
+    /// The keys of a password the client salted itself (AlterUserScramCredentials sends
+    /// the salt, the rounds and the salted password, never the password).
+    fn from_salted(hash: Hash, salt: &[u8], salted_password: &[u8], iterations: u32) -> Self {
+        let client_key = hash.hmac(salted_password, b"Client Key");
+        ScramKeys {
+            salt: salt.to_vec(),
+            iterations,
             stored_key: hash.digest(&client_key),
-            server_key: hash.hmac(&salted, b"Server Key"),
+            server_key: hash.hmac(salted_password, b"Server Key"),
+        }
+    }
+
+    /// `iterations u32 | salt | stored key | server key`, each part after the first with a
+    /// u16 length.
+    fn encode(&self) -> Bytes {
+        let mut record = BytesMut::new();
+        record.put_u32(self.iterations);
+        for part in [&self.salt, &self.stored_key, &self.server_key] {
+            record.put_u16(part.len() as u16);
+            record.put_slice(part);
+        }
+        record.freeze()
+    }
+
+    fn decode(mut record: &[u8]) -> Option<Self> {
+        let iterations = record.try_get_u32().ok()?;
+        let mut part = || {
+            let len = usize::from(record.try_get_u16().ok()?);
+            let bytes = record.get(..len)?.to_vec();
+            record.advance(len);
+            Some(bytes)
+        };
+        let (salt, stored_key, server_key) = (part()?, part()?, part()?);
+        Some(ScramKeys {
+            salt,
+            iterations,
+            stored_key,
+            server_key,
         })
     }
+}
+
+/// One AlterUserScramCredentials upsertion, checked by its handler.
+pub struct ScramUpsert {
+    pub user: String,
+    pub mechanism: i8,
+    pub iterations: i32,
+    pub salt: Bytes,
+    pub salted_password: Bytes,
+}
+
+/// SCRAM credentials set through AlterUserScramCredentials, stored in SlateDB and loaded at
+/// start; for SCRAM they take precedence over `--sasl-users`, whose users keep their PLAIN
+/// password.
+#[derive(Default)]
+pub struct ScramCredentials {
+    by_user: RwLock<HashMap<(String, Hash), Arc<ScramKeys>>>,
+    /// Alterations one at a time, so the map changes in the order their writes were made.
+    altering: tokio::sync::Mutex<()>,
+}
+
+impl ScramCredentials {
+    /// The credentials stored in `log`.
+    pub async fn load(log: &LogStore) -> Result<Self, LogError> {
+        let mut by_user = HashMap::new();
+        for (code, user, record) in log.load_scram_credentials().await? {
+            let hash = Hash::from_code(code as i8)
+                .ok_or_else(|| LogError::Corrupt("SCRAM credential mechanism".into()))?;
+            let keys = ScramKeys::decode(&record)
+                .ok_or_else(|| LogError::Corrupt("SCRAM credential".into()))?;
+            by_user.insert((user, hash), Arc::new(keys));
+        }
+        Ok(ScramCredentials {
+            by_user: RwLock::new(by_user),
+            altering: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    fn by_user(&self) -> std::sync::RwLockReadGuard<'_, HashMap<(String, Hash), Arc<ScramKeys>>> {
+        self.by_user.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn get(&self, user: &str, hash: Hash) -> Option<Arc<ScramKeys>> {
+        self.by_user().get(&(user.to_string(), hash)).cloned()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_user().is_empty()
+    }
+
+    /// Whether `user` has a stored credential for the mechanism with Kafka's `code`.
+    pub fn has(&self, user: &str, code: i8) -> bool {
+        Hash::from_code(code).is_some_and(|hash| self.get(user, hash).is_some())
+    }
+
+    /// Every user with a SCRAM credential, stored or from `--sasl-users`, with each
+    /// mechanism's code and rounds, as DescribeUserScramCredentials lists them.
+    pub fn describe(&self, flag_users: Option<&SaslUsers>) -> BTreeMap<String, Vec<(i8, i32)>> {
+        let mut described: BTreeMap<String, BTreeMap<i8, i32>> = BTreeMap::new();
+        for (name, user) in flag_users.iter().flat_map(|users| users.users.iter()) {
+            for hash in [Hash::Sha256, Hash::Sha512] {
+                let rounds = user.keys(hash).iterations as i32;
+                described
+                    .entry(name.clone())
+                    .or_default()
+                    .insert(hash.code(), rounds);
+            }
+        }
+        for ((name, hash), keys) in self.by_user().iter() {
+            described
+                .entry(name.clone())
+                .or_default()
+                .insert(hash.code(), keys.iterations as i32);
+        }
+        described
+            .into_iter()
+            .map(|(name, infos)| (name, infos.into_iter().collect()))
+            .collect()
+    }
+
+    /// Stores `upserts` and removes `deletes` ((user, mechanism code)), durably, then makes
+    /// them the credentials new SCRAM exchanges check. Mechanisms must be known codes.
+    pub async fn alter(
+        &self,
+        log: &LogStore,
+        upserts: Vec<ScramUpsert>,
+        deletes: Vec<(String, i8)>,
+    ) -> Result<(), LogError> {
+        let _one_at_a_time = self.altering.lock().await;
+        let mut added = Vec::new();
+        for upsert in upserts {
+            let hash = Hash::from_code(upsert.mechanism).expect("a checked mechanism");
+            let keys = ScramKeys::from_salted(
+                hash,
+                &upsert.salt,
+                &upsert.salted_password,
+                upsert.iterations as u32,
+            );
+            added.push((upsert.user, hash, Arc::new(keys)));
+        }
+        let removed: Vec<(String, Hash)> = deletes
+            .into_iter()
+            .map(|(user, code)| (user, Hash::from_code(code).expect("a checked mechanism")))
+            .collect();
+        let puts = added
+            .iter()
+            .map(|(user, hash, keys)| (hash.code() as u8, user.clone(), keys.encode()))
+            .collect();
+        let dels = removed
+            .iter()
+            .map(|(user, hash)| (hash.code() as u8, user.clone()))
+            .collect();
+        log.alter_scram_credentials(puts, dels)
+            .await?
+            .durable()
+            .await?;
+        let mut by_user = self.by_user.write().unwrap_or_else(|e| e.into_inner());
+        for key in removed {
+            by_user.remove(&key);
+        }
+        for (user, hash, keys) in added {
+            by_user.insert((user, hash), keys);
+        }
+        Ok(())
+    }
+}
+
+/// Whether Kafka's `code` names a SCRAM mechanism Shale speaks.
+pub fn scram_mechanism_known(code: i8) -> bool {
+    Hash::from_code(code).is_some()
 }
 
 /// Why an authentication failed; the client gets SASL_AUTHENTICATION_FAILED with this text
@@ -204,6 +394,7 @@ struct AuthFailure(String);
 /// One connection's authentication state.
 pub struct Authenticator {
     users: Option<SaslUsers>,
+    stored: Arc<ScramCredentials>,
     state: State,
 }
 
@@ -230,9 +421,10 @@ struct ScramExchange {
 }
 
 impl Authenticator {
-    pub fn new(users: Option<SaslUsers>) -> Self {
+    pub fn new(users: Option<SaslUsers>, stored: Arc<ScramCredentials>) -> Self {
         Authenticator {
             users,
+            stored,
             state: State::Start,
         }
     }
@@ -255,7 +447,7 @@ impl Authenticator {
     /// The mechanisms offered: PLAIN always, SCRAM only with users to check proofs against.
     pub fn mechanisms(&self) -> Vec<&'static str> {
         let mut offered = vec![Mechanism::Plain];
-        if self.users.is_some() {
+        if self.users.is_some() || !self.stored.is_empty() {
             offered.extend([Mechanism::ScramSha256, Mechanism::ScramSha512]);
         }
         offered.into_iter().map(Mechanism::name).collect()
@@ -314,6 +506,13 @@ impl Authenticator {
 
     fn user(&self, name: &str) -> Option<&User> {
         self.users.as_ref().and_then(|users| users.users.get(name))
+    }
+
+    /// `name`'s SCRAM keys for `hash`: stored ones first, then those of `--sasl-users`.
+    fn scram_keys(&self, name: &str, hash: Hash) -> Option<Arc<ScramKeys>> {
+        self.stored
+            .get(name, hash)
+            .or_else(|| self.user(name).map(|user| user.keys(hash).clone()))
     }
 
     /// PLAIN's one message: `authzid NUL name NUL password`. Returns the user.
@@ -383,16 +582,16 @@ impl Authenticator {
                 ));
             }
         }
-        let user = self
-            .user(&name)
+        let keys = self
+            .scram_keys(&name, hash)
             .ok_or_else(|| invalid_credentials(hash.mechanism()))?;
-        let keys = user.keys(hash);
         let mut random = [0u8; 18];
         getrandom::fill(&mut random).map_err(|e| AuthFailure(format!("no random nonce: {e}")))?;
         let nonce = format!("{client_nonce}{}", BASE64.encode(random));
         let server_first = format!(
-            "r={nonce},s={},i={SCRAM_ITERATIONS}",
-            BASE64.encode(keys.salt)
+            "r={nonce},s={},i={}",
+            BASE64.encode(&keys.salt),
+            keys.iterations
         );
         let exchange = ScramExchange {
             hash,
@@ -434,10 +633,9 @@ impl Authenticator {
             ));
         }
         let proof = BASE64.decode(proof).map_err(|_| malformed())?;
-        let user = self
-            .user(&exchange.user)
+        let keys = self
+            .scram_keys(&exchange.user, exchange.hash)
             .ok_or_else(|| invalid_credentials(exchange.hash.mechanism()))?;
-        let keys = user.keys(exchange.hash);
         let auth_message = format!(
             "{},{},{without_proof}",
             exchange.client_first_bare, exchange.server_first
@@ -506,8 +704,8 @@ mod tests {
             .filter_map(|a| a.split_once('='))
             .collect();
         let salt = BASE64.decode(attrs["s"]).unwrap();
-        assert_eq!(attrs["i"], "4096");
-        let salted = hash.salted_password(password, &salt);
+        let iterations: u32 = attrs["i"].parse().unwrap();
+        let salted = hash.salted_password(password, &salt, iterations);
         let client_key = hash.hmac(&salted, b"Client Key");
         let stored_key = hash.digest(&client_key);
         let without_proof = format!("c=biws,r={}", attrs["r"]);
@@ -527,8 +725,18 @@ mod tests {
     }
 
     fn scram(mechanism: &str, hash: Hash, name: &str, password: &str) -> Result<(), String> {
+        scram_with(Arc::default(), mechanism, hash, name, password)
+    }
+
+    fn scram_with(
+        stored: Arc<ScramCredentials>,
+        mechanism: &str,
+        hash: Hash,
+        name: &str,
+        password: &str,
+    ) -> Result<(), String> {
         let users = SaslUsers::parse("alice:s3cret:x,b=ob:pw").unwrap();
-        let mut auth = Authenticator::new(Some(users));
+        let mut auth = Authenticator::new(Some(users), stored);
         assert!(!auth.may_serve(ApiKey::Metadata));
         auth.handshake(mechanism).unwrap();
         let escaped = name.replace('=', "=3D").replace(',', "=2C");
@@ -556,6 +764,67 @@ mod tests {
     }
 
     #[test]
+    fn stored_credentials_use_their_own_rounds_and_come_before_the_flag() {
+        let stored = Arc::new(ScramCredentials::default());
+        let salt = b"a salt of 16 b..";
+        let salted = Hash::Sha256.salted_password("changed", salt, 8192);
+        let keys = ScramKeys::from_salted(Hash::Sha256, salt, &salted, 8192);
+        stored
+            .by_user
+            .write()
+            .unwrap()
+            .insert(("alice".to_string(), Hash::Sha256), Arc::new(keys));
+        scram_with(
+            stored.clone(),
+            "SCRAM-SHA-256",
+            Hash::Sha256,
+            "alice",
+            "changed",
+        )
+        .unwrap();
+        assert!(scram_with(
+            stored.clone(),
+            "SCRAM-SHA-256",
+            Hash::Sha256,
+            "alice",
+            "s3cret:x"
+        )
+        .is_err());
+        scram_with(
+            stored.clone(),
+            "SCRAM-SHA-512",
+            Hash::Sha512,
+            "alice",
+            "s3cret:x",
+        )
+        .unwrap();
+        let described = stored.describe(Some(&SaslUsers::parse("alice:s3cret:x").unwrap()));
+        assert_eq!(described["alice"], vec![(1, 8192), (2, 4096)]);
+    }
+
+    #[test]
+    fn scram_keys_round_trip_through_their_stored_form() {
+        let keys = ScramKeys::derive(Hash::Sha512, "pw").unwrap();
+        let decoded = ScramKeys::decode(&keys.encode()).unwrap();
+        assert_eq!(
+            (
+                decoded.salt,
+                decoded.iterations,
+                decoded.stored_key,
+                decoded.server_key
+            ),
+            (
+                keys.salt.clone(),
+                4096,
+                keys.stored_key.clone(),
+                keys.server_key.clone()
+            )
+        );
+        let record = keys.encode();
+        assert!(ScramKeys::decode(&record[..record.len() - 1]).is_none());
+    }
+
+    #[test]
     fn scram_refuses_a_wrong_password_or_user() {
         let wrong = scram("SCRAM-SHA-256", Hash::Sha256, "alice", "nope").unwrap_err();
         assert!(wrong.contains("invalid credentials"), "{wrong}");
@@ -566,11 +835,11 @@ mod tests {
     #[test]
     fn plain_checks_users_when_there_are_some_and_accepts_anyone_when_not() {
         let users = SaslUsers::parse("alice:pw").unwrap();
-        let mut checked = Authenticator::new(Some(users.clone()));
+        let mut checked = Authenticator::new(Some(users.clone()), Arc::default());
         checked.handshake("PLAIN").unwrap();
         assert!(checked.authenticate(b"\0alice\0wrong").is_err());
         assert!(!checked.may_serve(ApiKey::Produce));
-        let mut checked = Authenticator::new(Some(users));
+        let mut checked = Authenticator::new(Some(users), Arc::default());
         checked.handshake("PLAIN").unwrap();
         assert_eq!(checked.authenticate(b"\0alice\0pw").unwrap(), b"");
         assert!(checked.may_serve(ApiKey::Produce));
@@ -579,14 +848,14 @@ mod tests {
             Err(ResponseError::IllegalSaslState)
         ));
 
-        let mut open = Authenticator::new(None);
+        let mut open = Authenticator::new(None, Arc::default());
         assert!(open.may_serve(ApiKey::Produce));
         assert_eq!(open.mechanisms(), ["PLAIN"]);
         assert!(matches!(
             open.handshake("SCRAM-SHA-256"),
             Err(ResponseError::UnsupportedSaslMechanism)
         ));
-        let mut open = Authenticator::new(None);
+        let mut open = Authenticator::new(None, Arc::default());
         open.handshake("PLAIN").unwrap();
         assert!(open.authenticate(b"\0anyone\0anything").is_ok());
     }

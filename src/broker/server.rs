@@ -142,7 +142,7 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let mut auth = Authenticator::new(broker.config.sasl_users.clone());
+    let mut auth = Authenticator::new(broker.config.sasl_users.clone(), broker.scram.clone());
     let mut frames = FrameReader::new(reader, frame_limit(&broker, &auth), budget);
     let mut writer = BufWriter::new(writer);
     let mut in_flight: FuturesOrdered<JoinHandle<Response>> = FuturesOrdered::new();

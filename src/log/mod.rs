@@ -8,6 +8,7 @@
 pub mod batch;
 mod batch_objects;
 mod compaction;
+mod credentials;
 mod decode;
 mod durability;
 pub mod groups;

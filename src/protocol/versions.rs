@@ -46,6 +46,8 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DescribeAcls, 1, 3),
     (ApiKey::CreateAcls, 1, 3),
     (ApiKey::DeleteAcls, 1, 3),
+    (ApiKey::DescribeUserScramCredentials, 0, 0),
+    (ApiKey::AlterUserScramCredentials, 0, 0),
     // librdkafka enables SASL only if v0 is listed too, but a v0 handshake (whose exchange
     // follows as raw frames outside the protocol) is refused: clients since Kafka 1.0 use
     // v1 and SaslAuthenticate.

@@ -17,6 +17,7 @@
 //! | `ProducerIds` | `0 \| 07` | the last producer id handed out, i64 |
 //! | `Transaction` | `0 \| 08 \| transactional id` | transaction record (JSON, `broker::txn_coordinator`) |
 //! | `PartitionStart` | `0 \| 09 \| topic id (16) \| partition u32` | the partition's log start offset, i64 |
+//! | `ScramCredential` | `0 \| 0a \| mechanism u8 \| user` | SCRAM keys (`broker::sasl::ScramKeys`) |
 //! | `RecordBatch` | `seg \| 10 \| topic id (16) \| partition u32 \| last offset u64` | [`StoredBatch`]: the record batch as received, `baseOffset` set, or its place in a batch object |
 //! | `AbortedTxn` | `seg \| 11 \| topic id (16) \| partition u32 \| marker offset u64` | [`AbortedTxn`] |
 //! | `BatchObject` | `seg \| 12 \| object id u64` | topic id (16) \| partition u32 (see [`batch_object_key`]) |
@@ -49,6 +50,7 @@ pub enum KeyType {
     ProducerIds = 0x07,
     Transaction = 0x08,
     PartitionStart = 0x09,
+    ScramCredential = 0x0a,
     RecordBatch = 0x10,
     AbortedTxn = 0x11,
     BatchObject = 0x12,
@@ -252,6 +254,25 @@ pub fn transaction_prefix() -> Bytes {
 
 pub fn decode_transaction_key(key: &[u8]) -> Option<&str> {
     std::str::from_utf8(body(key, KeyType::Transaction)?).ok()
+}
+
+/// Key of a user's SCRAM credential for one mechanism (Kafka's code: 1 for SHA-256, 2 for
+/// SHA-512), set by AlterUserScramCredentials.
+pub fn scram_credential_key(mechanism: u8, user: &str) -> Bytes {
+    let mut key = header(META_SEGMENT, KeyType::ScramCredential, 1 + user.len());
+    key.put_u8(mechanism);
+    key.put_slice(user.as_bytes());
+    key.freeze()
+}
+
+/// The prefix shared by all SCRAM credential keys.
+pub fn scram_credential_prefix() -> Bytes {
+    header(META_SEGMENT, KeyType::ScramCredential, 0).freeze()
+}
+
+pub fn decode_scram_credential_key(key: &[u8]) -> Option<(u8, &str)> {
+    let (&mechanism, user) = body(key, KeyType::ScramCredential)?.split_first()?;
+    Some((mechanism, std::str::from_utf8(user).ok()?))
 }
 
 /// Key of a partition's log start offset, moved by retention and DeleteRecords. It also
@@ -782,6 +803,15 @@ mod tests {
         assert!(key.starts_with(&producer_state_prefix(topic_id, 3)));
         assert!(!key.starts_with(&producer_state_prefix(topic_id, 4)));
         assert_eq!(segment_of(&producer_ids_key()), Some(META_SEGMENT));
+    }
+
+    #[test]
+    fn scram_credential_keys_round_trip() {
+        let key = scram_credential_key(2, "alice");
+        assert_eq!(decode_scram_credential_key(&key), Some((2, "alice")));
+        assert!(key.starts_with(&scram_credential_prefix()));
+        assert_eq!(segment_of(&key), Some(META_SEGMENT));
+        assert_eq!(decode_scram_credential_key(&transaction_key("alice")), None);
     }
 
     #[test]

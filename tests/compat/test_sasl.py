@@ -306,3 +306,96 @@ def test_the_http_api_asks_the_same_users_for_basic_credentials(make_broker, top
     assert status == 200, body
     status, body = call(base, "GET", path, headers=basic("alice", "alice-secret"))
     assert status == 200 and [r["value"] for r in body["records"]] == ["v"]
+
+
+def authenticates(broker, mechanism, user, password):
+    """Whether a confluent-kafka producer with these credentials gets a record acknowledged;
+    False when the broker refuses them."""
+    errors = []
+    producer = Producer({**confluent_config(broker, mechanism, user, password), "error_cb": errors.append})
+    delivered = []
+    producer.produce("scram-check", value=b"v", on_delivery=lambda err, msg: delivered.append(err))
+    deadline = time.monotonic() + 15
+    while not delivered and not errors and time.monotonic() < deadline:
+        producer.poll(0.1)
+    if errors:
+        assert errors[0].name() == "_AUTHENTICATION", errors[0]
+        return False
+    assert delivered == [None], delivered
+    return True
+
+
+def test_scram_credentials_are_added_changed_and_deleted_without_a_restart(secured):
+    from confluent_kafka import KafkaException
+    from confluent_kafka.admin import (
+        AdminClient,
+        ScramCredentialInfo,
+        ScramMechanism,
+        UserScramCredentialDeletion,
+        UserScramCredentialUpsertion,
+    )
+
+    def admin():
+        return AdminClient(confluent_config(secured, "SCRAM-SHA-512", "alice", "alice-secret"))
+
+    def alter(*alterations):
+        outcome, client = {}, admin()
+        for user, future in client.alter_user_scram_credentials(list(alterations)).items():
+            try:
+                future.result(15)
+                outcome[user] = None
+            except KafkaException as e:
+                outcome[user] = (e.args[0].name(), e.args[0].str())
+        return outcome
+
+    def infos(description):
+        return sorted((i.mechanism.name, i.iterations) for i in description.scram_credential_infos)
+
+    def described(users=None):
+        client = admin()
+        if users is None:  # one future for all users
+            return {u: infos(d) for u, d in client.describe_user_scram_credentials().result(15).items()}
+        found = {}
+        for user, future in client.describe_user_scram_credentials(users).items():
+            try:
+                found[user] = infos(future.result(15))
+            except KafkaException as e:
+                found[user] = e.args[0].name()
+        return found
+
+    both_4096 = [("SCRAM_SHA_256", 4096), ("SCRAM_SHA_512", 4096)]
+    assert described() == {"alice": both_4096, "bob": both_4096}
+    sha256, sha512 = ScramMechanism.SCRAM_SHA_256, ScramMechanism.SCRAM_SHA_512
+    assert alter(
+        UserScramCredentialUpsertion("carol", ScramCredentialInfo(sha256, 8192), b"carol-pw"),
+        UserScramCredentialUpsertion("carol", ScramCredentialInfo(sha512, 4096), b"carol-pw"),
+        UserScramCredentialUpsertion("dave", ScramCredentialInfo(sha256, 1000), b"dave-pw"),
+        UserScramCredentialDeletion("erin", sha256),
+    ) == {
+        "carol": None,
+        "dave": ("UNACCEPTABLE_CREDENTIAL", "Too few iterations"),
+        "erin": ("RESOURCE_NOT_FOUND", "Attempt to delete a user credential that does not exist"),
+    }
+    assert described(["carol", "dave"]) == {
+        "carol": [("SCRAM_SHA_256", 8192), ("SCRAM_SHA_512", 4096)],
+        "dave": "RESOURCE_NOT_FOUND",
+    }
+    assert authenticates(secured, "SCRAM-SHA-256", "carol", "carol-pw")
+    assert authenticates(secured, "SCRAM-SHA-512", "carol", "carol-pw")
+    assert not authenticates(secured, "SCRAM-SHA-256", "dave", "dave-pw")
+
+    # Stored durably: a restart keeps them.
+    secured.kill()
+    secured.start()
+    assert authenticates(secured, "SCRAM-SHA-256", "carol", "carol-pw")
+
+    # A new password replaces the old one; a deleted mechanism no longer authenticates,
+    # the other one still does.
+    assert alter(UserScramCredentialUpsertion("carol", ScramCredentialInfo(sha256, 4096), b"new-pw")) == {"carol": None}
+    assert not authenticates(secured, "SCRAM-SHA-256", "carol", "carol-pw")
+    assert authenticates(secured, "SCRAM-SHA-256", "carol", "new-pw")
+    assert alter(UserScramCredentialDeletion("carol", sha256)) == {"carol": None}
+    assert not authenticates(secured, "SCRAM-SHA-256", "carol", "new-pw")
+    assert authenticates(secured, "SCRAM-SHA-512", "carol", "carol-pw")
+    # The flag's users keep their passwords.
+    assert authenticates(secured, "SCRAM-SHA-256", "bob", "pass:with:colons")
