@@ -17,6 +17,10 @@ use kafka_protocol::messages::{
 use super::sasl::{scram_mechanism_known, ScramUpsert, SCRAM_ITERATIONS_ACCEPTED};
 use super::{str_bytes, Broker};
 
+/// Longest salt kept (clients send 16-64 random bytes); the stored record gives it a u16
+/// length.
+const MAX_SALT_BYTES: usize = 1024;
+
 pub async fn handle(
     broker: &Broker,
     request: AlterUserScramCredentialsRequest,
@@ -99,6 +103,12 @@ pub async fn handle(
                 user,
                 ResponseError::UnacceptableCredential,
                 "The salt and the salted password must not be empty",
+            );
+        } else if upsertion.salt.len() > MAX_SALT_BYTES {
+            fail(
+                user,
+                ResponseError::UnacceptableCredential,
+                "The salt is too long",
             );
         }
     }

@@ -371,10 +371,12 @@ def test_scram_credentials_are_added_changed_and_deleted_without_a_restart(secur
         UserScramCredentialUpsertion("carol", ScramCredentialInfo(sha512, 4096), b"carol-pw"),
         UserScramCredentialUpsertion("dave", ScramCredentialInfo(sha256, 1000), b"dave-pw"),
         UserScramCredentialDeletion("erin", sha256),
+        UserScramCredentialUpsertion("frank", ScramCredentialInfo(sha256, 4096), b"pw", b"s" * 70_000),
     ) == {
         "carol": None,
         "dave": ("UNACCEPTABLE_CREDENTIAL", "Too few iterations"),
         "erin": ("RESOURCE_NOT_FOUND", "Attempt to delete a user credential that does not exist"),
+        "frank": ("UNACCEPTABLE_CREDENTIAL", "The salt is too long"),
     }
     assert described(["carol", "dave"]) == {
         "carol": [("SCRAM_SHA_256", 8192), ("SCRAM_SHA_512", 4096)],
