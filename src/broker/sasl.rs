@@ -8,6 +8,9 @@
 //! needs the password), so it is offered only with users. With `--sasl-users` every
 //! connection must authenticate as one of them before anything but ApiVersions, as on a
 //! SASL_PLAINTEXT Kafka listener.
+//!
+//! SCRAM credentials can also be set through the Kafka API (AlterUserScramCredentials):
+//! [`ScramCredentials`] keeps them, stored in SlateDB, and they come before the flag's.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
@@ -335,7 +338,8 @@ impl ScramCredentials {
     }
 
     /// Stores `upserts` and removes `deletes` ((user, mechanism code)), durably, then makes
-    /// them the credentials new SCRAM exchanges check. Mechanisms must be known codes.
+    /// them the credentials new SCRAM exchanges check. Unknown mechanism codes are skipped
+    /// (the handler refuses them first).
     pub async fn alter(
         &self,
         log: &LogStore,
@@ -345,7 +349,9 @@ impl ScramCredentials {
         let _one_at_a_time = self.altering.lock().await;
         let mut added = Vec::new();
         for upsert in upserts {
-            let hash = Hash::from_code(upsert.mechanism).expect("a checked mechanism");
+            let Some(hash) = Hash::from_code(upsert.mechanism) else {
+                continue;
+            };
             let keys = ScramKeys::from_salted(
                 hash,
                 &upsert.salt,
@@ -356,7 +362,7 @@ impl ScramCredentials {
         }
         let removed: Vec<(String, Hash)> = deletes
             .into_iter()
-            .map(|(user, code)| (user, Hash::from_code(code).expect("a checked mechanism")))
+            .filter_map(|(user, code)| Some((user, Hash::from_code(code)?)))
             .collect();
         let puts = added
             .iter()
