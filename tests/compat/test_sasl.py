@@ -372,15 +372,19 @@ def test_scram_credentials_are_added_changed_and_deleted_without_a_restart(secur
         UserScramCredentialUpsertion("dave", ScramCredentialInfo(sha256, 1000), b"dave-pw"),
         UserScramCredentialDeletion("erin", sha256),
         UserScramCredentialUpsertion("frank", ScramCredentialInfo(sha256, 4096), b"pw", b"s" * 70_000),
+        UserScramCredentialUpsertion("gina", ScramCredentialInfo(sha256, 4096), b"pw"),
+        UserScramCredentialDeletion("gina", sha256),
     ) == {
         "carol": None,
         "dave": ("UNACCEPTABLE_CREDENTIAL", "Too few iterations"),
         "erin": ("RESOURCE_NOT_FOUND", "Attempt to delete a user credential that does not exist"),
         "frank": ("UNACCEPTABLE_CREDENTIAL", "The salt is too long"),
+        "gina": ("DUPLICATE_RESOURCE", "A user credential cannot be altered twice in the same request"),
     }
-    assert described(["carol", "dave"]) == {
+    assert described(["carol", "dave", "gina"]) == {
         "carol": [("SCRAM_SHA_256", 8192), ("SCRAM_SHA_512", 4096)],
         "dave": "RESOURCE_NOT_FOUND",
+        "gina": "RESOURCE_NOT_FOUND",
     }
     assert authenticates(secured, "SCRAM-SHA-256", "carol", "carol-pw")
     assert authenticates(secured, "SCRAM-SHA-512", "carol", "carol-pw")
