@@ -26,7 +26,7 @@ def quix(bootstrap, topic, out):
     from quixstreams import Application
 
     words, counts = topic + "-words", topic + "-counts"
-    state_dir = tempfile.mkdtemp()
+    state_dir = tempfile.mkdtemp(dir=os.path.dirname(out))
 
     def count(value, state):
         n = state.get("n", 0) + 1
@@ -80,7 +80,7 @@ def faust_worker(bootstrap, topic, per_word, out):
         topic,
         broker=f"kafka://{bootstrap}",
         store="memory://",
-        datadir=tempfile.mkdtemp(),
+        datadir=tempfile.mkdtemp(dir=os.path.dirname(out)),
         web_enabled=False,
         topic_partitions=2,
     )
