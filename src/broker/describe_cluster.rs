@@ -1,11 +1,11 @@
 //! DescribeCluster: the one-broker cluster, as admin clients see it.
 
 use kafka_protocol::messages::describe_cluster_response::DescribeClusterBroker;
-use kafka_protocol::messages::DescribeClusterResponse;
+use kafka_protocol::messages::{DescribeClusterRequest, DescribeClusterResponse};
 
-use super::{str_bytes, Broker};
+use super::{authorized_operations, str_bytes, Broker};
 
-pub fn handle(broker: &Broker) -> DescribeClusterResponse {
+pub fn handle(broker: &Broker, request: DescribeClusterRequest) -> DescribeClusterResponse {
     let config = &broker.config;
     let mut node = DescribeClusterBroker::default();
     node.broker_id = config.node_id.into();
@@ -15,5 +15,8 @@ pub fn handle(broker: &Broker) -> DescribeClusterResponse {
     response.cluster_id = str_bytes(broker.log.cluster_id());
     response.controller_id = config.node_id.into();
     response.brokers = vec![node];
+    if request.include_cluster_authorized_operations {
+        response.cluster_authorized_operations = authorized_operations::CLUSTER;
+    }
     response
 }

@@ -4,7 +4,7 @@
 use kafka_protocol::messages::describe_groups_response::{DescribedGroup, DescribedGroupMember};
 use kafka_protocol::messages::{DescribeGroupsRequest, DescribeGroupsResponse};
 
-use super::{str_bytes, Broker};
+use super::{authorized_operations, str_bytes, Broker};
 
 pub async fn handle(broker: &Broker, request: DescribeGroupsRequest) -> DescribeGroupsResponse {
     let mut response = DescribeGroupsResponse::default();
@@ -15,6 +15,9 @@ pub async fn handle(broker: &Broker, request: DescribeGroupsRequest) -> Describe
         group.group_state = str_bytes(description.state);
         group.protocol_type = str_bytes(description.protocol_type);
         group.protocol_data = str_bytes(description.protocol);
+        if request.include_authorized_operations {
+            group.authorized_operations = authorized_operations::GROUP;
+        }
         group.members = description
             .members
             .into_iter()

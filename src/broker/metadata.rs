@@ -6,7 +6,7 @@ use kafka_protocol::messages::metadata_response::{
 };
 use kafka_protocol::messages::{MetadataRequest, MetadataResponse, TopicName};
 
-use super::{str_bytes, Broker};
+use super::{authorized_operations, str_bytes, Broker};
 use crate::log::Topic;
 
 pub async fn handle(broker: &Broker, version: i16, request: MetadataRequest) -> MetadataResponse {
@@ -20,6 +20,10 @@ pub async fn handle(broker: &Broker, version: i16, request: MetadataRequest) -> 
     response.brokers = vec![node];
     response.cluster_id = Some(str_bytes(broker.log.cluster_id()));
     response.controller_id = config.node_id.into();
+    if request.include_cluster_authorized_operations {
+        response.cluster_authorized_operations = authorized_operations::CLUSTER;
+    }
+    let operations = request.include_topic_authorized_operations;
 
     // v0 asks for every topic with an empty list; v1+ with a null one.
     let requested = request
@@ -30,7 +34,7 @@ pub async fn handle(broker: &Broker, version: i16, request: MetadataRequest) -> 
             .log
             .topics()
             .iter()
-            .map(|t| describe(broker, t))
+            .map(|t| describe(broker, t, operations))
             .collect();
         return response;
     };
@@ -45,7 +49,7 @@ pub async fn handle(broker: &Broker, version: i16, request: MetadataRequest) -> 
                 .ok_or(ResponseError::UnknownTopicId),
         };
         response.topics.push(match found {
-            Ok(topic) => describe(broker, &topic),
+            Ok(topic) => describe(broker, &topic, operations),
             Err(error) => {
                 let mut entry = MetadataResponseTopic::default();
                 entry.error_code = error.code();
@@ -58,9 +62,13 @@ pub async fn handle(broker: &Broker, version: i16, request: MetadataRequest) -> 
     response
 }
 
-fn describe(broker: &Broker, topic: &Topic) -> MetadataResponseTopic {
+/// `operations`: the client asked for the topic's authorized operations (v8+).
+fn describe(broker: &Broker, topic: &Topic, operations: bool) -> MetadataResponseTopic {
     let node = broker.config.node_id;
     let mut entry = MetadataResponseTopic::default();
+    if operations {
+        entry.topic_authorized_operations = authorized_operations::TOPIC;
+    }
     entry.name = Some(TopicName(str_bytes(topic.name.clone())));
     entry.topic_id = topic.id;
     entry.partitions = topic

@@ -9,6 +9,7 @@ mod add_partitions_to_txn;
 mod alter_configs;
 mod alter_user_scram_credentials;
 mod api_versions;
+mod authorized_operations;
 pub mod config;
 mod create_acls;
 mod create_partitions;
@@ -216,8 +217,8 @@ impl Broker {
             RequestKind::DescribeLogDirs(r) => {
                 ResponseKind::DescribeLogDirs(describe_log_dirs::handle(self, r))
             }
-            RequestKind::DescribeCluster(_) => {
-                ResponseKind::DescribeCluster(describe_cluster::handle(self))
+            RequestKind::DescribeCluster(r) => {
+                ResponseKind::DescribeCluster(describe_cluster::handle(self, r))
             }
             RequestKind::InitProducerId(r) => {
                 ResponseKind::InitProducerId(init_producer_id::handle(self, version, r).await)

@@ -213,6 +213,35 @@ def test_describe_cluster_and_broker_configs(broker):
     assert configs["offsets.retention.minutes"].value == "10080"
 
 
+def test_authorized_operations_are_every_operation_without_an_authorizer(broker, topic_name):
+    from confluent_kafka import TopicCollection
+    from confluent_kafka.admin import AclOperation
+
+    client = admin(broker.bootstrap)
+    create_topic(broker.bootstrap, topic_name)
+    consumer = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": "ops-" + topic_name})
+    consumer.subscribe([topic_name])
+    consumer.poll(3)
+    try:
+        topic = client.describe_topics(TopicCollection([topic_name]), include_authorized_operations=True)
+        cluster = client.describe_cluster(include_authorized_operations=True).result(15)
+        groups = client.describe_consumer_groups(["ops-" + topic_name], include_authorized_operations=True)
+        topic_ops = set(topic[topic_name].result(15).authorized_operations)
+        group_ops = set(groups["ops-" + topic_name].result(15).authorized_operations)
+    finally:
+        consumer.close()
+    op = AclOperation
+    assert topic_ops == {
+        op.READ, op.WRITE, op.CREATE, op.DESCRIBE, op.DELETE, op.ALTER, op.DESCRIBE_CONFIGS, op.ALTER_CONFIGS
+    }
+    assert set(cluster.authorized_operations) == {
+        op.CREATE, op.CLUSTER_ACTION, op.DESCRIBE_CONFIGS, op.ALTER_CONFIGS, op.IDEMPOTENT_WRITE, op.ALTER, op.DESCRIBE
+    }
+    assert group_ops == {op.READ, op.DESCRIBE, op.DELETE}
+    # Not asked for, not given.
+    assert client.describe_cluster().result(15).authorized_operations is None
+
+
 def test_admin_list_offsets_including_max_timestamp(broker, topic_name):
     from confluent_kafka.admin import OffsetSpec
 
