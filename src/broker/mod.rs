@@ -26,6 +26,7 @@ mod describe_log_dirs;
 mod describe_producers;
 mod describe_transactions;
 mod describe_user_scram_credentials;
+mod elect_leaders;
 mod end_txn;
 mod fetch;
 mod find_coordinator;
@@ -282,6 +283,9 @@ impl Broker {
             RequestKind::AlterUserScramCredentials(r) => ResponseKind::AlterUserScramCredentials(
                 alter_user_scram_credentials::handle(self, r).await,
             ),
+            RequestKind::ElectLeaders(r) => {
+                ResponseKind::ElectLeaders(elect_leaders::handle(self, r))
+            }
             other => {
                 // The codec only decodes APIs listed in protocol::versions, each of which
                 // has an arm above; reaching this is a bug in that table.

@@ -242,6 +242,23 @@ def test_authorized_operations_are_every_operation_without_an_authorizer(broker,
     assert client.describe_cluster().result(15).authorized_operations is None
 
 
+def test_leader_elections_are_never_needed_on_one_broker(broker, topic_name):
+    from confluent_kafka import ElectionType
+
+    client = admin(broker.bootstrap)
+    create_topic(broker.bootstrap, topic_name, partitions=2)
+    asked = [TopicPartition(topic_name, 0), TopicPartition(topic_name, 1), TopicPartition(topic_name, 7)]
+    for election in (ElectionType.PREFERRED, ElectionType.UNCLEAN):
+        results = client.elect_leaders(election, asked).result(15)
+        assert {(tp.partition, err.name() if err else None) for tp, err in results.items()} == {
+            (0, "ELECTION_NOT_NEEDED"),
+            (1, "ELECTION_NOT_NEEDED"),
+            (7, "UNKNOWN_TOPIC_OR_PART"),
+        }
+    # Every partition: none needed an election, so none is listed.
+    assert client.elect_leaders(ElectionType.PREFERRED, None).result(15) == {}
+
+
 def test_admin_list_offsets_including_max_timestamp(broker, topic_name):
     from confluent_kafka.admin import OffsetSpec
 
